@@ -1,0 +1,74 @@
+//! Ports: the small traits the engine and the runners talk to, so the same code runs on
+//! embedded state (SQLite, `mailhaul run`) and on AWS (DynamoDB, SQS, S3, Secrets Manager).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FolderCheckpoint, MailboxStatus, SkippedMessage};
+
+/// A state store failed (disk, SQLite, DynamoDB). Always worth a retry by the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn new(detail: impl std::fmt::Display) -> Self {
+        StoreError(detail.to_string())
+    }
+}
+
+/// Where the engine keeps per-folder progress of a mailbox.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// Every folder checkpoint saved for this mailbox.
+    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError>;
+    /// Insert or replace the checkpoint of `checkpoint.source_folder`.
+    async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), StoreError>;
+    /// Record a message that is not copied; idempotent on (mailbox, folder, uid, reason).
+    async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError>;
+    /// The recorded messages of a mailbox, ordered by folder then UID.
+    async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError>;
+}
+
+/// The batch as a whole: one record per CSV row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchMeta {
+    pub id: String,
+    /// The CSV header as the user wrote it, to write failed.csv in the same form.
+    pub headers: Vec<String>,
+    pub total: usize,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One mailbox (CSV row) of a batch. No password in here, ever.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MailboxRecord {
+    pub mailbox: String,
+    pub row: usize,
+    pub source_user: String,
+    /// The row's cells with every password cell empty, for failed.csv.
+    pub cells: Vec<String>,
+    pub status: MailboxStatus,
+    pub error: Option<String>,
+    /// What to do about `error`.
+    pub hint: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds spent copying, summed over passes and continuations.
+    pub seconds: f64,
+    pub passes: u32,
+}
+
+/// Batch-level state.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Create the batch or, when it exists, keep it (same id = same batch).
+    async fn put_batch(&self, meta: &BatchMeta) -> Result<(), StoreError>;
+    async fn batch(&self) -> Result<Option<BatchMeta>, StoreError>;
+    /// Insert or replace a mailbox record.
+    async fn put_mailbox(&self, record: &MailboxRecord) -> Result<(), StoreError>;
+    async fn mailbox(&self, mailbox: &str) -> Result<Option<MailboxRecord>, StoreError>;
+    /// All mailbox records ordered by CSV row.
+    async fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError>;
+}
