@@ -2,8 +2,15 @@
 //! checkpoints and reports. The CLI and the Lambda functions only wire adapters around it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod batch;
+pub mod engine;
+pub mod error;
 pub mod model;
 pub mod ports;
+pub mod report;
 pub mod secret;
+pub mod settings;
+pub mod sqlite;
 
 pub use secret::Secret;
