@@ -1,0 +1,1 @@
+//! mailhaul on AWS.
