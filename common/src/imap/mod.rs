@@ -1,0 +1,7 @@
+//! IMAP protocol access: connecting and logging in, and the pipelined APPEND that
+//! async-imap lacks. No state store in here: the engine wires the two together.
+
+pub mod append;
+pub mod conn;
+
+pub use conn::{connect, Caps, Session};

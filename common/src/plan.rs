@@ -1,0 +1,231 @@
+//! Pure planning for one folder: UID sets, message identity for duplicate detection,
+//! what to copy past a checkpoint, and batches bounded in bytes.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+/// What the engine knows about a source message before fetching its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub uid: u32,
+    pub size: u64,
+    pub message_id: Option<String>,
+    /// Identity for duplicate detection: (Message-ID, size), or a header hash and size.
+    pub key: String,
+    /// The day of INTERNALDATE, for `since`.
+    pub date: Option<chrono::NaiveDate>,
+}
+
+/// What happens to one source message in this pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Copy,
+    SkipDuplicate,
+    SkipTooBig,
+    SkipByDate,
+}
+
+/// A compact UID set: `1:3,7,9:10`. `uids` must be sorted ascending.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut iter = uids.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        parts.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
+    }
+    parts.join(",")
+}
+
+/// Parse the header fields fetched with `BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)]`
+/// into (Message-ID, duplicate key). Field order and folding do not change the key.
+pub fn identity(header_fields: &[u8], size: u64) -> (Option<String>, String) {
+    let text = String::from_utf8_lossy(header_fields);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split("\r\n").flat_map(|l| l.split('\n')) {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    let message_id = fields
+        .iter()
+        .find(|(name, value)| name == "message-id" && !value.is_empty())
+        .map(|(_, value)| value.clone());
+    let key = match &message_id {
+        Some(id) => format!("id:{id}:{size}"),
+        None => {
+            fields.sort();
+            let mut hash = Sha256::new();
+            for (name, value) in &fields {
+                hash.update(name.as_bytes());
+                hash.update(b":");
+                hash.update(value.as_bytes());
+                hash.update(b"\n");
+            }
+            format!("hdr:{}:{size}", hex::encode(&hash.finalize()[..12]))
+        }
+    };
+    (message_id, key)
+}
+
+/// Decide, for each source message past the checkpoint (`candidates`, ascending UIDs), what to
+/// do. Duplicates are counted with multiplicity: for each key, the destination must end up with
+/// as many messages as the (eligible) source has, so only the surplus is skipped — the earliest
+/// candidates first, as those are the ones an interrupted batch may already have delivered.
+/// `dedupe(uid)` says whether a candidate may be skipped as a duplicate at all.
+pub fn decide(
+    candidates: &[MessageMeta],
+    source_counts: &HashMap<String, u64>,
+    destination_counts: &HashMap<String, u64>,
+    max_size: u64,
+    since: Option<chrono::NaiveDate>,
+    dedupe: impl Fn(u32) -> bool,
+) -> Vec<Action> {
+    let mut new_per_key: HashMap<&str, u64> = HashMap::new();
+    for meta in candidates.iter().filter(|m| eligible(m, max_size, since)) {
+        *new_per_key.entry(meta.key.as_str()).or_default() += 1;
+    }
+    let mut surplus: HashMap<&str, u64> = new_per_key
+        .iter()
+        .map(|(key, new)| {
+            let in_source = source_counts.get(*key).copied().unwrap_or(*new);
+            let in_destination = destination_counts.get(*key).copied().unwrap_or(0);
+            let missing = in_source.saturating_sub(in_destination).min(*new);
+            (*key, new - missing)
+        })
+        .collect();
+    candidates
+        .iter()
+        .map(|meta| {
+            if meta.size > max_size {
+                return Action::SkipTooBig;
+            }
+            if let (Some(since), Some(date)) = (since, meta.date) {
+                if date < since {
+                    return Action::SkipByDate;
+                }
+            }
+            match surplus.get_mut(meta.key.as_str()) {
+                Some(left) if *left > 0 && dedupe(meta.uid) => {
+                    *left -= 1;
+                    Action::SkipDuplicate
+                }
+                _ => Action::Copy,
+            }
+        })
+        .collect()
+}
+
+/// Whether a message takes part in copying at all (not too big, not before `since`).
+pub fn eligible(meta: &MessageMeta, max_size: u64, since: Option<chrono::NaiveDate>) -> bool {
+    meta.size <= max_size && !matches!((since, meta.date), (Some(s), Some(d)) if d < s)
+}
+
+/// Split `items` (in UID order) into consecutive batches of at most `max_count` items and
+/// `max_bytes` of bodies to copy; a single larger message gets a batch of its own.
+pub fn batches(items: &[(u64, Action)], max_bytes: u64, max_count: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (index, (size, action)) in items.iter().enumerate() {
+        let cost = if *action == Action::Copy { *size } else { 0 };
+        let count = index - start;
+        if count > 0 && (count >= max_count || bytes + cost > max_bytes) {
+            ranges.push(start..index);
+            start = index;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    if start < items.len() {
+        ranges.push(start..items.len());
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: u32, key: &str, size: u64) -> MessageMeta {
+        MessageMeta { uid, size, message_id: None, key: key.into(), date: None }
+    }
+
+    fn counts(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn uid_sets_compress_runs() {
+        let cases: &[(&[u32], &str)] = &[(&[], ""), (&[5], "5"), (&[1, 2, 3], "1:3"), (&[1, 2, 4, 6, 7], "1:2,4,6:7")];
+        for (uids, expected) in cases {
+            assert_eq!(uid_set(uids), *expected);
+        }
+    }
+
+    #[test]
+    fn identity_uses_message_id_else_a_stable_header_hash() {
+        let (id, key) = identity(b"Message-ID: <a@b>\r\nSubject: x\r\n\r\n", 10);
+        assert_eq!(id.as_deref(), Some("<a@b>"));
+        assert_eq!(key, "id:<a@b>:10");
+        let (id, one) = identity(b"Subject: hello\r\n world\r\nFrom: a@b\r\n\r\n", 10);
+        let (_, two) = identity(b"FROM: a@b\r\nSubject: hello world\r\n\r\n", 10);
+        assert!(id.is_none());
+        assert_eq!(one, two);
+        let (_, other_size) = identity(b"FROM: a@b\r\nSubject: hello world\r\n\r\n", 11);
+        assert_ne!(one, other_size);
+    }
+
+    #[test]
+    fn duplicates_count_with_multiplicity() {
+        // Two identical messages in the source, one already in the destination: copy one.
+        let candidates = [meta(1, "k", 5), meta(2, "k", 5), meta(3, "j", 5)];
+        let actions = decide(&candidates, &counts(&[("k", 2), ("j", 1)]), &counts(&[("k", 1)]), 100, None, |_| true);
+        assert_eq!(actions, vec![Action::SkipDuplicate, Action::Copy, Action::Copy]);
+        // Both already there: skip both. None there: copy both.
+        let actions = decide(&candidates[..2], &counts(&[("k", 2)]), &counts(&[("k", 2)]), 100, None, |_| true);
+        assert_eq!(actions, vec![Action::SkipDuplicate, Action::SkipDuplicate]);
+        let actions = decide(&candidates[..2], &counts(&[("k", 2)]), &counts(&[]), 100, None, |_| true);
+        assert_eq!(actions, vec![Action::Copy, Action::Copy]);
+    }
+
+    #[test]
+    fn delta_pass_counts_messages_copied_before() {
+        // UID 1 was copied in an earlier pass (it is in the destination); UID 2 is new and identical.
+        let actions = decide(&[meta(2, "k", 5)], &counts(&[("k", 2)]), &counts(&[("k", 1)]), 100, None, |_| true);
+        assert_eq!(actions, vec![Action::Copy]);
+    }
+
+    #[test]
+    fn only_allowed_uids_are_deduplicated() {
+        let candidates = [meta(1, "k", 5), meta(2, "k", 5)];
+        let actions = decide(&candidates, &counts(&[("k", 2)]), &counts(&[("k", 2)]), 100, None, |uid| uid == 1);
+        assert_eq!(actions, vec![Action::SkipDuplicate, Action::Copy]);
+    }
+
+    #[test]
+    fn size_and_date_filters() {
+        let mut old = meta(2, "b", 5);
+        old.date = chrono::NaiveDate::from_ymd_opt(2001, 1, 1);
+        let since = chrono::NaiveDate::from_ymd_opt(2020, 1, 1);
+        let actions = decide(&[meta(1, "a", 500), old], &counts(&[]), &counts(&[]), 100, since, |_| true);
+        assert_eq!(actions, vec![Action::SkipTooBig, Action::SkipByDate]);
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_and_count() {
+        let items = [(40, Action::Copy), (40, Action::Copy), (40, Action::Copy), (500, Action::SkipTooBig), (200, Action::Copy)];
+        assert_eq!(batches(&items, 100, 10), vec![0..2, 2..4, 4..5]);
+        assert_eq!(batches(&items, 10_000, 2), vec![0..2, 2..4, 4..5]);
+        assert!(batches(&[], 100, 10).is_empty());
+    }
+}
