@@ -1,0 +1,527 @@
+//! Throwaway Dovecot 2.3 instances: own config, ports, TLS certificate and mail store in a temp
+//! directory, stopped on drop. Several can run at once.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Which special-use folders the server pre-creates (with `auto = subscribe`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Sent, Trash, Junk, Drafts, Archive, each with its SPECIAL-USE attribute.
+    #[default]
+    Standard,
+    /// Outlook names: "Sent Items", "Deleted Items", "Junk Email", Drafts, Archive.
+    Outlook,
+    /// No special folders at all: only INBOX.
+    None,
+}
+
+impl Layout {
+    /// (folder name, special-use attribute) pairs this layout creates.
+    pub fn folders(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Layout::Standard => &[
+                ("Sent", "\\Sent"),
+                ("Trash", "\\Trash"),
+                ("Junk", "\\Junk"),
+                ("Drafts", "\\Drafts"),
+                ("Archive", "\\Archive"),
+            ],
+            Layout::Outlook => &[
+                ("Sent Items", "\\Sent"),
+                ("Deleted Items", "\\Trash"),
+                ("Junk Email", "\\Junk"),
+                ("Drafts", "\\Drafts"),
+                ("Archive", "\\Archive"),
+            ],
+            Layout::None => &[],
+        }
+    }
+}
+
+/// How to set up a [`Dovecot`] instance.
+#[derive(Clone, Debug)]
+pub struct DovecotOptions {
+    /// (user, password) pairs. Neither may contain `:` or a newline (passwd-file format).
+    pub users: Vec<(String, String)>,
+    /// Master user (login, password): log in as `user*login` with the master password.
+    pub master: Option<(String, String)>,
+    /// Which special-use folders exist from the start.
+    pub special_use_layout: Layout,
+    /// Hierarchy separator the server announces: `/` (default) or `.`.
+    pub separator: char,
+    /// When false, the server announces neither LITERAL+ nor LITERAL- (plain APPEND path).
+    pub literal_plus: bool,
+    /// Keep the instance in this directory (created if missing, never deleted) instead of a
+    /// temp directory: used by `mailhaul-testenv`, whose servers outlive a single process.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for DovecotOptions {
+    fn default() -> Self {
+        DovecotOptions {
+            users: Vec::new(),
+            master: None,
+            special_use_layout: Layout::Standard,
+            separator: '/',
+            literal_plus: true,
+            dir: None,
+        }
+    }
+}
+
+impl DovecotOptions {
+    /// Default options with these users.
+    pub fn with_users(users: &[(&str, &str)]) -> Self {
+        DovecotOptions {
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+            ..DovecotOptions::default()
+        }
+    }
+
+    /// Add a master user (`user*login` logs in as `user` with the master password).
+    pub fn master(mut self, login: &str, password: &str) -> Self {
+        self.master = Some((login.to_string(), password.to_string()));
+        self
+    }
+
+    /// Set the special-use layout.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.special_use_layout = layout;
+        self
+    }
+
+    /// Set the hierarchy separator (`/` or `.`).
+    pub fn separator(mut self, separator: char) -> Self {
+        self.separator = separator;
+        self
+    }
+
+    /// Announce LITERAL+ or not.
+    pub fn literal_plus(mut self, on: bool) -> Self {
+        self.literal_plus = on;
+        self
+    }
+}
+
+/// A running Dovecot. Dropping it stops the server and (unless `dir` was given) deletes its files.
+#[derive(Debug)]
+pub struct Dovecot {
+    /// Plain IMAP port on 127.0.0.1 (STARTTLS available).
+    pub imap_port: u16,
+    /// IMAPS port on 127.0.0.1 (TLS from the first byte).
+    pub imaps_port: u16,
+    /// PEM of the CA that signed the server certificate (valid for `localhost` and
+    /// `127.0.0.1`): pass it as `ca_file`.
+    pub cert_path: PathBuf,
+    /// The hierarchy separator the server announces.
+    pub separator: char,
+    /// Where config, logs and mail live.
+    pub dir: PathBuf,
+    /// The users as configured.
+    pub users: Vec<(String, String)>,
+    /// The Dovecot master process id.
+    pub pid: u32,
+    // Keeps the temp directory alive; declared last so the server is stopped first.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Capabilities Dovecot 2.3.19 announces after login, minus LITERAL+ (used when
+/// `literal_plus` is false: `imap_capability` can only replace the list, not remove from it).
+const CAPS_WITHOUT_LITERAL_PLUS: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT \
+SORT=DISPLAY THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE \
+UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT \
+SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW \
+STATUS=SIZE SAVEDATE SPECIAL-USE";
+
+impl Dovecot {
+    /// Start a fresh server. Fails (never skips) when Dovecot is not installed.
+    pub fn start(opts: DovecotOptions) -> Result<Dovecot> {
+        let binary = find_dovecot()?;
+        for (user, pass) in opts.users.iter().chain(opts.master.iter()) {
+            if [user, pass].iter().any(|s| s.contains([':', '\n', '\r'])) {
+                bail!("user {user:?}: users and passwords may not contain ':' or newlines (passwd-file)");
+            }
+        }
+        if opts.separator != '/' && opts.separator != '.' {
+            bail!("separator {:?}: only '/' and '.' are supported", opts.separator);
+        }
+        let (temp, dir) = match &opts.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                (None, dir.clone())
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("mailhaul-dovecot-")
+                    .tempdir()
+                    .context("creating a temp dir for Dovecot")?;
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        // Dovecot's unprivileged processes (mail uid, auth, login) must traverse the directory.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let (mail_uid, mail_gid, run_as) = mail_owner(&dir)?;
+        let cert_path = make_certificate(&dir)?;
+        write_users(&dir, &opts, mail_uid, mail_gid)?;
+
+        let mut last_error = None;
+        // Free ports are only probably free by the time Dovecot binds them: retry on a clash.
+        for _attempt in 0..5 {
+            let (imap_port, imaps_port) = (free_port()?, free_port()?);
+            if imap_port == imaps_port {
+                continue;
+            }
+            let base = dir.join("run");
+            std::fs::create_dir_all(&base)?;
+            std::fs::create_dir_all(dir.join("state"))?;
+            let conf = dir.join("dovecot.conf");
+            std::fs::write(&conf, config(&dir, &opts, imap_port, imaps_port, run_as.as_deref()))?;
+            let log = dir.join("dovecot.log");
+            let log_file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?;
+            // stdin/stdout detached: a pipe we never read would keep the daemon attached to us.
+            let status = Command::new(&binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !status.success() {
+                if log_text.contains("Address already in use") {
+                    last_error = Some(anyhow!("port clash: {log_text}"));
+                    continue;
+                }
+                bail!("dovecot -c {} failed ({status}):\n{log_text}", conf.display());
+            }
+            let pid = read_pid(&base.join("master.pid"), Duration::from_secs(10))?;
+            match wait_for_greeting(imap_port, Duration::from_secs(15)) {
+                Ok(()) => {
+                    return Ok(Dovecot {
+                        imap_port,
+                        imaps_port,
+                        cert_path,
+                        separator: opts.separator,
+                        dir,
+                        users: opts.users,
+                        pid,
+                        _temp: temp,
+                    })
+                }
+                Err(e) => {
+                    stop_pid(pid, Duration::from_secs(10));
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    if log.contains("Address already in use") {
+                        last_error = Some(e);
+                        continue;
+                    }
+                    return Err(e.context(format!("Dovecot did not greet; its log:\n{log}")));
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no free ports"))
+            .context("could not start Dovecot after 5 attempts"))
+    }
+
+    /// Everything Dovecot logged so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// `127.0.0.1`, the address both ports listen on.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// The password of a configured user.
+    pub fn password(&self, user: &str) -> Option<&str> {
+        self.users
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Stop the server now and wait until its master process is gone.
+    pub fn stop(&self) {
+        stop_pid(self.pid, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Send SIGTERM to a Dovecot master and wait (up to `wait`) for it to exit, then SIGKILL.
+/// Used by `Drop` and by `mailhaul-testenv down`.
+pub fn stop_pid(pid: u32, wait: Duration) {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if !is_dovecot(pid) {
+        // Never signal a pid that was recycled by some other program.
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if !is_dovecot(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid_t, libc::SIGKILL) };
+}
+
+/// True while `pid` is a live (not zombie) dovecot process.
+fn is_dovecot(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Format: "pid (comm) state ..."; zombies ("Z") are gone for our purposes.
+    let Some((head, rest)) = stat.split_once(") ") else {
+        return false;
+    };
+    head.ends_with("(dovecot") && !rest.starts_with('Z')
+}
+
+fn find_dovecot() -> Result<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/local/sbin", "/sbin"] {
+        let path = Path::new(dir).join("dovecot");
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("dovecot");
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!(
+        "Dovecot is not installed; the end-to-end tests need a real server. \
+         Install it with: apt-get install -y dovecot-imapd (or run .ci/run)"
+    )
+}
+
+/// Who owns the mail: uid/gid 8 (`mail`) when we are root, else ourselves (then Dovecot's
+/// internal and login users must be us too: returned as the user name to run as).
+fn mail_owner(dir: &Path) -> Result<(u32, u32, Option<String>)> {
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() == 0 {
+        return Ok((8, 8, None));
+    }
+    let name = Command::new("id")
+        .arg("-un")
+        .output()
+        .context("running id -un")?;
+    let name = String::from_utf8_lossy(&name.stdout).trim().to_string();
+    Ok((meta.uid(), meta.gid(), Some(name)))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn read_pid(path: &Path, wait: Duration) -> Result<u32> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse() {
+                return Ok(pid);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("Dovecot wrote no pid to {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_greeting(port: u16, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut line = String::new();
+                let _ = BufReader::new(stream).read_line(&mut line);
+                if line.starts_with("* OK") {
+                    return Ok(());
+                }
+                last = format!("greeting was {line:?}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no `* OK` greeting on 127.0.0.1:{port} ({last})")
+}
+
+/// A private CA and a server certificate it signs (EC P-256: fast to generate), valid for
+/// `localhost` and `127.0.0.1`. Returns the CA's PEM path, what a client trusts.
+fn make_certificate(dir: &Path) -> Result<PathBuf> {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.pem");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.pem");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[&["req", "-x509", "-days", "3650"][..], &ec, &["-subj", "/CN=mailhaul test CA"]].concat(),
+        &[("-keyout", &ca_key), ("-out", &ca)],
+    )?;
+    openssl(
+        &[&["req", "-new"][..], &ec, &["-subj", "/CN=localhost"]].concat(),
+        &[("-keyout", &key), ("-out", &csr)],
+    )?;
+    openssl(
+        &["x509", "-req", "-days", "3650", "-set_serial", "1"],
+        &[
+            ("-in", &csr),
+            ("-CA", &ca),
+            ("-CAkey", &ca_key),
+            ("-extfile", &ext),
+            ("-out", &cert),
+        ],
+    )?;
+    Ok(ca)
+}
+
+fn openssl(args: &[&str], paths: &[(&str, &Path)]) -> Result<()> {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    for (flag, path) in paths {
+        cmd.arg(flag).arg(path);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl (apt-get install -y openssl)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn write_users(dir: &Path, opts: &DovecotOptions, uid: u32, gid: u32) -> Result<()> {
+    let mut passwd = String::new();
+    for (user, pass) in &opts.users {
+        let home = dir.join("home").join(user);
+        std::fs::create_dir_all(&home)?;
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", home.display()))?;
+        writeln!(passwd, "{user}:{{PLAIN}}{pass}:{uid}:{gid}::{}::", home.display())?;
+    }
+    std::fs::write(dir.join("users"), passwd)?;
+    let masters = opts
+        .master
+        .iter()
+        .map(|(user, pass)| format!("{user}:{{PLAIN}}{pass}\n"))
+        .collect::<String>();
+    std::fs::write(dir.join("masters"), masters)?;
+    for file in ["users", "masters"] {
+        // Read by the auth process, which runs as the unprivileged `dovecot` user.
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+fn config(dir: &Path, opts: &DovecotOptions, imap: u16, imaps: u16, run_as: Option<&str>) -> String {
+    let d = dir.display();
+    let mut c = format!(
+        r#"# Generated by mailhaul-tests: a throwaway server.
+protocols = imap
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+instance_name = mailhaul-{imap}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+mail_location = maildir:~/Maildir:LAYOUT=fs
+mail_max_userip_connections = 100
+default_process_limit = 200
+ssl = yes
+ssl_cert = <{d}/server.pem
+ssl_key = <{d}/server.key
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {d}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+"#
+    );
+    if let Some(user) = run_as {
+        writeln!(c, "default_internal_user = {user}\ndefault_login_user = {user}").ok();
+    }
+    if opts.master.is_some() {
+        // Tried before the ordinary passdb for `user*master` logins; `pass = yes` then
+        // looks the user up in the ordinary passdb (without its password).
+        c.push_str(&format!(
+            "auth_master_user_separator = *\npassdb {{\n  driver = passwd-file\n  args = {d}/masters\n  master = yes\n  pass = yes\n}}\n"
+        ));
+    }
+    if !opts.literal_plus {
+        writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}").ok();
+    }
+    writeln!(c, "namespace inbox {{\n  inbox = yes\n  separator = {}", opts.separator).ok();
+    for (name, special) in opts.special_use_layout.folders() {
+        writeln!(
+            c,
+            "  mailbox \"{name}\" {{\n    auto = subscribe\n    special_use = {special}\n  }}"
+        )
+        .ok();
+    }
+    c.push_str("}\n");
+    c
+}
