@@ -1,1 +1,942 @@
-//! (being written)
+//! The batch report (report.csv, report.json, failed.csv and a summary table), built from the
+//! state ports so the local run and the Lambda finalizer produce the same files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FolderCounts, MailboxStatus, SkippedMessage, Verdict};
+use crate::ports::{BatchStore, CheckpointStore, StoreError};
+
+/// The columns of report.csv, in order.
+pub const REPORT_CSV_HEADERS: [&str; 15] = [
+    "row",
+    "mailbox",
+    "source_user",
+    "status",
+    "folders",
+    "copied",
+    "skipped_duplicate",
+    "skipped_too_big",
+    "skipped_by_date",
+    "refused",
+    "bytes",
+    "seconds",
+    "verify",
+    "error",
+    "hint",
+];
+
+/// One source folder of a mailbox, as people read it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FolderReport {
+    /// Source folder name, decoded from modified UTF-7.
+    pub source: String,
+    /// Destination folder name, decoded from modified UTF-7.
+    pub destination: String,
+    pub counts: FolderCounts,
+    /// False when the last pass stopped before the end of the folder.
+    pub complete: bool,
+    pub verify: Option<Verdict>,
+}
+
+/// One mailbox (CSV row) of the batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MailboxReport {
+    /// 1-based data row of the CSV.
+    pub row: usize,
+    pub mailbox: String,
+    pub source_user: String,
+    pub status: MailboxStatus,
+    /// Folders ordered by source name, so every state store yields the same report.
+    pub folders: Vec<FolderReport>,
+    /// The sum of the folders' counts.
+    pub totals: FolderCounts,
+    pub seconds: f64,
+    pub passes: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `ok`, `mismatch in N folder(s): ...` or `not verified`.
+    pub verify: String,
+    pub error: Option<String>,
+    /// What to do about `error`.
+    pub hint: Option<String>,
+    /// Every message not copied (too big, refused), ordered by folder then UID.
+    pub skipped: Vec<SkippedMessage>,
+    /// The CSV row with its password cells empty, for failed.csv; not in report.json.
+    #[serde(skip)]
+    pub cells: Vec<String>,
+}
+
+/// Tallies over the whole batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchTotals {
+    pub mailboxes: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub partial: usize,
+    pub pending: usize,
+    /// Mailboxes still marked running when the report was built (a run that is in progress
+    /// or was killed); `done + failed + partial + pending + running = mailboxes`.
+    pub running: usize,
+    /// Messages copied.
+    pub messages: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    pub skipped_duplicate: u64,
+    pub skipped_too_big: u64,
+    pub skipped_by_date: u64,
+    pub refused: u64,
+    /// Seconds spent copying, summed over mailboxes (more than the wall time when parallel).
+    pub seconds: f64,
+}
+
+/// The whole report of one batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub batch: String,
+    pub generated_at: DateTime<Utc>,
+    /// The batch CSV's header as the user wrote it (failed.csv uses it).
+    pub headers: Vec<String>,
+    /// Ordered by CSV row.
+    pub mailboxes: Vec<MailboxReport>,
+    pub totals: BatchTotals,
+}
+
+/// Read the batch, every mailbox record, its folder checkpoints and skipped messages.
+pub async fn build_report(
+    batch: &dyn BatchStore,
+    checkpoints: &dyn CheckpointStore,
+) -> Result<BatchReport, StoreError> {
+    let meta = batch.batch().await?.ok_or_else(|| {
+        StoreError::new("the state holds no batch: nothing to report (was the batch submitted?)")
+    })?;
+    let mut records = batch.mailboxes().await?;
+    records.sort_by(|a, b| (a.row, &a.mailbox).cmp(&(b.row, &b.mailbox)));
+
+    let mut mailboxes = Vec::with_capacity(records.len());
+    let mut totals = BatchTotals::default();
+    for record in records {
+        let mut checkpoints_of = checkpoints.load_folders(&record.mailbox).await?;
+        checkpoints_of.sort_by(|a, b| a.source_folder.cmp(&b.source_folder));
+        let mut skipped = checkpoints.skipped(&record.mailbox).await?;
+        skipped.sort_by(|a, b| (&a.folder, a.uid, a.reason).cmp(&(&b.folder, b.uid, b.reason)));
+
+        let folders: Vec<FolderReport> = checkpoints_of
+            .into_iter()
+            .map(|c| FolderReport {
+                source: decode_folder_name(&c.source_folder),
+                destination: decode_folder_name(&c.destination_folder),
+                counts: c.counts,
+                complete: c.complete,
+                verify: c.verify,
+            })
+            .collect();
+        let mut mailbox_totals = FolderCounts::default();
+        for folder in &folders {
+            mailbox_totals.add(&folder.counts);
+        }
+
+        totals.mailboxes += 1;
+        match record.status {
+            MailboxStatus::Done => totals.done += 1,
+            MailboxStatus::Failed => totals.failed += 1,
+            MailboxStatus::Partial => totals.partial += 1,
+            MailboxStatus::Pending => totals.pending += 1,
+            MailboxStatus::Running => totals.running += 1,
+        }
+        totals.messages += mailbox_totals.copied;
+        totals.bytes += mailbox_totals.bytes;
+        totals.skipped_duplicate += mailbox_totals.skipped_duplicate;
+        totals.skipped_too_big += mailbox_totals.skipped_too_big;
+        totals.skipped_by_date += mailbox_totals.skipped_by_date;
+        totals.refused += mailbox_totals.refused;
+        totals.seconds += record.seconds;
+
+        mailboxes.push(MailboxReport {
+            row: record.row,
+            verify: verify_summary(&folders),
+            mailbox: record.mailbox,
+            source_user: record.source_user,
+            status: record.status,
+            folders,
+            totals: mailbox_totals,
+            seconds: record.seconds,
+            passes: record.passes,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            error: record.error,
+            hint: record.hint,
+            skipped,
+            cells: record.cells,
+        });
+    }
+
+    Ok(BatchReport {
+        batch: meta.id,
+        generated_at: Utc::now(),
+        headers: meta.headers,
+        mailboxes,
+        totals,
+    })
+}
+
+/// `ok` when every folder verified fine, `mismatch in N folder(s): ...` when any did not,
+/// `not verified` otherwise (no folder, or some folder without a verdict).
+fn verify_summary(folders: &[FolderReport]) -> String {
+    let mismatches: Vec<String> = folders
+        .iter()
+        .filter_map(|f| match &f.verify {
+            Some(v) if !v.ok => Some(if v.detail.is_empty() {
+                format!(
+                    "{} ({} in source, {} in destination)",
+                    f.source, v.source_messages, v.destination_messages
+                )
+            } else {
+                format!("{} ({})", f.source, v.detail)
+            }),
+            _ => None,
+        })
+        .collect();
+    if !mismatches.is_empty() {
+        format!(
+            "mismatch in {} folder(s): {}",
+            mismatches.len(),
+            mismatches.join("; ")
+        )
+    } else if !folders.is_empty() && folders.iter().all(|f| f.verify.is_some()) {
+        "ok".to_string()
+    } else {
+        "not verified".to_string()
+    }
+}
+
+/// Decode an IMAP modified UTF-7 folder name (RFC 3501 5.1.3) for people; a malformed name is
+/// shown as the server sent it rather than failing the report.
+fn decode_folder_name(raw: &str) -> String {
+    fn decode(raw: &str) -> Option<String> {
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(start) = rest.find('&') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let end = after.find('-')?;
+            let encoded = &after[..end];
+            if encoded.is_empty() {
+                out.push('&');
+            } else {
+                let mut bits: u32 = 0;
+                let mut nbits = 0;
+                let mut units = Vec::with_capacity(encoded.len() * 6 / 16);
+                for c in encoded.bytes() {
+                    let value = match c {
+                        b'A'..=b'Z' => c - b'A',
+                        b'a'..=b'z' => c - b'a' + 26,
+                        b'0'..=b'9' => c - b'0' + 52,
+                        b'+' => 62,
+                        b',' => 63,
+                        _ => return None,
+                    };
+                    bits = (bits << 6) | u32::from(value);
+                    nbits += 6;
+                    if nbits >= 16 {
+                        nbits -= 16;
+                        units.push((bits >> nbits) as u16);
+                        bits &= (1 << nbits) - 1;
+                    }
+                }
+                out.push_str(&String::from_utf16(&units).ok()?);
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+    decode(raw).unwrap_or_else(|| raw.to_string())
+}
+
+/// True for a CSV header naming a password column: such cells are blanked in failed.csv even
+/// if a caller forgot to, because that file is handed around for editing.
+fn is_password_header(header: &str) -> bool {
+    let h = header.trim().to_ascii_lowercase();
+    h.contains("password")
+        || h.contains("passwd")
+        || h == "pass"
+        || h == "pwd"
+        || h.ends_with("_pwd")
+}
+
+fn opt(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("")
+}
+
+impl BatchReport {
+    /// report.csv: one line per mailbox with the columns of [`REPORT_CSV_HEADERS`].
+    pub fn to_csv(&self) -> Vec<u8> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut rows: Vec<Vec<String>> = Vec::with_capacity(self.mailboxes.len() + 1);
+        rows.push(REPORT_CSV_HEADERS.iter().map(|h| h.to_string()).collect());
+        for m in &self.mailboxes {
+            let t = &m.totals;
+            rows.push(vec![
+                m.row.to_string(),
+                m.mailbox.clone(),
+                m.source_user.clone(),
+                m.status.as_str().to_string(),
+                m.folders.len().to_string(),
+                t.copied.to_string(),
+                t.skipped_duplicate.to_string(),
+                t.skipped_too_big.to_string(),
+                t.skipped_by_date.to_string(),
+                t.refused.to_string(),
+                t.bytes.to_string(),
+                format!("{:.1}", m.seconds),
+                m.verify.clone(),
+                opt(&m.error).to_string(),
+                opt(&m.hint).to_string(),
+            ]);
+        }
+        for row in rows {
+            // Writing to a Vec cannot fail and every row has the same length.
+            w.write_record(&row).expect("csv to memory");
+        }
+        w.into_inner().expect("csv to memory")
+    }
+
+    /// report.json: everything, including per-folder details and every message not copied.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Only strings, numbers and string-keyed structs: serialization cannot fail.
+        let mut out = serde_json::to_vec_pretty(self).expect("report serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// failed.csv: every mailbox not `done`, in the batch's own CSV form (its header and the
+    /// row's cells, password cells empty), ready to fix and resubmit. Header only when all are done.
+    pub fn failed_csv(&self) -> Vec<u8> {
+        let width = self.headers.len();
+        let mut w = csv::WriterBuilder::new()
+            .flexible(width == 0)
+            .from_writer(Vec::new());
+        if width > 0 {
+            w.write_record(&self.headers).expect("csv to memory");
+        }
+        let secret_columns: Vec<bool> =
+            self.headers.iter().map(|h| is_password_header(h)).collect();
+        for m in self
+            .mailboxes
+            .iter()
+            .filter(|m| m.status != MailboxStatus::Done)
+        {
+            let mut cells = m.cells.clone();
+            if width > 0 {
+                // Keep the file rectangular so spreadsheet tools and our own parser accept it.
+                cells.resize(width, String::new());
+            }
+            for (cell, secret) in cells.iter_mut().zip(&secret_columns) {
+                if *secret {
+                    cell.clear();
+                }
+            }
+            w.write_record(&cells).expect("csv to memory");
+        }
+        w.into_inner().expect("csv to memory")
+    }
+
+    /// A fixed-width table for stderr: mailbox, status, messages, MB, time, verify, error, and
+    /// a totals line.
+    pub fn summary_table(&self) -> String {
+        const VERIFY_WIDTH: usize = 32;
+        const ERROR_WIDTH: usize = 70;
+        let rows: Vec<[String; 7]> = self
+            .mailboxes
+            .iter()
+            .map(|m| {
+                [
+                    m.mailbox.clone(),
+                    m.status.as_str().to_string(),
+                    m.totals.copied.to_string(),
+                    megabytes(m.totals.bytes),
+                    human_seconds(m.seconds),
+                    truncate(&m.verify, VERIFY_WIDTH),
+                    truncate(opt(&m.error), ERROR_WIDTH),
+                ]
+            })
+            .collect();
+        let header = [
+            "mailbox", "status", "messages", "MB", "time", "verify", "error",
+        ];
+        let mut widths = header.map(|h| h.chars().count());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        // Numbers right-aligned, text left-aligned; the last column is not padded.
+        let right = [false, false, true, true, true, false, false];
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i > 0 {
+                    out.push_str("  ");
+                }
+                if i + 1 == cells.len() {
+                    out.push_str(cell);
+                } else if right[i] {
+                    out.push_str(&format!("{cell:>w$}", w = widths[i]));
+                } else {
+                    out.push_str(&format!("{cell:<w$}", w = widths[i]));
+                }
+            }
+            out.truncate(out.trim_end().len());
+            out.push('\n');
+            out
+        };
+        let mut out = line(&header.map(String::from));
+        for row in &rows {
+            out.push_str(&line(row));
+        }
+        let t = &self.totals;
+        let mut states = vec![
+            format!("{} done", t.done),
+            format!("{} failed", t.failed),
+            format!("{} partial", t.partial),
+            format!("{} pending", t.pending),
+        ];
+        if t.running > 0 {
+            states.push(format!("{} running", t.running));
+        }
+        out.push_str(&format!(
+            "total: {} mailbox(es): {}; {} messages, {} MB, {}",
+            t.mailboxes,
+            states.join(", "),
+            t.messages,
+            megabytes(t.bytes),
+            human_seconds(t.seconds),
+        ));
+        let not_copied = t.skipped_too_big + t.refused;
+        if not_copied > 0 {
+            out.push_str(&format!(
+                "; {not_copied} not copied (listed in report.json)"
+            ));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// Write report.csv, report.json and failed.csv into `dir` (created if missing). Each file
+    /// is written aside and renamed, so a reader never sees half a report.
+    pub fn write_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let files = [
+            ("report.csv", self.to_csv()),
+            ("report.json", self.to_json()),
+            ("failed.csv", self.failed_csv()),
+        ];
+        let mut written = Vec::with_capacity(files.len());
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, &path)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1_000_000.0)
+}
+
+fn human_seconds(seconds: f64) -> String {
+    let s = if seconds.is_finite() && seconds > 0.0 {
+        seconds.round() as u64
+    } else {
+        0
+    };
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    // One line per mailbox: a multi-line server reply is flattened.
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FolderCheckpoint, SkipReason};
+    use crate::ports::{BatchMeta, MailboxRecord};
+    use crate::sqlite::SqliteStore;
+
+    const HEADERS: [&str; 5] = [
+        "SourceUser",
+        "SourcePassword",
+        "Mailbox",
+        "DestPassword",
+        "Note",
+    ];
+
+    fn counts(copied: u64, too_big: u64, refused: u64, bytes: u64) -> FolderCounts {
+        FolderCounts {
+            copied,
+            skipped_duplicate: 1,
+            skipped_too_big: too_big,
+            skipped_by_date: 2,
+            refused,
+            bytes,
+        }
+    }
+
+    fn folder(source: &str, c: FolderCounts, verify: Option<Verdict>) -> FolderCheckpoint {
+        FolderCheckpoint {
+            source_folder: source.to_string(),
+            destination_folder: source.to_string(),
+            uid_validity: 7,
+            last_uid: 100,
+            uid_next: 101,
+            counts: c,
+            complete: true,
+            verify,
+            ..Default::default()
+        }
+    }
+
+    fn verdict(ok: bool, detail: &str) -> Option<Verdict> {
+        Some(Verdict {
+            ok,
+            source_messages: 10,
+            destination_messages: if ok { 10 } else { 9 },
+            not_copied: 0,
+            detail: detail.to_string(),
+        })
+    }
+
+    fn record(row: usize, mailbox: &str, status: MailboxStatus) -> MailboxRecord {
+        MailboxRecord {
+            mailbox: mailbox.to_string(),
+            row,
+            source_user: format!("old-{mailbox}"),
+            cells: vec![
+                format!("old-{mailbox}"),
+                String::new(),
+                mailbox.to_string(),
+                String::new(),
+                format!("note {row}"),
+            ],
+            status,
+            error: None,
+            hint: None,
+            started_at: None,
+            finished_at: None,
+            seconds: 10.0 * row as f64,
+            passes: 1,
+        }
+    }
+
+    fn skipped(folder: &str, uid: u32, reason: SkipReason, detail: &str) -> SkippedMessage {
+        SkippedMessage {
+            folder: folder.to_string(),
+            uid,
+            size: 50_000_000,
+            message_id: Some(format!("<m{uid}@example.com>")),
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Row 1 done, row 2 failed with error and hint, row 3 partial; saved out of order.
+    async fn three_mailboxes() -> BatchReport {
+        let store = SqliteStore::in_memory().unwrap();
+        store
+            .put_batch(&BatchMeta {
+                id: "batch-7".into(),
+                headers: HEADERS.iter().map(|h| h.to_string()).collect(),
+                total: 3,
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+
+        store
+            .put_mailbox(&record(3, "carol@new.example", MailboxStatus::Partial))
+            .await
+            .unwrap();
+        store
+            .put_mailbox(&record(1, "alice@new.example", MailboxStatus::Done))
+            .await
+            .unwrap();
+        let mut bob = record(2, "bob@new.example", MailboxStatus::Failed);
+        bob.error = Some("source login refused for row 2 (old-bob@new.example)".into());
+        bob.hint = Some("check the SourcePassword cell, or create an app password".into());
+        // A caller that forgot to blank a password cell: failed.csv still must not carry it.
+        bob.cells[3] = "leaked-dest-pw".into();
+        store.put_mailbox(&bob).await.unwrap();
+
+        let alice = "alice@new.example";
+        store
+            .save_folder(
+                alice,
+                &folder("INBOX", counts(100, 1, 0, 5_000_000), verdict(true, "")),
+            )
+            .await
+            .unwrap();
+        store
+            .save_folder(
+                alice,
+                &folder("Migr&AOk-", counts(20, 0, 1, 1_000_000), verdict(true, "")),
+            )
+            .await
+            .unwrap();
+        store
+            .record_skipped(
+                alice,
+                &skipped(
+                    "INBOX",
+                    42,
+                    SkipReason::TooBig,
+                    "50000000 bytes > 35 MB limit",
+                ),
+            )
+            .await
+            .unwrap();
+        store
+            .record_skipped(
+                alice,
+                &skipped(
+                    "Migré",
+                    7,
+                    SkipReason::Refused,
+                    "NO [LIMIT] message too large",
+                ),
+            )
+            .await
+            .unwrap();
+
+        let carol = "carol@new.example";
+        store
+            .save_folder(
+                carol,
+                &folder(
+                    "Sent",
+                    counts(5, 0, 0, 300_000),
+                    verdict(false, "1 missing"),
+                ),
+            )
+            .await
+            .unwrap();
+        let mut inbox = folder("INBOX", counts(3, 0, 0, 100_000), None);
+        inbox.complete = false;
+        store.save_folder(carol, &inbox).await.unwrap();
+
+        build_report(&store, &store).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn totals_add_up() {
+        let report = three_mailboxes().await;
+        assert_eq!(report.batch, "batch-7");
+        assert_eq!(report.headers, HEADERS);
+        let rows: Vec<_> = report
+            .mailboxes
+            .iter()
+            .map(|m| (m.row, m.mailbox.as_str(), m.status))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "alice@new.example", MailboxStatus::Done),
+                (2, "bob@new.example", MailboxStatus::Failed),
+                (3, "carol@new.example", MailboxStatus::Partial),
+            ]
+        );
+        let t = &report.totals;
+        assert_eq!(
+            (
+                t.mailboxes,
+                t.done,
+                t.failed,
+                t.partial,
+                t.pending,
+                t.running
+            ),
+            (3, 1, 1, 1, 0, 0)
+        );
+        assert_eq!(t.messages, 100 + 20 + 5 + 3);
+        assert_eq!(t.bytes, 5_000_000 + 1_000_000 + 300_000 + 100_000);
+        assert_eq!(
+            (
+                t.skipped_too_big,
+                t.refused,
+                t.skipped_duplicate,
+                t.skipped_by_date
+            ),
+            (1, 1, 4, 8)
+        );
+        assert_eq!(t.seconds, 60.0);
+        let sum: u64 = report.mailboxes.iter().map(|m| m.totals.copied).sum();
+        assert_eq!(sum, t.messages);
+        assert_eq!(report.mailboxes[0].totals, {
+            let mut c = counts(100, 1, 0, 5_000_000);
+            c.add(&counts(20, 0, 1, 1_000_000));
+            c
+        });
+    }
+
+    #[tokio::test]
+    async fn folders_are_decoded_sorted_and_verified() {
+        let report = three_mailboxes().await;
+        let alice = &report.mailboxes[0];
+        let names: Vec<_> = alice.folders.iter().map(|f| f.source.as_str()).collect();
+        assert_eq!(names, ["INBOX", "Migré"]);
+        assert_eq!(alice.verify, "ok");
+        assert_eq!(report.mailboxes[1].verify, "not verified");
+        assert!(report.mailboxes[1].folders.is_empty());
+        let carol = &report.mailboxes[2];
+        assert_eq!(
+            carol
+                .folders
+                .iter()
+                .map(|f| f.source.as_str())
+                .collect::<Vec<_>>(),
+            ["INBOX", "Sent"]
+        );
+        assert!(!carol.folders[0].complete);
+        assert_eq!(carol.verify, "mismatch in 1 folder(s): Sent (1 missing)");
+    }
+
+    #[tokio::test]
+    async fn report_csv_has_one_line_per_mailbox() {
+        let report = three_mailboxes().await;
+        let bytes = report.to_csv();
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        assert_eq!(
+            reader.headers().unwrap().iter().collect::<Vec<_>>(),
+            REPORT_CSV_HEADERS
+        );
+        let rows: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows[0],
+            [
+                "1",
+                "alice@new.example",
+                "old-alice@new.example",
+                "done",
+                "2",
+                "120",
+                "2",
+                "1",
+                "4",
+                "1",
+                "6000000",
+                "10.0",
+                "ok",
+                "",
+                ""
+            ]
+        );
+        assert_eq!(rows[1][3], "failed");
+        assert_eq!(rows[1][4], "0");
+        assert_eq!(rows[1][12], "not verified");
+        assert_eq!(
+            rows[1][13],
+            "source login refused for row 2 (old-bob@new.example)"
+        );
+        assert_eq!(
+            rows[1][14],
+            "check the SourcePassword cell, or create an app password"
+        );
+        assert_eq!(
+            rows[2][..6],
+            [
+                "3",
+                "carol@new.example",
+                "old-carol@new.example",
+                "partial",
+                "2",
+                "8"
+            ]
+        );
+        assert_eq!(rows[2][12], "mismatch in 1 folder(s): Sent (1 missing)");
+    }
+
+    #[tokio::test]
+    async fn report_json_lists_every_message_not_copied() {
+        let report = three_mailboxes().await;
+        let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+        assert_eq!(json["batch"], "batch-7");
+        assert_eq!(json["totals"]["messages"], 128);
+        assert_eq!(json["totals"]["failed"], 1);
+        let alice = &json["mailboxes"][0];
+        assert_eq!(alice["status"], "done");
+        assert_eq!(alice["folders"][1]["source"], "Migré");
+        assert_eq!(alice["folders"][0]["counts"]["copied"], 100);
+        assert_eq!(alice["folders"][0]["verify"]["ok"], true);
+        let skipped = alice["skipped"].as_array().unwrap();
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped[0]["folder"], "INBOX");
+        assert_eq!(skipped[0]["uid"], 42);
+        assert_eq!(skipped[0]["size"], 50_000_000);
+        assert_eq!(skipped[0]["message_id"], "<m42@example.com>");
+        assert_eq!(skipped[0]["reason"], "too_big");
+        assert_eq!(skipped[0]["detail"], "50000000 bytes > 35 MB limit");
+        assert_eq!(skipped[1]["reason"], "refused");
+        let bob = &json["mailboxes"][1];
+        assert_eq!(
+            bob["error"],
+            "source login refused for row 2 (old-bob@new.example)"
+        );
+        assert_eq!(
+            bob["hint"],
+            "check the SourcePassword cell, or create an app password"
+        );
+        // Cells stay out of report.json (failed.csv is where they belong).
+        assert!(bob.get("cells").is_none());
+        assert!(!String::from_utf8(report.to_json())
+            .unwrap()
+            .contains("leaked-dest-pw"));
+        // And it reads back.
+        let back: BatchReport = serde_json::from_slice(&report.to_json()).unwrap();
+        assert_eq!(back.mailboxes.len(), 3);
+        assert_eq!(back.totals, report.totals);
+    }
+
+    #[tokio::test]
+    async fn failed_csv_is_the_batch_form_of_every_unfinished_row() {
+        let report = three_mailboxes().await;
+        let text = String::from_utf8(report.failed_csv()).unwrap();
+        assert_eq!(
+            text,
+            "SourceUser,SourcePassword,Mailbox,DestPassword,Note\n\
+             old-bob@new.example,,bob@new.example,,note 2\n\
+             old-carol@new.example,,carol@new.example,,note 3\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_csv_is_header_only_when_all_done() {
+        let mut report = three_mailboxes().await;
+        for m in &mut report.mailboxes {
+            m.status = MailboxStatus::Done;
+        }
+        assert_eq!(
+            String::from_utf8(report.failed_csv()).unwrap(),
+            "SourceUser,SourcePassword,Mailbox,DestPassword,Note\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn summary_table_is_aligned_with_a_totals_line() {
+        let report = three_mailboxes().await;
+        let table = report.summary_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[0].starts_with("mailbox"), "{table}");
+        // Every column after the first starts at the same offset on every line.
+        let status_at = lines[0].find("status").unwrap();
+        assert_eq!(&lines[1][status_at..status_at + 4], "done", "{table}");
+        assert_eq!(&lines[2][status_at..status_at + 6], "failed", "{table}");
+        assert!(
+            lines[1].contains("  120  ") && lines[1].contains("  6.0  "),
+            "{table}"
+        );
+        assert!(lines[1].contains("10s"), "{table}");
+        assert!(
+            lines[2].ends_with("source login refused for row 2 (old-bob@new.example)"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[4],
+            "total: 3 mailbox(es): 1 done, 1 failed, 1 partial, 0 pending; 128 messages, 6.4 MB, 1m00s; \
+             2 not copied (listed in report.json)"
+        );
+    }
+
+    #[tokio::test]
+    async fn write_dir_writes_three_files() {
+        let report = three_mailboxes().await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("reports/batch-7");
+        let paths = report.write_dir(&out).unwrap();
+        let names: Vec<_> = paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["report.csv", "report.json", "failed.csv"]);
+        assert_eq!(
+            std::fs::read(out.join("report.csv")).unwrap(),
+            report.to_csv()
+        );
+        assert_eq!(
+            std::fs::read(out.join("failed.csv")).unwrap(),
+            report.failed_csv()
+        );
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            3,
+            "no temporary files left"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_state_is_an_error() {
+        let store = SqliteStore::in_memory().unwrap();
+        let err = build_report(&store, &store).await.unwrap_err().to_string();
+        assert!(err.contains("no batch"), "{err}");
+    }
+
+    #[test]
+    fn modified_utf7_names_decode() {
+        let cases = [
+            ("INBOX", "INBOX"),
+            ("Migr&AOk-", "Migré"),
+            ("&ZeVnLIqe-", "日本語"),
+            ("Tom &- Jerry", "Tom & Jerry"),
+            ("&AOk-t&AOk-/Re&AOc-us", "été/Reçus"),
+            // Malformed: shown raw, never a panic.
+            ("Bad&AOk", "Bad&AOk"),
+            ("Bad&!!-", "Bad&!!-"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(decode_folder_name(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn password_headers_are_recognised() {
+        for h in [
+            "Password",
+            "SourcePassword",
+            "dest_password",
+            "UserPasswd",
+            "pwd",
+            "pass",
+        ] {
+            assert!(is_password_header(h), "{h}");
+        }
+        for h in ["SourceUser", "Mailbox", "passes", "Compass"] {
+            assert!(!is_password_header(h), "{h}");
+        }
+    }
+}
