@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod folders;
 pub mod imap;
+pub mod inspect;
 pub mod model;
 pub mod plan;
 pub mod ports;

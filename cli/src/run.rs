@@ -1,0 +1,322 @@
+//! `mailhaul run`, `status` and `report`: the local runner on embedded (SQLite) state.
+//!
+//! Every valid row runs on a worker pool; a second run resumes what was cut off and is a
+//! delta pass for what finished. Passwords come from the CSV at run time and stay in memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use mailhaul_common::batch::{validate_batch, BatchRow};
+use mailhaul_common::engine::{copy_mailbox, CopyStatus, TimeBox};
+use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security};
+use mailhaul_common::ports::{BatchMeta, BatchStore, MailboxRecord};
+use mailhaul_common::report::build_report;
+use mailhaul_common::settings::{parse_size, Settings};
+use mailhaul_common::sqlite::SqliteStore;
+use tokio::sync::{watch, Semaphore};
+
+use crate::progress::Progress;
+use crate::{EXIT_CANNOT_RUN, EXIT_DONE, EXIT_SOME_FAILED};
+
+/// Retries of a mailbox after a transient error (connection lost, throttled) in one run.
+const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The batch CSV (Exchange, TrekMail or full form).
+    pub csv: PathBuf,
+    /// Batch settings (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// State file (default: `<csv name>.mailhaul.sqlite` next to the CSV).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[arg(long, default_value = "mailhaul-report")]
+    pub report_dir: PathBuf,
+    /// Mailboxes copied at once (default 4, or `workers` in the config).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long)]
+    pub source_preset: Option<String>,
+    #[arg(long)]
+    pub source_host: Option<String>,
+    #[arg(long)]
+    pub source_port: Option<u16>,
+    /// tls, starttls or plain.
+    #[arg(long)]
+    pub source_security: Option<String>,
+    #[arg(long)]
+    pub destination_host: Option<String>,
+    #[arg(long)]
+    pub destination_port: Option<u16>,
+    #[arg(long)]
+    pub destination_security: Option<String>,
+    /// all, or standard (skips Junk and Trash).
+    #[arg(long)]
+    pub folders: Option<String>,
+    /// Only messages since this day (YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<chrono::NaiveDate>,
+    /// Larger messages are skipped and reported (e.g. 35MB).
+    #[arg(long)]
+    pub max_message_size: Option<String>,
+    /// Copy messages even when the destination folder already holds them.
+    #[arg(long)]
+    pub no_skip_duplicates: bool,
+    /// One APPEND round trip at a time, even where the server offers LITERAL+.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Stop cleanly after this many seconds (checkpointed; run again to resume).
+    #[arg(long)]
+    pub time_limit: Option<u64>,
+}
+
+/// Settings from the file (or defaults), with admin passwords from the environment.
+pub fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
+    let mut settings = match config {
+        Some(path) => Settings::load(path).with_context(|| format!("settings {}", path.display()))?,
+        None => Settings::default(),
+    };
+    settings.resolve_secrets(|name| std::env::var(name).ok())?;
+    Ok(settings)
+}
+
+fn apply_flags(settings: &mut Settings, args: &RunArgs) -> anyhow::Result<()> {
+    let security = |value: &Option<String>, flag: &str| -> anyhow::Result<Option<Security>> {
+        value
+            .as_deref()
+            .map(|v| Security::parse(v).with_context(|| format!("--{flag} {v:?}: use tls, starttls or plain")))
+            .transpose()
+    };
+    if let Some(preset) = &args.source_preset {
+        settings.source.preset = Some(preset.clone());
+    }
+    settings.source.host = args.source_host.clone().or(settings.source.host.take());
+    settings.source.port = args.source_port.or(settings.source.port);
+    settings.source.security = security(&args.source_security, "source-security")?.or(settings.source.security);
+    settings.destination.host = args.destination_host.clone().or(settings.destination.host.take());
+    settings.destination.port = args.destination_port.or(settings.destination.port);
+    settings.destination.security =
+        security(&args.destination_security, "destination-security")?.or(settings.destination.security);
+    if let Some(workers) = args.workers {
+        settings.workers = workers.max(1);
+    }
+    if let Some(folders) = &args.folders {
+        settings.copy.folders = match folders.as_str() {
+            "all" => FolderStrategy::All,
+            "standard" => FolderStrategy::Standard,
+            other => anyhow::bail!("--folders {other:?}: use all or standard"),
+        };
+    }
+    if let Some(since) = args.since {
+        settings.copy.since = Some(since);
+    }
+    if let Some(size) = &args.max_message_size {
+        settings.copy.max_message_size =
+            parse_size(size).with_context(|| format!("--max-message-size {size:?}: use bytes or e.g. 35MB"))?;
+    }
+    if args.no_skip_duplicates {
+        settings.copy.skip_duplicates = false;
+    }
+    if args.no_pipelining {
+        settings.copy.pipelining = false;
+    }
+    Ok(())
+}
+
+fn default_state_path(csv: &Path) -> PathBuf {
+    let stem = csv.file_stem().and_then(|s| s.to_str()).unwrap_or("batch");
+    csv.with_file_name(format!("{stem}.mailhaul.sqlite"))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let mut settings = load_settings(args.config.as_deref())?;
+    apply_flags(&mut settings, &args)?;
+    let bytes = std::fs::read(&args.csv).with_context(|| format!("cannot read {}", args.csv.display()))?;
+    let batch = validate_batch(&bytes, &settings);
+    if !batch.is_valid() {
+        eprint!("{}", batch.render_table());
+    }
+    if batch.format.is_none() || batch.rows.is_empty() {
+        eprintln!("mailhaul: nothing to run: fix the file-level problems above");
+        return Ok(EXIT_CANNOT_RUN);
+    }
+
+    let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&args.csv));
+    let store = Arc::new(SqliteStore::open(&state_path)?);
+    let batch_id = args.csv.file_stem().and_then(|s| s.to_str()).unwrap_or("batch").to_string();
+    store
+        .put_batch(&BatchMeta { id: batch_id, headers: batch.headers.clone(), total: batch.rows.len(), created_at: Utc::now() })
+        .await?;
+
+    // Invalid rows are reported as failed and never stop the others.
+    let mut keys_used = BTreeSet::new();
+    let mut jobs: Vec<MailboxJob> = Vec::new();
+    for row in &batch.rows {
+        let key = if row.job.is_some() && keys_used.insert(row.mailbox.to_ascii_lowercase()) {
+            row.mailbox.clone()
+        } else {
+            format!("row {}: {}", row.row, row.mailbox)
+        };
+        let mut record = store.mailbox(&key).await?.unwrap_or_else(|| new_record(&key, row));
+        record.cells = row.cells.clone();
+        record.row = row.row;
+        match &row.job {
+            Some(job) => {
+                let mut job = job.clone();
+                job.mailbox = key;
+                jobs.push(job);
+                record.status = MailboxStatus::Pending;
+                record.error = None;
+                record.hint = None;
+            }
+            None => {
+                let problems: Vec<String> = batch.errors_for(row.row).iter().map(|p| p.message.clone()).collect();
+                record.status = MailboxStatus::Failed;
+                record.error = Some(problems.join("; "));
+                record.hint = Some("fix the row in failed.csv and run it again".into());
+            }
+        }
+        store.put_mailbox(&record).await?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nmailhaul: stopping after the current batch (Ctrl-C again to kill)...");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let deadline = args.time_limit.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let timebox = TimeBox { deadline, stop: stop_rx };
+
+    let progress = Arc::new(Progress::new());
+    let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
+    let mut per_host: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let settings = Arc::new(settings);
+    let mut tasks = tokio::task::JoinSet::new();
+    for job in jobs {
+        let host_slots = per_host
+            .entry(job.source.server.host.to_ascii_lowercase())
+            .or_insert_with(|| Arc::new(Semaphore::new(settings.max_connections_per_source_host.max(1))))
+            .clone();
+        let (workers, store, progress, settings, timebox) =
+            (workers.clone(), store.clone(), progress.clone(), settings.clone(), timebox.clone());
+        tasks.spawn(async move {
+            let Ok(_worker) = workers.acquire_owned().await else { return Ok(()) };
+            let Ok(_slot) = host_slots.acquire_owned().await else { return Ok(()) };
+            run_mailbox(&job, &settings, &store, &progress, &timebox).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a worker crashed")??;
+    }
+    progress.finish();
+
+    let report = build_report(store.as_ref(), store.as_ref()).await?;
+    let written = report.write_dir(&args.report_dir).with_context(|| format!("cannot write {}", args.report_dir.display()))?;
+    eprint!("{}", report.summary_table());
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    eprintln!("state: {}", state_path.display());
+    Ok(if report.mailboxes.iter().all(|m| m.status == MailboxStatus::Done) { EXIT_DONE } else { EXIT_SOME_FAILED })
+}
+
+fn new_record(key: &str, row: &BatchRow) -> MailboxRecord {
+    MailboxRecord {
+        mailbox: key.to_string(),
+        row: row.row,
+        source_user: row.source_user.clone(),
+        cells: row.cells.clone(),
+        status: MailboxStatus::Pending,
+        error: None,
+        hint: None,
+        started_at: None,
+        finished_at: None,
+        seconds: 0.0,
+        passes: 0,
+    }
+}
+
+/// One mailbox to the end: retries transient errors with backoff, never a failed login.
+async fn run_mailbox(
+    job: &MailboxJob,
+    settings: &Settings,
+    store: &SqliteStore,
+    progress: &Progress,
+    timebox: &TimeBox,
+) -> anyhow::Result<()> {
+    let mut record = store.mailbox(&job.mailbox).await?.context("mailbox record vanished")?;
+    record.status = MailboxStatus::Running;
+    record.started_at.get_or_insert_with(Utc::now);
+    store.put_mailbox(&record).await?;
+    let started = Instant::now();
+    let mut attempt = 0;
+    let (status, error, hint) = loop {
+        attempt += 1;
+        match copy_mailbox(job, &settings.copy, store, progress, timebox).await {
+            Ok(outcome) if outcome.status == CopyStatus::Done => {
+                let copied = outcome.this_pass.copied;
+                let mismatched = outcome.verdicts.iter().filter(|(_, v)| !v.ok).count();
+                let verdict = if mismatched == 0 { "verified".to_string() } else { format!("{mismatched} folder(s) do not verify") };
+                progress.mailbox_finished(&job.mailbox, &format!("done, {copied} copied this pass, {verdict}"));
+                break (MailboxStatus::Done, None, None);
+            }
+            Ok(_) => {
+                progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
+                break (MailboxStatus::Partial, Some("stopped before the end".to_string()), Some("run the same command again to resume".to_string()));
+            }
+            Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS && !*timebox.stop.borrow() => {
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(1 << attempt.min(5))).min(Duration::from_secs(120));
+                progress.line(&format!("{}: {e}; retrying in {}s (attempt {attempt}/{MAX_ATTEMPTS})", job.mailbox, wait.as_secs()));
+                let mut stop = timebox.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }
+            Err(e) => {
+                progress.mailbox_finished(&job.mailbox, &format!("FAILED: {e}"));
+                let status = if e.is_retryable() { MailboxStatus::Partial } else { MailboxStatus::Failed };
+                let status = if e.is_retryable() && attempt >= MAX_ATTEMPTS { MailboxStatus::Failed } else { status };
+                break (status, Some(e.to_string()), Some(e.hint()));
+            }
+        }
+    };
+    record.status = status;
+    record.error = error;
+    record.hint = hint;
+    record.seconds += started.elapsed().as_secs_f64();
+    record.passes += 1;
+    record.finished_at = Some(Utc::now());
+    store.put_mailbox(&record).await?;
+    Ok(())
+}
+
+pub async fn status(state: &Path, json: bool) -> anyhow::Result<u8> {
+    let store = SqliteStore::open(state)?;
+    let report = build_report(&store, &store).await?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&report.to_json()));
+    } else {
+        eprint!("{}", report.summary_table());
+    }
+    Ok(EXIT_DONE)
+}
+
+pub async fn report(state: &Path, dir: &Path) -> anyhow::Result<u8> {
+    let store = SqliteStore::open(state)?;
+    let report = build_report(&store, &store).await?;
+    for path in report.write_dir(dir)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(EXIT_DONE)
+}
