@@ -472,6 +472,10 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 instance_name = mailhaul-{imap}
 disable_plaintext_auth = no
+# Tests try wrong passwords on purpose; the default 2 s penalty only slows them down.
+auth_failure_delay = 0
+# Loopback is trusted so anvil's growing per-IP penalty (2, 4, 8, 15 s) does not apply.
+login_trusted_networks = 127.0.0.0/8
 auth_mechanisms = plain login
 first_valid_uid = 1
 mail_location = maildir:~/Maildir:LAYOUT=fs
