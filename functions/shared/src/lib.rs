@@ -1,1 +1,17 @@
-//! mailhaul on AWS.
+//! mailhaul on AWS: the ports the Lambda handlers talk to (object store, job queue, secret
+//! store, notifier, state table), their AWS adapters, and the upload, copy and finalize
+//! handlers. The Lambda binaries only wire these; tests call the handlers directly.
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod copy;
+pub mod dynamo;
+pub mod finalize;
+pub mod logging;
+pub mod messages;
+pub mod ports;
+pub mod upload;
+
+pub use config::{Config, Services};
+pub use ports::{JobQueue, Notifier, ObjectStore, OutMessage, PortError, SecretStore};

@@ -1,0 +1,89 @@
+//! What `mailhaul submit`, `mailhaul status` and `mailhaul report` do against a deployed stack.
+
+use std::path::{Path, PathBuf};
+
+use mailhaul_common::ports::{BatchStore, MailboxRecord, StoreError};
+use mailhaul_common::report::{build_report, BatchReport};
+
+use crate::adapters::S3Objects;
+use crate::config::s3_client;
+use crate::dynamo::{BatchState, Table};
+use crate::messages::batch_id;
+use crate::ports::{ObjectStore, PortError};
+
+/// A CLI action against AWS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{0} is not a .csv file: give the batch CSV")]
+    NotCsv(PathBuf),
+    #[error("no batch {0} in the table: check the batch id printed by `mailhaul submit` and the --stack/--table")]
+    NoBatch(String),
+    #[error("no report for batch {0} yet: it is still running (see `mailhaul status`), or the id is wrong")]
+    NoReport(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Uploads `csv` (and `settings`, as its sidecar, first) to `s3://bucket/incoming/` and returns
+/// the batch id the upload function will give it.
+pub async fn submit(sdk: &aws_config::SdkConfig, bucket: &str, csv: &Path, settings: Option<&Path>) -> Result<String, CliError> {
+    let name = csv.file_name().and_then(|n| n.to_str()).filter(|n| n.to_ascii_lowercase().ends_with(".csv")).ok_or_else(|| CliError::NotCsv(csv.into()))?;
+    let bytes = std::fs::read(csv).map_err(|source| CliError::Read { path: csv.into(), source })?;
+    let key = format!("incoming/{name}");
+    let objects = S3Objects { client: s3_client(sdk) };
+    if let Some(path) = settings {
+        let text = std::fs::read(path).map_err(|source| CliError::Read { path: path.into(), source })?;
+        let sidecar = format!("{}.toml", key.strip_suffix(".csv").or_else(|| key.strip_suffix(".CSV")).unwrap_or(&key));
+        objects.put(bucket, &sidecar, text, "application/toml").await?;
+    }
+    let id = batch_id(&key, &bytes);
+    objects.put(bucket, &key, bytes, "text/csv").await?;
+    Ok(id)
+}
+
+/// A batch's progress as the table holds it.
+#[derive(Clone, Debug)]
+pub struct BatchStatus {
+    pub state: BatchState,
+    /// Ordered by CSV row.
+    pub mailboxes: Vec<MailboxRecord>,
+}
+
+/// Reads a batch's progress from the table.
+pub async fn status(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Result<BatchStatus, CliError> {
+    let t = Table::new(aws_sdk_dynamodb::Client::new(sdk), table);
+    let state = t.batch_state(batch).await?.ok_or_else(|| CliError::NoBatch(batch.into()))?;
+    let mailboxes = t.batch_store(batch).mailboxes().await?;
+    Ok(BatchStatus { state, mailboxes })
+}
+
+/// The batch's report built live from the table (also while it runs), as a local run shows it.
+pub async fn live_report(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Result<BatchReport, CliError> {
+    let t = Table::new(aws_sdk_dynamodb::Client::new(sdk), table);
+    Ok(build_report(&t.batch_store(batch), &t.checkpoints(batch)).await?)
+}
+
+/// Downloads `reports/<batch>/` (report.csv, report.json, failed.csv, or the validation
+/// report of a rejected file) into `dir`; returns the files written.
+pub async fn download_report(sdk: &aws_config::SdkConfig, bucket: &str, batch: &str, dir: &Path) -> Result<Vec<PathBuf>, CliError> {
+    let objects = S3Objects { client: s3_client(sdk) };
+    std::fs::create_dir_all(dir).map_err(|source| CliError::Write { path: dir.into(), source })?;
+    let mut written = Vec::new();
+    for name in ["report.csv", "report.json", "failed.csv", "validation.json", "validation.txt"] {
+        if let Some(bytes) = objects.get(bucket, &format!("reports/{batch}/{name}")).await? {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|source| CliError::Write { path: path.clone(), source })?;
+            written.push(path);
+        }
+    }
+    if written.is_empty() {
+        return Err(CliError::NoReport(batch.into()));
+    }
+    Ok(written)
+}

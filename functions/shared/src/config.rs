@@ -1,0 +1,185 @@
+//! Configuration read once per Lambda cold start (environment), and the clients built from it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::adapters::{EventsAndTopic, S3Objects, SecretsManager, SqsQueue};
+use crate::dynamo::Table;
+use crate::ports::{JobQueue, Notifier, ObjectStore, SecretStore};
+
+/// A required setting is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything the handlers need to know about the stack. Built from `MAILHAUL_*` variables
+/// (set by infra/template.yaml) by [`Config::from_env`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub bucket: Option<String>,
+    pub table: String,
+    pub jobs_queue_url: String,
+    pub finalize_queue_url: String,
+    /// Secrets are named `<secret_prefix>/<batch>/<n>`; the stack's policies allow only these.
+    pub secret_prefix: String,
+    /// The jobs queue's maxReceiveCount: on the last delivery a transient failure is final.
+    pub max_receive_count: u32,
+    /// Time kept free before the Lambda deadline to save checkpoints and re-enqueue.
+    pub safety_margin: Duration,
+    /// Delay before a job whose mailbox or connection slot is busy is tried again.
+    pub busy_delay_seconds: u32,
+    /// Visibility delay before a transient failure is retried.
+    pub retry_delay_seconds: u32,
+    /// Delay after a throttled reply that gave no backoff hint.
+    pub throttle_delay_seconds: u32,
+    /// Batch settings defaults as TOML (the stack parameters); a sidecar TOML overrides them.
+    pub defaults: toml::Table,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `var` (tests pass a map).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let need = |k: &str| get(k).ok_or_else(|| ConfigError(format!("environment variable {k} is not set (the SAM template sets it)")));
+        let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|_| ConfigError(format!("{k}={v:?} is not a whole number"))),
+            }
+        };
+        let mut defaults = toml::Table::new();
+        for side in ["source", "destination"] {
+            let up = side.to_ascii_uppercase();
+            let mut t = toml::Table::new();
+            if let Some(h) = get(&format!("MAILHAUL_{up}_HOST")) {
+                t.insert("host".into(), toml::Value::String(h));
+            }
+            if let Some(p) = get(&format!("MAILHAUL_{up}_PORT")) {
+                let port: i64 = p.parse().map_err(|_| ConfigError(format!("MAILHAUL_{up}_PORT={p:?} is not a port number")))?;
+                t.insert("port".into(), toml::Value::Integer(port));
+            }
+            if let Some(s) = get(&format!("MAILHAUL_{up}_SECURITY")) {
+                t.insert("security".into(), toml::Value::String(s));
+            }
+            defaults.insert(side.into(), toml::Value::Table(t));
+        }
+        if let Some(n) = get("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST") {
+            let n: i64 = n.parse().map_err(|_| ConfigError(format!("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST={n:?} is not a whole number")))?;
+            defaults.insert("max_connections_per_source_host".into(), toml::Value::Integer(n));
+        }
+        Ok(Config {
+            bucket: get("MAILHAUL_BUCKET"),
+            table: need("MAILHAUL_TABLE")?,
+            jobs_queue_url: need("MAILHAUL_JOBS_QUEUE_URL")?,
+            finalize_queue_url: need("MAILHAUL_FINALIZE_QUEUE_URL")?,
+            secret_prefix: get("MAILHAUL_SECRET_PREFIX").unwrap_or_else(|| "mailhaul".into()),
+            max_receive_count: num("MAILHAUL_MAX_RECEIVE_COUNT", 5)? as u32,
+            safety_margin: Duration::from_secs(num("MAILHAUL_SAFETY_MARGIN_SECONDS", 30)?),
+            busy_delay_seconds: num("MAILHAUL_BUSY_DELAY_SECONDS", 60)? as u32,
+            retry_delay_seconds: num("MAILHAUL_RETRY_DELAY_SECONDS", 60)? as u32,
+            throttle_delay_seconds: num("MAILHAUL_THROTTLE_DELAY_SECONDS", 60)? as u32,
+            defaults,
+        })
+    }
+}
+
+/// The ports and the table, built once per cold start and shared by every invocation.
+#[derive(Clone)]
+pub struct Services {
+    pub config: Config,
+    pub objects: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub notifier: Arc<dyn Notifier>,
+    pub table: Table,
+}
+
+/// Event bus and topic names, optional so a test or a CLI can go without.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyTargets {
+    pub bus: Option<String>,
+    pub topic_arn: Option<String>,
+}
+
+impl NotifyTargets {
+    /// `MAILHAUL_EVENT_BUS` and `MAILHAUL_TOPIC_ARN`.
+    pub fn from_env() -> NotifyTargets {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        NotifyTargets { bus: get("MAILHAUL_EVENT_BUS"), topic_arn: get("MAILHAUL_TOPIC_ARN") }
+    }
+}
+
+/// The SDK configuration from the standard AWS chain (`AWS_ENDPOINT_URL` points it at moto).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+/// An S3 client; path-style addressing when an endpoint override is in use (moto, MinIO).
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let path_style = sdk.endpoint_url().is_some();
+    let conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(path_style).build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+impl Services {
+    /// AWS adapters for every port.
+    pub fn aws(sdk: &aws_config::SdkConfig, config: Config, targets: NotifyTargets) -> Services {
+        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone());
+        Services {
+            objects: Arc::new(S3Objects { client: s3_client(sdk) }),
+            queue: Arc::new(SqsQueue { client: aws_sdk_sqs::Client::new(sdk) }),
+            secrets: Arc::new(SecretsManager { client: aws_sdk_secretsmanager::Client::new(sdk) }),
+            notifier: Arc::new(EventsAndTopic {
+                events: aws_sdk_eventbridge::Client::new(sdk),
+                bus: targets.bus,
+                sns: aws_sdk_sns::Client::new(sdk),
+                topic_arn: targets.topic_arn,
+            }),
+            table,
+            config,
+        }
+    }
+
+    /// Everything from the environment, as a Lambda cold start does.
+    pub async fn from_env() -> Result<Services, ConfigError> {
+        let config = Config::from_env()?;
+        let sdk = sdk_config().await;
+        Ok(Services::aws(&sdk, config, NotifyTargets::from_env()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_from_stack_parameters() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("MAILHAUL_TABLE", "t"),
+            ("MAILHAUL_JOBS_QUEUE_URL", "q"),
+            ("MAILHAUL_FINALIZE_QUEUE_URL", "f"),
+            ("MAILHAUL_SOURCE_HOST", "imap.example.org"),
+            ("MAILHAUL_SOURCE_PORT", "993"),
+            ("MAILHAUL_DESTINATION_HOST", ""),
+            ("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST", "4"),
+        ]);
+        let c = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.defaults["source"]["host"].as_str(), Some("imap.example.org"));
+        assert_eq!(c.defaults["source"]["port"].as_integer(), Some(993));
+        assert!(c.defaults["destination"].as_table().unwrap().is_empty());
+        assert_eq!(c.defaults["max_connections_per_source_host"].as_integer(), Some(4));
+        assert_eq!(c.max_receive_count, 5);
+    }
+
+    #[test]
+    fn missing_table_is_an_error_naming_the_variable() {
+        let err = Config::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains("MAILHAUL_TABLE"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! What travels on the queues and the event bus. None of it carries a password:
+//! `MailboxJob` skips them when serialized, and the secrets are named, not copied.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use mailhaul_common::model::{CopyOptions, MailboxJob};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One mailbox to copy (a pass of it): the body of a jobs-queue message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub batch: String,
+    /// Pass number of this mailbox; a message older than the mailbox's current pass is a
+    /// stale duplicate and is dropped.
+    pub seq: u32,
+    pub job: MailboxJob,
+    pub options: CopyOptions,
+    /// Name of the secret holding this mailbox's passwords.
+    pub secret: String,
+    /// Cap on connections to the job's source host across all copy functions.
+    pub max_connections_per_source_host: usize,
+}
+
+/// "Every mailbox of this batch is final": the body of a finalize-queue message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeMessage {
+    pub batch: String,
+}
+
+/// The passwords of one mailbox as stored in a secret chunk (`{mailbox: passwords}`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoredPasswords {
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub destination: String,
+}
+
+/// A secret chunk: the passwords of several mailboxes, under the 64 KB limit.
+pub type SecretChunk = BTreeMap<String, StoredPasswords>;
+
+/// Event detail-type: a CSV was refused.
+pub const BATCH_REJECTED: &str = "BatchRejected";
+/// Event detail-type: one mailbox reached done or failed.
+pub const MAILBOX_COMPLETED: &str = "MailboxCompleted";
+/// Event detail-type: every mailbox of a batch is final and the reports are written.
+pub const BATCH_COMPLETED: &str = "BatchCompleted";
+
+/// Detail of `BatchRejected`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRejected {
+    pub batch: String,
+    /// `s3://bucket/incoming/...csv`
+    pub csv: String,
+    /// Number of errors found.
+    pub errors: usize,
+    /// The first few problems, as `row N, column: message`.
+    pub problems: Vec<String>,
+    pub report_json: String,
+    pub report_txt: String,
+}
+
+/// Detail of `MailboxCompleted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MailboxCompleted {
+    pub batch: String,
+    pub mailbox: String,
+    pub row: usize,
+    /// `done` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+    pub messages_copied: u64,
+    pub bytes_copied: u64,
+    pub seconds: f64,
+    pub passes: u32,
+}
+
+/// Detail of `BatchCompleted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchCompleted {
+    pub batch: String,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub messages_copied: u64,
+    pub bytes_copied: u64,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub report_csv: String,
+    pub report_json: String,
+    pub failed_csv: String,
+}
+
+/// The batch id of an uploaded CSV: its file name (sanitized) and a digest of key and
+/// content, so the same object delivered or uploaded twice is the same batch, and an edited
+/// file is a new one. `mailhaul submit` computes it the same way to print it.
+pub fn batch_id(key: &str, content: &[u8]) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let stem = name.strip_suffix(".csv").or_else(|| name.strip_suffix(".CSV")).unwrap_or(name);
+    let mut clean: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+        .take(40)
+        .collect();
+    if clean.is_empty() {
+        clean.push_str("batch");
+    }
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(content);
+    let digest = hex::encode(h.finalize());
+    format!("{clean}-{}", &digest[..10])
+}
+
+/// Decodes an S3 event key: URL-encoded, with `+` for spaces.
+pub fn decode_s3_key(raw: &str) -> String {
+    let plus = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_keys_are_decoded() {
+        assert_eq!(decode_s3_key("incoming/sales+team%2Bq3.csv"), "incoming/sales team+q3.csv");
+        assert_eq!(decode_s3_key("incoming%2Fbatch.csv"), "incoming/batch.csv");
+        assert_eq!(decode_s3_key("incoming/Migr%C3%A9.csv"), "incoming/Migré.csv");
+    }
+
+    #[test]
+    fn batch_id_is_stable_and_content_sensitive() {
+        let a = batch_id("incoming/Sales Team.csv", b"x");
+        assert_eq!(a, batch_id("incoming/Sales Team.csv", b"x"));
+        assert!(a.starts_with("sales-team-"), "{a}");
+        assert_ne!(a, batch_id("incoming/Sales Team.csv", b"y"));
+        assert_ne!(a, batch_id("incoming/other.csv", b"x"));
+        assert_eq!(batch_id("incoming/.csv", b"").split('-').next(), Some("batch"));
+    }
+}
