@@ -712,6 +712,6 @@ async fn fetch_bodies(session: &mut Session, uid_set: &str) -> Result<HashMap<u3
 }
 
 async fn status_messages(session: &mut Session, mailbox: &str) -> Result<u64, async_imap::error::Error> {
-    let status = session.status(append::quote(mailbox), "(MESSAGES)").await?;
+    let status = session.status(mailbox, "(MESSAGES)").await?;
     Ok(u64::from(status.exists))
 }

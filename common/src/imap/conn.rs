@@ -132,6 +132,7 @@ impl async_imap::Authenticator for PlainAuth {
 fn login_error(err: ImapError, side: Side, label: &str, user: &str, host: &str) -> CopyError {
     match err {
         ImapError::No(reply) | ImapError::Bad(reply) => {
+            let reply = server_text(&reply);
             if let Some(throttled) = throttle_hint(&reply) {
                 return CopyError::Throttled { side, server: label.into(), detail: reply, retry_after: throttled };
             }
@@ -154,11 +155,32 @@ pub fn classify(err: ImapError, side: Side, label: &str) -> CopyError {
     match err {
         ImapError::Io(e) => CopyError::ConnectionLost { side, server: label.into(), detail: e.to_string() },
         ImapError::ConnectionLost => CopyError::ConnectionLost { side, server: label.into(), detail: "connection closed".into() },
-        ImapError::No(reply) | ImapError::Bad(reply) => match throttle_hint(&reply) {
+        ImapError::No(reply) | ImapError::Bad(reply) => match server_text(&reply) {
+            reply => match throttle_hint(&reply) {
             Some(retry_after) => CopyError::Throttled { side, server: label.into(), detail: reply, retry_after },
             None => CopyError::Protocol { side, server: label.into(), detail: reply },
+            },
         },
         other => CopyError::Protocol { side, server: label.into(), detail: other.to_string() },
+    }
+}
+
+/// The server's words from async-imap's error text, which is a Debug dump of the reply
+/// (`code: None, info: Some("...")` or `Outcome { code: .., information: Some("...") }`).
+pub fn server_text(reply: &str) -> String {
+    let text = ["info: Some(\"", "information: Some(\""]
+        .iter()
+        .find_map(|marker| reply.find(marker).map(|at| &reply[at + marker.len()..]))
+        .and_then(|rest| rest.rfind("\")").map(|end| rest[..end].replace("\\\"", "\"")));
+    let code = reply
+        .find("code: Some(")
+        .map(|at| &reply[at + "code: Some(".len()..])
+        .and_then(|rest| rest.split(|c: char| !c.is_alphanumeric()).next())
+        .filter(|c| !c.is_empty());
+    match (code, text) {
+        (Some(code), Some(text)) => format!("[{}] {text}", code.to_ascii_uppercase()),
+        (None, Some(text)) => text,
+        _ => reply.to_string(),
     }
 }
 
@@ -274,6 +296,14 @@ mod tests {
         assert_eq!(throttle_hint("[THROTTLED] Request is throttled. Try again in 30 seconds"), Some(Some(Duration::from_secs(30))));
         assert_eq!(throttle_hint("[UNAVAILABLE] Internal error"), Some(None));
         assert_eq!(throttle_hint("[AUTHENTICATIONFAILED] Authentication failed."), None);
+    }
+
+    #[test]
+    fn server_words_are_taken_from_async_imap_errors() {
+        assert_eq!(server_text(r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#), "[AUTHENTICATIONFAILED] Authentication failed.");
+        assert_eq!(server_text(r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: \"Sent\"") }"#), "Mailbox doesn't exist: \"Sent\"");
+        assert_eq!(server_text(r#"code: Some(TryCreate), info: Some("no such folder")"#), "[TRYCREATE] no such folder");
+        assert_eq!(server_text("plain words"), "plain words");
     }
 
     #[test]
