@@ -96,6 +96,8 @@ pub async fn copy_mailbox(
         destination,
         literal_mode: literal_mode(&caps, options),
         tag_seq: 0,
+        batches_confirmed: 0,
+        started_in_time: timebox.deadline.is_none_or(|d| tokio::time::Instant::now() < d),
         source_label: label(&job.source.server),
         destination_label: label(&job.destination.server),
     };
@@ -128,6 +130,8 @@ struct Copier<'a> {
     destination: Session,
     literal_mode: LiteralMode,
     tag_seq: u64,
+    batches_confirmed: u64,
+    started_in_time: bool,
     source_label: String,
     destination_label: String,
 }
@@ -138,9 +142,12 @@ enum Stopped {
 }
 
 impl Copier<'_> {
+    /// The stop signal always counts. The deadline counts once this call has confirmed a
+    /// batch (or if it had passed before the call began), so every call that starts in time
+    /// makes progress even when connecting alone eats its time box.
     fn time_is_up(&self) -> bool {
-        *self.timebox.stop.borrow()
-            || self.timebox.deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+        let deadline_passed = self.timebox.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        *self.timebox.stop.borrow() || (deadline_passed && (self.batches_confirmed > 0 || !self.started_in_time))
     }
 
     fn src_err(&self, e: async_imap::error::Error) -> CopyError {
@@ -153,8 +160,8 @@ impl Copier<'_> {
 
     async fn run(&mut self) -> Result<MailboxOutcome, CopyError> {
         let reference = self.job.user_root.clone().unwrap_or_default();
-        let source_folders = list(&mut self.source, &reference).await.map_err(|e| self.src_err(e))?;
-        let destination_folders = list(&mut self.destination, "").await.map_err(|e| self.dst_err(e))?;
+        let source_folders = timed(list(&mut self.source, &reference)).await.map_err(|e| self.src_err(e))?;
+        let destination_folders = timed(list(&mut self.destination, "")).await.map_err(|e| self.dst_err(e))?;
         let layout = destination_layout(&destination_folders);
         let mut existing: BTreeSet<String> = destination_folders.iter().map(|f| f.raw.clone()).collect();
         let (plans, excluded) =
@@ -221,7 +228,7 @@ impl Copier<'_> {
         pass: &mut FolderCounts,
     ) -> Result<Result<(), Stopped>, CopyError> {
         let destination_raw = folder.destination_raw(layout.delimiter);
-        let source_box = self.source.examine(&folder.source_raw).await.map_err(|e| match e {
+        let source_box = timed(self.source.examine(&folder.source_raw)).await.map_err(|e| match e {
             async_imap::error::Error::No(reply) => CopyError::Folder {
                 side: Side::Source,
                 folder: folder.source_display.clone(),
@@ -255,11 +262,11 @@ impl Copier<'_> {
             Vec::new()
         } else {
             let range = if dedupe_needed { "1:*".to_string() } else { format!("{}:*", cp.last_uid + 1) };
-            fetch_metas(&mut self.source, &range).await.map_err(|e| self.src_err(e))?
+            timed(fetch_metas(&mut self.source, &range)).await.map_err(|e| self.src_err(e))?
         };
         let candidates: Vec<MessageMeta> = metas.iter().filter(|m| m.uid > cp.last_uid).cloned().collect();
 
-        let dest_box = self.destination.select(&destination_raw).await.map_err(|e| match e {
+        let dest_box = timed(self.destination.select(&destination_raw)).await.map_err(|e| match e {
             async_imap::error::Error::No(reply) => CopyError::Folder {
                 side: Side::Destination,
                 folder: folder.destination_display(),
@@ -281,7 +288,7 @@ impl Copier<'_> {
                     HashMap::new()
                 } else {
                     let mut counts = HashMap::new();
-                    for meta in fetch_metas(&mut self.destination, "1:*").await.map_err(|e| self.dst_err(e))? {
+                    for meta in timed(fetch_metas(&mut self.destination, "1:*")).await.map_err(|e| self.dst_err(e))? {
                         *counts.entry(meta.key).or_default() += 1;
                     }
                     counts
@@ -323,7 +330,7 @@ impl Copier<'_> {
                 let run = self.copy_batch(folder, &destination_raw, batch_metas, batch_actions, &accepted);
                 tokio::select! {
                     result = run => result?,
-                    _ = time_up(timebox) => {
+                    _ = stopped(timebox) => {
                         // Abandon mid-batch: the in-flight mark stays, the next pass reconciles.
                         return Ok(Err(Stopped::TimeUp));
                     }
@@ -372,6 +379,7 @@ impl Copier<'_> {
                 }
             }
             self.store.save_folder(&self.job.mailbox, &cp).await?;
+            self.batches_confirmed += 1;
             self.progress.copied(&self.job.mailbox, &folder.source_display, counts.copied, counts.bytes);
             if let Some(error) = copied.error {
                 return Err(error);
@@ -406,7 +414,7 @@ impl Copier<'_> {
                 continue;
             }
             let quoted = append::quote(&name);
-            match self.destination.run_command_and_check_ok(format!("CREATE {quoted}")).await {
+            match timed(self.destination.run_command_and_check_ok(format!("CREATE {quoted}"))).await {
                 Ok(()) => {}
                 // Created meanwhile by another connection, or a server that auto-creates parents.
                 Err(async_imap::error::Error::No(reply)) if reply.to_ascii_uppercase().contains("EXISTS") => {}
@@ -438,7 +446,7 @@ impl Copier<'_> {
         if uids.is_empty() {
             return Ok(result);
         }
-        let bodies = fetch_bodies(&mut self.source, &plan::uid_set(&uids)).await.map_err(|e| self.src_err(e))?;
+        let bodies = timed(fetch_bodies(&mut self.source, &plan::uid_set(&uids))).await.map_err(|e| self.src_err(e))?;
         let mut order = Vec::new();
         let mut messages = Vec::new();
         for uid in &uids {
@@ -512,7 +520,7 @@ impl Copier<'_> {
             .collect();
         let mut expected: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
         for folder in plans {
-            let source_count = status_messages(&mut self.source, &folder.source_raw).await.map_err(|e| self.src_err(e))?;
+            let source_count = timed(status_messages(&mut self.source, &folder.source_raw)).await.map_err(|e| self.src_err(e))?;
             let not_copied = checkpoints.get(&folder.source_raw).map_or(0, |c| {
                 c.counts.skipped_too_big + c.counts.refused + c.counts.skipped_by_date
             });
@@ -524,7 +532,7 @@ impl Copier<'_> {
         let mut verdicts = Vec::new();
         for (destination_raw, (source_count, not_copied, sources)) in expected {
             let destination_count =
-                status_messages(&mut self.destination, &destination_raw).await.map_err(|e| self.dst_err(e))?;
+                timed(status_messages(&mut self.destination, &destination_raw)).await.map_err(|e| self.dst_err(e))?;
             let needed = source_count.saturating_sub(not_copied);
             let ok = destination_count >= needed;
             let detail = if ok {
@@ -545,19 +553,29 @@ impl Copier<'_> {
     }
 }
 
-/// Resolves when the deadline passes or the stop signal fires.
-async fn time_up(timebox: &TimeBox) {
+/// Longest a server may take to answer one command before the connection counts as lost.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Run one IMAP exchange with [`IO_TIMEOUT`]: a server that stops answering becomes a
+/// retryable connection loss instead of a hang.
+async fn timed<T>(
+    exchange: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
+) -> Result<T, async_imap::error::Error> {
+    match tokio::time::timeout(IO_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(async_imap::error::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no reply for {} s", IO_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// Resolves when the stop signal fires. (The deadline is checked between batches: the
+/// caller's margin covers one batch, and finishing it costs less than redoing it.)
+async fn stopped(timebox: &TimeBox) {
     let mut stop = timebox.stop.clone();
-    let stopped = async move {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    match timebox.deadline {
-        Some(deadline) => tokio::select! { _ = stopped => {}, _ = tokio::time::sleep_until(deadline) => {} },
-        None => stopped.await,
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
