@@ -337,7 +337,9 @@ impl Copier<'_> {
                 }
             };
             let mut counts = copied.counts;
-            for (meta, action) in batch_metas.iter().zip(batch_actions) {
+            // Messages from the first unconfirmed one on are settled by the next pass.
+            let settled = |uid: u32| copied.unconfirmed_from.is_none_or(|first| uid < first);
+            for (meta, action) in batch_metas.iter().zip(batch_actions).filter(|(m, _)| settled(m.uid)) {
                 match action {
                     Action::Copy => {}
                     Action::SkipDuplicate => counts.skipped_duplicate += 1,

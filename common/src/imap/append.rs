@@ -143,11 +143,7 @@ async fn read_until(
             Ok(Ok(Some(response))) => response,
         };
         match response.parsed() {
-            Response::Continue { .. } => {
-                if want_continuation.is_some() {
-                    return Ok(true);
-                }
-            }
+            Response::Continue { .. } if want_continuation.is_some() => return Ok(true),
             Response::Done { tag, status, outcome } => {
                 let (code, information) = (&outcome.code, &outcome.information);
                 let Some(index) = pending.remove(&tag.0) else { continue };

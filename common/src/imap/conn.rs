@@ -155,12 +155,13 @@ pub fn classify(err: ImapError, side: Side, label: &str) -> CopyError {
     match err {
         ImapError::Io(e) => CopyError::ConnectionLost { side, server: label.into(), detail: e.to_string() },
         ImapError::ConnectionLost => CopyError::ConnectionLost { side, server: label.into(), detail: "connection closed".into() },
-        ImapError::No(reply) | ImapError::Bad(reply) => match server_text(&reply) {
-            reply => match throttle_hint(&reply) {
-            Some(retry_after) => CopyError::Throttled { side, server: label.into(), detail: reply, retry_after },
-            None => CopyError::Protocol { side, server: label.into(), detail: reply },
-            },
-        },
+        ImapError::No(reply) | ImapError::Bad(reply) => {
+            let reply = server_text(&reply);
+            match throttle_hint(&reply) {
+                Some(retry_after) => CopyError::Throttled { side, server: label.into(), detail: reply, retry_after },
+                None => CopyError::Protocol { side, server: label.into(), detail: reply },
+            }
+        }
         other => CopyError::Protocol { side, server: label.into(), detail: other.to_string() },
     }
 }
