@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The README's first command: build mailhaul, start a local source and destination Dovecot
 # (seeded source), migrate every mailbox with `mailhaul run`, print the report, clean up.
-# Needs dovecot-imapd and openssl (see .ci/run). Usage: scripts/demo.sh [--users N] [--messages M] [--latency-ms L]
+# Installs dovecot-imapd and openssl when missing (scripts/setup.sh). Usage: scripts/demo.sh [--users N] [--messages M] [--latency-ms L]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+bash scripts/setup.sh --imap-only
 
 echo "demo: building (cargo build --release -p mailhaul -p mailhaul-tests)" >&2
 cargo build --release -p mailhaul -p mailhaul-tests
