@@ -172,7 +172,7 @@ pub fn server_text(reply: &str) -> String {
     let text = ["info: Some(\"", "information: Some(\""]
         .iter()
         .find_map(|marker| reply.find(marker).map(|at| &reply[at + marker.len()..]))
-        .and_then(|rest| rest.rfind("\")").map(|end| rest[..end].replace("\\\"", "\"")));
+        .and_then(|rest| rest.rfind("\")").map(|end| unescape_debug(&rest[..end])));
     let code = reply
         .find("code: Some(")
         .map(|at| &reply[at + "code: Some(".len()..])
@@ -183,6 +183,44 @@ pub fn server_text(reply: &str) -> String {
         (None, Some(text)) => text,
         _ => reply.to_string(),
     }
+}
+
+/// Undoes Rust's `Debug` escaping of a string (`\"`, `\\`, `\t`, `\u{a0}`...), so a reply with
+/// tabs or non-ASCII text (a localized "réessayez dans 30 secondes") reads as the server sent it.
+fn unescape_debug(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('u') => {
+                let rest = chars.as_str();
+                let decoded = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once('}'))
+                    .and_then(|(hex, _)| u32::from_str_radix(hex, 16).ok().and_then(char::from_u32).map(|ch| (ch, hex.len() + 2)));
+                match decoded {
+                    Some((ch, used)) => {
+                        out.push(ch);
+                        for _ in 0..used {
+                            chars.next();
+                        }
+                    }
+                    None => out.push_str("\\u"),
+                }
+            }
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// `Some(hint)` when a server reply means "busy, come back later" (BYE, THROTTLED, UNAVAILABLE).
@@ -305,6 +343,8 @@ mod tests {
         assert_eq!(server_text(r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: \"Sent\"") }"#), "Mailbox doesn't exist: \"Sent\"");
         assert_eq!(server_text(r#"code: Some(TryCreate), info: Some("no such folder")"#), "[TRYCREATE] no such folder");
         assert_eq!(server_text("plain words"), "plain words");
+        assert_eq!(server_text(r#"code: None, info: Some("Try\u{a0}again\tin 3 s \\o/")"#), "Try\u{a0}again\tin 3 s \\o/");
+        assert_eq!(throttle_hint(&server_text(r#"code: None, info: Some("[THROTTLED]\u{a0}Try\u{a0}again\u{a0}in\u{a0}3\u{a0}seconds")"#)), Some(Some(Duration::from_secs(3))));
     }
 
     #[test]
