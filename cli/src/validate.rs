@@ -10,6 +10,7 @@ use mailhaul_common::error::Side;
 use crate::run::load_settings;
 use crate::{EXIT_DONE, EXIT_SOME_FAILED};
 
+/// Exit 1 when a row is invalid or, with `--check`, a server refused us.
 pub async fn validate(csv: &Path, config: Option<&Path>, json: bool, check: bool) -> anyhow::Result<u8> {
     let settings = load_settings(config)?;
     let bytes = std::fs::read(csv).with_context(|| format!("cannot read {}", csv.display()))?;
@@ -17,6 +18,7 @@ pub async fn validate(csv: &Path, config: Option<&Path>, json: bool, check: bool
     eprint!("{}", batch.render_table());
     let mut report = batch.to_json();
 
+    let mut check_failed = false;
     if check {
         let mut checks = Vec::new();
         for row in batch.rows.iter() {
@@ -25,6 +27,7 @@ pub async fn validate(csv: &Path, config: Option<&Path>, json: bool, check: bool
             for (side, endpoint) in [(Side::Source, &job.source), (Side::Destination, &job.destination)] {
                 let result = inspect(endpoint, side, job.user_root.as_deref()).await;
                 eprintln!("row {} {}: {}", row.row, side, describe(&result));
+                check_failed |= result.is_err();
                 entry[side.to_string()] = match &result {
                     Ok(inspection) => serde_json::to_value(inspection)?,
                     Err(e) => serde_json::json!({ "error": e.to_string(), "hint": e.hint() }),
@@ -37,7 +40,7 @@ pub async fn validate(csv: &Path, config: Option<&Path>, json: bool, check: bool
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(if batch.is_valid() { EXIT_DONE } else { EXIT_SOME_FAILED })
+    Ok(if batch.is_valid() && !check_failed { EXIT_DONE } else { EXIT_SOME_FAILED })
 }
 
 fn describe(result: &Result<Inspection, mailhaul_common::error::CopyError>) -> String {
