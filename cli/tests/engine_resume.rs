@@ -60,18 +60,31 @@ fn bodies(folders: &BTreeMap<String, Vec<DumpedMessage>>, folder: &str) -> Vec<V
     all
 }
 
-async fn servers(literal_plus: bool) -> (Dovecot, Dovecot) {
+/// Which literals the destination announces.
+#[derive(Clone, Copy)]
+enum Literals {
+    Plus,
+    Minus,
+    SyncOnly,
+}
+
+async fn servers(literals: Literals) -> (Dovecot, Dovecot) {
     let users = [("alice", "pw")];
     let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
-    let destination =
-        Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None).literal_plus(literal_plus)).expect("destination");
+    let options = DovecotOptions::with_users(&users).layout(Layout::None);
+    let options = match literals {
+        Literals::Plus => options,
+        Literals::Minus => options.literal_minus(),
+        Literals::SyncOnly => options.literal_plus(false),
+    };
+    let destination = Dovecot::start(options).expect("destination");
     seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("inbox", 40)).await.expect("seed inbox");
     seed(&source, "alice", "pw", "Work", &corpus::mailbox("work", 12)).await.expect("seed work");
     (source, destination)
 }
 
-async fn stop_deadline_and_resume(literal_plus: bool) {
-    let (source, destination) = servers(literal_plus).await;
+async fn stop_deadline_and_resume(literals: Literals) {
+    let (source, destination) = servers(literals).await;
     let job = job(&source, &destination);
     let options = CopyOptions { batch_messages: 4, ..CopyOptions::default() };
     let store = SqliteStore::in_memory().expect("store");
@@ -127,12 +140,18 @@ async fn stop_deadline_and_resume(literal_plus: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_append_resumes_exactly_once() {
-    stop_deadline_and_resume(true).await;
+    stop_deadline_and_resume(Literals::Plus).await;
+}
+
+/// LITERAL- (Gmail): small messages pipelined, larger ones (the 20 KB attachments) synchronizing.
+#[tokio::test(flavor = "multi_thread")]
+async fn literal_minus_append_resumes_exactly_once() {
+    stop_deadline_and_resume(Literals::Minus).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_append_resumes_exactly_once() {
-    stop_deadline_and_resume(false).await;
+    stop_deadline_and_resume(Literals::SyncOnly).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

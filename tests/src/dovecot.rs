@@ -59,9 +59,14 @@ pub struct DovecotOptions {
     pub separator: char,
     /// When false, the server announces neither LITERAL+ nor LITERAL- (plain APPEND path).
     pub literal_plus: bool,
+    /// With `literal_plus` false: announce LITERAL- instead (as Gmail does).
+    pub literal_minus: bool,
     /// Keep the instance in this directory (created if missing, never deleted) instead of a
     /// temp directory: used by `mailhaul-testenv`, whose servers outlive a single process.
     pub dir: Option<PathBuf>,
+    /// passdb extra fields per user (`user` → `nologin temp reason=...`): the 8th passwd-file
+    /// field, e.g. to make a login refuse like a busy or throttling server.
+    pub passdb_extra: Vec<(String, String)>,
 }
 
 impl Default for DovecotOptions {
@@ -72,7 +77,9 @@ impl Default for DovecotOptions {
             special_use_layout: Layout::Standard,
             separator: '/',
             literal_plus: true,
+            literal_minus: false,
             dir: None,
+            passdb_extra: Vec::new(),
         }
     }
 }
@@ -104,6 +111,20 @@ impl DovecotOptions {
     /// Set the hierarchy separator (`/` or `.`).
     pub fn separator(mut self, separator: char) -> Self {
         self.separator = separator;
+        self
+    }
+
+    /// Give `user` passdb extra fields, e.g. `nologin temp reason=...` so its (correct)
+    /// login is refused with `NO [UNAVAILABLE] reason`, as a throttling server does.
+    pub fn passdb_extra(mut self, user: &str, fields: &str) -> Self {
+        self.passdb_extra.push((user.to_string(), fields.to_string()));
+        self
+    }
+
+    /// Announce LITERAL- but not LITERAL+ (implies `literal_plus(false)`).
+    pub fn literal_minus(mut self) -> Self {
+        self.literal_plus = false;
+        self.literal_minus = true;
         self
     }
 
@@ -466,9 +487,16 @@ fn write_users(dir: &Path, opts: &DovecotOptions, uid: u32, gid: u32) -> Result<
         std::fs::create_dir_all(&home)?;
         std::os::unix::fs::chown(&home, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", home.display()))?;
+        let extra = opts
+            .passdb_extra
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, f)| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         writeln!(
             passwd,
-            "{user}:{{PLAIN}}{pass}:{uid}:{gid}::{}::",
+            "{user}:{{PLAIN}}{pass}:{uid}:{gid}::{}::{extra}",
             home.display()
         )?;
     }
@@ -551,7 +579,9 @@ service imap-login {{
         ));
     }
     if !opts.literal_plus {
-        writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}").ok();
+        // LITERAL- (RFC 7888, as Gmail): non-synchronizing literals up to 4096 bytes only.
+        let minus = if opts.literal_minus { " LITERAL-" } else { "" };
+        writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}{minus}").ok();
     }
     writeln!(
         c,
