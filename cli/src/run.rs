@@ -264,6 +264,9 @@ async fn run_mailbox(
         attempt += 1;
         match copy_mailbox(job, &settings.copy, store, progress, timebox).await {
             Ok(outcome) if outcome.status == CopyStatus::Done => {
+                for (source, destination, why) in &outcome.renamed {
+                    progress.line(&format!("{}: folder {source:?} copied as {destination:?}: {why}", job.mailbox));
+                }
                 let copied = outcome.this_pass.copied;
                 let mismatched = outcome.verdicts.iter().filter(|(_, v)| !v.ok).count();
                 let verdict = if mismatched == 0 { "verified".to_string() } else { format!("{mismatched} folder(s) do not verify") };

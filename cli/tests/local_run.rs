@@ -184,6 +184,25 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
     assert_eq!(skipped[0]["folder"], "INBOX");
     assert_eq!(alice["verify"], "ok");
 
+    let folders = alice["folders"].as_array().expect("folders");
+    let renamed = folders.iter().find(|f| f["source"] == "Reports/2024.Q1").expect("renamed folder in report");
+    assert_eq!(renamed["destination"], "Reports.2024_Q1");
+    assert!(String::from_utf8_lossy(&first.stderr).contains("2024_Q1"), "the rename is announced");
+
+    // status and report read the state file alone.
+    let state = world.path("state.sqlite");
+    let status = Command::new(BIN).arg("status").arg("--state").arg(&state).output().expect("status");
+    assert_eq!(status.status.code(), Some(0));
+    let table = String::from_utf8_lossy(&status.stderr);
+    assert!(table.contains("alice") && table.contains("carol") && table.contains("failed"), "{table}");
+    let again = world.path("report-again");
+    let report_cmd = Command::new(BIN).arg("report").arg("--state").arg(&state).arg("--report-dir").arg(&again).output().expect("report");
+    assert_eq!(report_cmd.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(again.join("failed.csv")).expect("failed.csv again"),
+        std::fs::read_to_string(world.path("report/failed.csv")).expect("failed.csv")
+    );
+
     let failed = std::fs::read_to_string(world.path("report/failed.csv")).expect("failed.csv");
     let lines: Vec<&str> = failed.lines().collect();
     assert_eq!(lines.len(), 2, "header and carol: {failed}");
