@@ -24,7 +24,8 @@ pub struct Config {
     pub secret_prefix: String,
     /// The jobs queue's maxReceiveCount: on the last delivery a transient failure is final.
     pub max_receive_count: u32,
-    /// Time kept free before the Lambda deadline to save checkpoints and re-enqueue.
+    /// Time kept free before the Lambda deadline: one engine batch (which always completes once
+    /// started) plus the checkpoint writes and the continuation message. Default 60 s.
     pub safety_margin: Duration,
     /// Delay before a job whose mailbox or connection slot is busy is tried again.
     pub busy_delay_seconds: u32,
@@ -79,7 +80,7 @@ impl Config {
             finalize_queue_url: need("MAILHAUL_FINALIZE_QUEUE_URL")?,
             secret_prefix: get("MAILHAUL_SECRET_PREFIX").unwrap_or_else(|| "mailhaul".into()),
             max_receive_count: num("MAILHAUL_MAX_RECEIVE_COUNT", 5)? as u32,
-            safety_margin: Duration::from_secs(num("MAILHAUL_SAFETY_MARGIN_SECONDS", 30)?),
+            safety_margin: Duration::from_secs(num("MAILHAUL_SAFETY_MARGIN_SECONDS", 60)?),
             busy_delay_seconds: num("MAILHAUL_BUSY_DELAY_SECONDS", 60)? as u32,
             retry_delay_seconds: num("MAILHAUL_RETRY_DELAY_SECONDS", 60)? as u32,
             throttle_delay_seconds: num("MAILHAUL_THROTTLE_DELAY_SECONDS", 60)? as u32,

@@ -360,15 +360,23 @@ async fn contents(server: &Dovecot, user: &str, pass: &str) -> Result<BTreeMap<S
     Ok(out)
 }
 
-fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
-    let buf = LogBuffer::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
+/// The log lines of every test in this binary. A global subscriber, not a per-thread
+/// `set_default`: with tests running in parallel, tracing's per-callsite interest cache can
+/// otherwise leave a thread-scoped subscriber without the events (seen as a flaky test).
+fn capture_logs() -> LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in this test binary");
+        buf
+    })
+    .clone()
 }
 
 const SRC_ALICE: &str = "Src-Alice-pw-4411";
@@ -381,7 +389,7 @@ const WRONG: &str = "Wrong-Carol-pw-0077";
 
 #[tokio::test]
 async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     let src = Dovecot::start(DovecotOptions::with_users(&[("alice", SRC_ALICE), ("bob", SRC_BOB), ("carol", SRC_CAROL)]))?;
     let dst = Dovecot::start(DovecotOptions::with_users(&[("alice", DST_ALICE), ("bob", DST_BOB), ("carol", DST_CAROL)]))?;
     seed(&src, "alice", SRC_ALICE, "INBOX", &corpus::mailbox("alice-in", 30)).await?;
@@ -466,6 +474,7 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
 
 #[tokio::test]
 async fn an_invalid_csv_is_rejected_with_a_report() -> Result<()> {
+    capture_logs();
     let src = Dovecot::start(DovecotOptions::with_users(&[("dave", "pw-dave-1")]))?;
     let dst = Dovecot::start(DovecotOptions::with_users(&[("dave", "pw-dave-2")]))?;
     let mut stack = Stack::start().await?;
@@ -494,6 +503,7 @@ async fn an_invalid_csv_is_rejected_with_a_report() -> Result<()> {
 
 #[tokio::test]
 async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<()> {
+    capture_logs();
     let src = Dovecot::start(DovecotOptions::with_users(&[("erin", "pw-erin-src")]))?;
     let dst = Dovecot::start(DovecotOptions::with_users(&[("erin", "pw-erin-dst")]))?;
     seed(&src, "erin", "pw-erin-src", "INBOX", &corpus::mailbox("erin", 40)).await?;
@@ -528,3 +538,57 @@ async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<(
     assert_eq!(got, want, "every message exactly once");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Result<()> {
+    capture_logs();
+    // Dovecot refuses frank's (correct) login as a busy provider does, with a backoff hint.
+    let src = Dovecot::start(
+        DovecotOptions::with_users(&[("frank", "pw-frank-src")]).passdb_extra("frank", &format!("nologin reason={}", BUSY_REPLY.replace(' ', "\u{a0}"))),
+    )?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("frank", "pw-frank-dst")]))?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\nfrank,pw-frank-src,frank,pw-frank-dst\n";
+    let batch = match stack.upload("busy", csv, &sidecar(&src, &dst, 5)).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, .. }] => batch.clone(),
+        other => bail!("upload: {other:?}"),
+    };
+    let jobs_url = stack.svc.config.jobs_queue_url.clone();
+    let message = stack.receive(&jobs_url, 1).await?.pop().context("one job")?;
+    let first: JobMessage = serde_json::from_str(message.body.as_deref().unwrap_or(""))?;
+
+    // The real handler, as Lambda calls it: the delivery succeeds (no batch item failure).
+    let mut event = SqsEvent::default();
+    event.records = vec![message.clone()];
+    let resp = mailhaul_aws::copy::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(30)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(resp.batch_item_failures.is_empty(), "a throttled job is not a failed delivery: {:?}", resp.batch_item_failures);
+    stack.delete(&jobs_url, &message).await?;
+    let sent_at = Instant::now();
+
+    // Neither failed nor done; the reason is on the record for `mailhaul status`.
+    let (record, seq) = stack.svc.table.mailbox_item(&batch, "frank").await?.context("frank's record")?;
+    assert_eq!(record.status, mailhaul_common::model::MailboxStatus::Running, "{record:?}");
+    assert!(record.error.as_deref().unwrap_or("").contains("Try"), "the server's words are kept: {:?}", record.error);
+    assert_eq!(seq, first.seq + 1, "the re-sent job is the next pass");
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.done, state.failed, state.state.as_str()), (0, 0, "running"));
+
+    // The job is back on the queue, invisible for the server's 3 s, then delivered.
+    let early = stack.receive(&jobs_url, 1).await?;
+    assert!(early.is_empty() || sent_at.elapsed() >= Duration::from_millis(2500), "the job came back before the server's delay: {early:?}");
+    let mut again = None;
+    while again.is_none() && sent_at.elapsed() < Duration::from_secs(15) {
+        again = stack.receive(&jobs_url, 1).await?.pop();
+    }
+    let again = again.context("the throttled job was re-sent")?;
+    let waited = sent_at.elapsed();
+    assert!(waited >= Duration::from_millis(2500), "re-sent with DelaySeconds = 3 (came after {waited:?})");
+    let job: JobMessage = serde_json::from_str(again.body.as_deref().unwrap_or(""))?;
+    assert_eq!((job.batch.as_str(), job.job.mailbox.as_str(), job.seq), (batch.as_str(), "frank", first.seq + 1));
+    assert!(stack.receive(&jobs_url, 0).await?.is_empty(), "exactly one job was re-sent");
+    Ok(())
+}
+
+/// What frank's source server says. passwd-file splits extra fields on spaces, so the test
+/// writes them as no-break spaces, which Dovecot passes through and which still separate words.
+const BUSY_REPLY: &str = "[THROTTLED] Too many logins. Try again in 3 seconds";
