@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use mailhaul_common::batch::{validate_batch, BatchRow};
+use mailhaul_common::batch::validate_batch;
 use mailhaul_common::engine::{copy_mailbox, CopyStatus, TimeBox};
 use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security};
 use mailhaul_common::ports::{BatchMeta, BatchStore, MailboxRecord};
@@ -162,7 +162,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         } else {
             format!("row {}: {}", row.row, row.mailbox)
         };
-        let mut record = store.mailbox(&key).await?.unwrap_or_else(|| new_record(&key, row));
+        let mut record = store
+            .mailbox(&key)
+            .await?
+            .unwrap_or_else(|| MailboxRecord::pending(&key, row.row, &row.source_user, row.cells.clone()));
         record.cells = row.cells.clone();
         record.row = row.row;
         match &row.job {
@@ -228,22 +231,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     eprintln!("state: {}", state_path.display());
     Ok(if report.mailboxes.iter().all(|m| m.status == MailboxStatus::Done) { EXIT_DONE } else { EXIT_SOME_FAILED })
-}
-
-fn new_record(key: &str, row: &BatchRow) -> MailboxRecord {
-    MailboxRecord {
-        mailbox: key.to_string(),
-        row: row.row,
-        source_user: row.source_user.clone(),
-        cells: row.cells.clone(),
-        status: MailboxStatus::Pending,
-        error: None,
-        hint: None,
-        started_at: None,
-        finished_at: None,
-        seconds: 0.0,
-        passes: 0,
-    }
 }
 
 /// One mailbox to the end: retries transient errors with backoff, never a failed login.

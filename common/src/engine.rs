@@ -169,13 +169,7 @@ impl Copier<'_> {
         for skip in &excluded {
             tracing::info!(mailbox = %self.job.mailbox, folder = %skip.source_display, reason = %skip.reason, "folder not copied");
         }
-        let mut checkpoints: HashMap<String, FolderCheckpoint> = self
-            .store
-            .load_folders(&self.job.mailbox)
-            .await?
-            .into_iter()
-            .map(|c| (c.source_folder.clone(), c))
-            .collect();
+        let mut checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
 
         let mut outcome = MailboxOutcome {
             status: CopyStatus::Done,
@@ -513,13 +507,7 @@ impl Copier<'_> {
 
     /// Compare message counts per destination folder with what the source holds.
     async fn verify(&mut self, plans: &[FolderPlan], layout: &DestinationLayout) -> Result<Vec<(String, Verdict)>, CopyError> {
-        let checkpoints: HashMap<String, FolderCheckpoint> = self
-            .store
-            .load_folders(&self.job.mailbox)
-            .await?
-            .into_iter()
-            .map(|c| (c.source_folder.clone(), c))
-            .collect();
+        let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
         let mut expected: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
         for folder in plans {
             let source_count = timed(status_messages(&mut self.source, &folder.source_raw)).await.map_err(|e| self.src_err(e))?;
@@ -579,6 +567,16 @@ async fn stopped(timebox: &TimeBox) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// A mailbox's folder checkpoints by source folder. (A free function: borrowing the whole
+/// copier across the await would make the future hold its non-`Sync` sessions.)
+async fn checkpoints_by_folder(
+    store: &dyn CheckpointStore,
+    mailbox: &str,
+) -> Result<HashMap<String, FolderCheckpoint>, CopyError> {
+    let saved = store.load_folders(mailbox).await?;
+    Ok(saved.into_iter().map(|c| (c.source_folder.clone(), c)).collect())
 }
 
 fn fresh_checkpoint(folder: &FolderPlan, destination_raw: &str, uid_validity: u32) -> FolderCheckpoint {

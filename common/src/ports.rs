@@ -60,6 +60,25 @@ pub struct MailboxRecord {
     pub passes: u32,
 }
 
+impl MailboxRecord {
+    /// A row that has not started yet.
+    pub fn pending(mailbox: &str, row: usize, source_user: &str, cells: Vec<String>) -> MailboxRecord {
+        MailboxRecord {
+            mailbox: mailbox.to_string(),
+            row,
+            source_user: source_user.to_string(),
+            cells,
+            status: MailboxStatus::Pending,
+            error: None,
+            hint: None,
+            started_at: None,
+            finished_at: None,
+            seconds: 0.0,
+            passes: 0,
+        }
+    }
+}
+
 /// Batch-level state.
 #[async_trait]
 pub trait BatchStore: Send + Sync {
