@@ -405,7 +405,7 @@ impl Copier<'_> {
         let mut needed: Vec<Vec<String>> = folders::parents(&folder.destination);
         needed.push(folder.destination.clone());
         for levels in needed {
-            let name = utf7_imap::encode_utf7_imap(levels.join(&delimiter.to_string()));
+            let name = crate::mutf7::encode(&levels.join(&delimiter.to_string()));
             if existing.contains(&name) {
                 continue;
             }
@@ -537,7 +537,7 @@ impl Copier<'_> {
                     self.store.save_folder(&self.job.mailbox, &cp).await?;
                 }
             }
-            verdicts.push((utf7_imap::decode_utf7_imap(destination_raw), verdict));
+            verdicts.push((crate::mutf7::decode(&destination_raw), verdict));
         }
         Ok(verdicts)
     }

@@ -76,7 +76,7 @@ pub struct ListedFolder {
 impl ListedFolder {
     /// The decoded name split into hierarchy levels.
     pub fn segments(&self, root: Option<&str>) -> Vec<String> {
-        let decoded = utf7_imap::decode_utf7_imap(self.raw.clone());
+        let decoded = crate::mutf7::decode(&self.raw);
         let mut name = decoded.as_str();
         if let (Some(root), Some(delim)) = (root, self.delimiter) {
             let root = root.trim_matches(delim).trim_matches('/');
@@ -110,7 +110,7 @@ impl FolderPlan {
         if self.destination.len() == 1 && self.destination[0].eq_ignore_ascii_case("INBOX") {
             return "INBOX".into();
         }
-        utf7_imap::encode_utf7_imap(self.destination.join(&delimiter.to_string()))
+        crate::mutf7::encode(&self.destination.join(&delimiter.to_string()))
     }
 
     pub fn destination_display(&self) -> String {

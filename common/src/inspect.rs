@@ -45,7 +45,7 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
             let fetches: Vec<_> = session.fetch("1:*", "(RFC822.SIZE)").await.map_err(err)?.try_collect().await.map_err(err)?;
             bytes = fetches.iter().map(|f| u64::from(f.size.unwrap_or(0))).sum();
         }
-        folders.push(FolderSize { name: utf7_imap::decode_utf7_imap(name), messages: u64::from(mailbox.exists), bytes });
+        folders.push(FolderSize { name: crate::mutf7::decode(&name), messages: u64::from(mailbox.exists), bytes });
     }
     let _ = session.logout().await;
     Ok(Inspection {

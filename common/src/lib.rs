@@ -10,6 +10,7 @@ pub mod folders;
 pub mod imap;
 pub mod inspect;
 pub mod model;
+pub mod mutf7;
 pub mod plan;
 pub mod ports;
 pub mod report;

@@ -127,8 +127,8 @@ pub async fn build_report(
         let folders: Vec<FolderReport> = checkpoints_of
             .into_iter()
             .map(|c| FolderReport {
-                source: decode_folder_name(&c.source_folder),
-                destination: decode_folder_name(&c.destination_folder),
+                source: crate::mutf7::decode(&c.source_folder),
+                destination: crate::mutf7::decode(&c.destination_folder),
                 counts: c.counts,
                 complete: c.complete,
                 verify: c.verify,
@@ -211,50 +211,6 @@ fn verify_summary(folders: &[FolderReport]) -> String {
     } else {
         "not verified".to_string()
     }
-}
-
-/// Decode an IMAP modified UTF-7 folder name (RFC 3501 5.1.3) for people; a malformed name is
-/// shown as the server sent it rather than failing the report.
-fn decode_folder_name(raw: &str) -> String {
-    fn decode(raw: &str) -> Option<String> {
-        let mut out = String::with_capacity(raw.len());
-        let mut rest = raw;
-        while let Some(start) = rest.find('&') {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 1..];
-            let end = after.find('-')?;
-            let encoded = &after[..end];
-            if encoded.is_empty() {
-                out.push('&');
-            } else {
-                let mut bits: u32 = 0;
-                let mut nbits = 0;
-                let mut units = Vec::with_capacity(encoded.len() * 6 / 16);
-                for c in encoded.bytes() {
-                    let value = match c {
-                        b'A'..=b'Z' => c - b'A',
-                        b'a'..=b'z' => c - b'a' + 26,
-                        b'0'..=b'9' => c - b'0' + 52,
-                        b'+' => 62,
-                        b',' => 63,
-                        _ => return None,
-                    };
-                    bits = (bits << 6) | u32::from(value);
-                    nbits += 6;
-                    if nbits >= 16 {
-                        nbits -= 16;
-                        units.push((bits >> nbits) as u16);
-                        bits &= (1 << nbits) - 1;
-                    }
-                }
-                out.push_str(&String::from_utf16(&units).ok()?);
-            }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        Some(out)
-    }
-    decode(raw).unwrap_or_else(|| raw.to_string())
 }
 
 /// True for a CSV header naming a password column: such cells are blanked in failed.csv even
@@ -904,23 +860,6 @@ mod tests {
         let store = SqliteStore::in_memory().unwrap();
         let err = build_report(&store, &store).await.unwrap_err().to_string();
         assert!(err.contains("no batch"), "{err}");
-    }
-
-    #[test]
-    fn modified_utf7_names_decode() {
-        let cases = [
-            ("INBOX", "INBOX"),
-            ("Migr&AOk-", "Migré"),
-            ("&ZeVnLIqe-", "日本語"),
-            ("Tom &- Jerry", "Tom & Jerry"),
-            ("&AOk-t&AOk-/Re&AOc-us", "été/Reçus"),
-            // Malformed: shown raw, never a panic.
-            ("Bad&AOk", "Bad&AOk"),
-            ("Bad&!!-", "Bad&!!-"),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(decode_folder_name(raw), want, "{raw}");
-        }
     }
 
     #[test]
