@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Benchmark corpus for mailhaul: load a deterministic corpus into an IMAP server, or count
+what a mailbox holds.
+
+  load_corpus.py load  --port P --ca CA --user U --messages N [--seed S]
+  load_corpus.py count --port P --ca CA --user U
+
+The password is read from the environment variable named by --password-env (default
+BENCH_PASS), never from the command line, so it does not show up in `ps`.
+
+The corpus (same --messages and --seed give the same bytes):
+  * 85% plain text messages of 2-20 KB (uniform);
+  * 15% multipart messages with a base64 attachment of 50 KB-2 MB (decoded), drawn
+    log-uniformly with a bias towards small ones (40 ** (u ** 1.3)), which puts 5,000
+    messages at about 450 MB, the size of the corpus peers were measured on (FACTS.md);
+  * spread over INBOX (60%), "Archive/2019" (25%) and "Sent Items" (15%);
+  * flags \\Seen (80%), \\Answered (20%), \\Flagged (5%), keyword $Important (3%);
+  * INTERNALDATEs spread over 2012-2024.
+
+Loading uses pipelined APPENDs with LITERAL+ (Dovecot has it): one connection, batches of
+up to 50 messages / 8 MB in flight, so 5,000 messages load in well under a minute. One
+connection on purpose: concurrent appends to one Dovecot user can trip its index lock.
+
+Only the standard library (ssl, socket, imaplib): runs on any python3 >= 3.9.
+"""
+
+import argparse
+import datetime
+import imaplib
+import json
+import os
+import random
+import re
+import socket
+import ssl
+import sys
+import time
+
+FOLDERS = [("INBOX", 0.60), ("Archive/2019", 0.25), ("Sent Items", 0.15)]
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when "
+    "what more if no out so said up into than them can only other new some could time "
+    "these two may then do first any my now such like our over man me even most made "
+    "after also did many before must through back years where much your way well down "
+    "should because each just those people how too little state good very make world "
+    "still own see men work long get here between both life being under never day same "
+    "another know while last might us great old year off come since against go came right "
+    "used take three invoice meeting project budget report quarter deadline schedule "
+    "review migration mailbox server folder message attachment draft contract"
+).split()
+
+
+def quote(text):
+    """An IMAP quoted string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ssl_context(ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    return ctx
+
+
+def password(args):
+    value = os.environ.get(args.password_env, "")
+    if not value:
+        sys.exit(f"load_corpus.py: set the password in the environment variable {args.password_env}")
+    return value
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def text_body(rng, size):
+    """About `size` bytes of CRLF text lines."""
+    out = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(WORDS, k=12)).capitalize() + ".\r\n"
+        out.append(line)
+        total += len(line)
+    return "".join(out)
+
+
+def message(seed, i):
+    """Message i of the corpus: (folder, flags, internaldate, bytes)."""
+    rng = random.Random(f"mailhaul-bench-{seed}-{i}")
+    x = rng.random()
+    folder = FOLDERS[-1][0]
+    acc = 0.0
+    for name, share in FOLDERS:
+        acc += share
+        if x < acc:
+            folder = name
+            break
+    flags = []
+    if rng.random() < 0.80:
+        flags.append("\\Seen")
+    if rng.random() < 0.20:
+        flags.append("\\Answered")
+    if rng.random() < 0.05:
+        flags.append("\\Flagged")
+    if rng.random() < 0.03:
+        flags.append("$Important")
+    base = datetime.datetime(2012, 1, 1, tzinfo=datetime.timezone.utc)
+    date = base + datetime.timedelta(minutes=rng.randrange(0, 13 * 365 * 24 * 60))
+    attachment = None
+    if rng.random() < 0.15:
+        attachment = int(50_000 * 40 ** (rng.random() ** 1.3))
+        text_size = rng.randint(1000, 4000)
+    else:
+        text_size = rng.randint(2000, 20000) - 400  # headers are ~400 bytes
+    sender = rng.randrange(50)
+    head = (
+        f"Message-ID: <bench.{seed}.{i}@corpus.mailhaul.test>\r\n"
+        f"Date: {date.strftime('%a, %d %b %Y %H:%M:%S +0000')}\r\n"
+        f"From: Sender {sender} <sender{sender}@example.org>\r\n"
+        "To: Recipient <recipient@example.com>\r\n"
+        f"Subject: Benchmark message {i} ({folder})\r\n"
+        "MIME-Version: 1.0\r\n"
+    )
+    text = text_body(rng, text_size)
+    if attachment is None:
+        body = "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\n" + text
+        raw = (head + body).encode()
+    else:
+        import base64
+
+        boundary = f"=_bench_{seed}_{i}"
+        data = base64.encodebytes(rng.randbytes(attachment)).replace(b"\n", b"\r\n")
+        raw = (
+            head
+            + f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+            + "This is a multi-part message in MIME format.\r\n"
+            + f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+            + "Content-Transfer-Encoding: 7bit\r\n\r\n"
+            + text
+            + f"--{boundary}\r\nContent-Type: application/octet-stream; name=\"data{i}.bin\"\r\n"
+            + f"Content-Disposition: attachment; filename=\"data{i}.bin\"\r\n"
+            + "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode() + data + f"--{boundary}--\r\n".encode()
+    return folder, flags, date.strftime("%d-%b-%Y %H:%M:%S +0000"), raw
+
+
+# --------------------------------------------------------------------------- raw IMAP
+
+
+class Conn:
+    """A minimal IMAPS client for pipelined APPEND (imaplib has no LITERAL+)."""
+
+    def __init__(self, host, port, ca):
+        raw = socket.create_connection((host, port), timeout=120)
+        self.sock = ssl_context(ca).wrap_socket(raw, server_hostname=host)
+        self.reader = self.sock.makefile("rb")
+        self.tag = 0
+        greeting = self.reader.readline()
+        if not greeting.startswith(b"* OK"):
+            raise RuntimeError(f"unexpected greeting {greeting!r}")
+
+    def next_tag(self):
+        self.tag += 1
+        return f"L{self.tag}"
+
+    def wait(self, tags):
+        """Read until every tag in `tags` completed; return {tag: (status, line)}."""
+        pending = set(tags)
+        done = {}
+        while pending:
+            line = self.reader.readline()
+            if not line:
+                raise RuntimeError("connection closed by the server")
+            parts = line.split(b" ", 2)
+            tag = parts[0].decode(errors="replace")
+            if tag in pending:
+                pending.discard(tag)
+                done[tag] = (parts[1].decode(errors="replace") if len(parts) > 1 else "", line.decode(errors="replace").strip())
+        return done
+
+    def simple(self, command):
+        tag = self.next_tag()
+        self.sock.sendall(f"{tag} {command}\r\n".encode())
+        return self.wait([tag])[tag]
+
+
+def load(args):
+    conn = Conn(args.host, args.port, args.ca)
+    status, line = conn.simple(f"LOGIN {quote(args.user)} {quote(password(args))}")
+    if status != "OK":
+        sys.exit(f"load_corpus.py: login as {args.user} failed: {line}")
+    for name, _ in FOLDERS:
+        if name != "INBOX":
+            conn.simple(f"CREATE {quote(name)}")  # NO [ALREADYEXISTS] is fine
+    started = time.monotonic()
+    total_bytes = 0
+    per_folder = {}
+    batch, batch_bytes, chunks = [], 0, []
+
+    def flush():
+        nonlocal batch, batch_bytes, chunks
+        if not batch:
+            return
+        conn.sock.sendall(b"".join(chunks))
+        for tag, (status, line) in conn.wait(batch).items():
+            if status != "OK":
+                sys.exit(f"load_corpus.py: APPEND failed: {line}")
+        batch, batch_bytes, chunks = [], 0, []
+
+    for i in range(args.messages):
+        folder, flags, date, raw = message(args.seed, i)
+        tag = conn.next_tag()
+        chunks.append(
+            f"{tag} APPEND {quote(folder)} ({' '.join(flags)}) \"{date}\" {{{len(raw)}+}}\r\n".encode()
+            + raw
+            + b"\r\n"
+        )
+        batch.append(tag)
+        batch_bytes += len(raw)
+        total_bytes += len(raw)
+        per_folder[folder] = per_folder.get(folder, 0) + 1
+        if len(batch) >= 50 or batch_bytes >= 8 << 20:
+            flush()
+        if (i + 1) % 1000 == 0:
+            print(f"load_corpus.py: {i + 1}/{args.messages} messages", file=sys.stderr, flush=True)
+    flush()
+    conn.simple("LOGOUT")
+    elapsed = time.monotonic() - started
+    print(
+        json.dumps(
+            {"messages": args.messages, "bytes": total_bytes, "folders": per_folder, "seconds": round(elapsed, 1)}
+        )
+    )
+
+
+# --------------------------------------------------------------------------- count
+
+LIST_RE = re.compile(rb'^\((?P<attrs>[^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*") (?P<name>.*)$')
+
+
+def unquote(name):
+    if name.startswith(b'"') and name.endswith(b'"'):
+        name = name[1:-1].replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+    return name.decode()
+
+
+def count(args):
+    """Messages and bytes per selectable folder, as JSON on stdout (read-only: EXAMINE)."""
+    imap = imaplib.IMAP4_SSL(args.host, args.port, ssl_context=ssl_context(args.ca))
+    imap.login(args.user, password(args))
+    typ, lines = imap.list()
+    if typ != "OK":
+        sys.exit(f"load_corpus.py: LIST failed: {lines}")
+    folders = {}
+    for item in lines:
+        if isinstance(item, tuple):  # a name sent as a literal
+            attrs, name = item[0], item[1].decode()
+            if b"\\Noselect" in attrs or b"\\NonExistent" in attrs:
+                continue
+        else:
+            m = LIST_RE.match(item)
+            if not m:
+                sys.exit(f"load_corpus.py: cannot parse LIST line {item!r}")
+            if b"\\Noselect" in m["attrs"] or b"\\NonExistent" in m["attrs"]:
+                continue
+            name = unquote(m["name"])
+        typ, data = imap.select(quote(name), readonly=True)
+        if typ != "OK":
+            sys.exit(f"load_corpus.py: EXAMINE {name} failed: {data}")
+        n = int(data[0])
+        size = 0
+        if n:
+            typ, data = imap.fetch("1:*", "(RFC822.SIZE)")
+            for d in data:
+                m = re.search(rb"RFC822\.SIZE (\d+)", d if isinstance(d, bytes) else d[0])
+                if m:
+                    size += int(m[1])
+        folders[name] = {"messages": n, "bytes": size}
+    imap.logout()
+    print(
+        json.dumps(
+            {
+                "messages": sum(f["messages"] for f in folders.values()),
+                "bytes": sum(f["bytes"] for f in folders.values()),
+                "folders": folders,
+            }
+        )
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["load", "count"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="IMAPS port")
+    p.add_argument("--ca", required=True, help="PEM of the CA that signed the server certificate")
+    p.add_argument("--user", required=True)
+    p.add_argument("--password-env", default="BENCH_PASS")
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    try:
+        load(args) if args.command == "load" else count(args)
+    except (OSError, RuntimeError, imaplib.IMAP4.error) as e:
+        sys.exit(f"load_corpus.py: {args.command} on 127.0.0.1:{args.port} as {args.user}: {e}")
+
+
+if __name__ == "__main__":
+    main()
