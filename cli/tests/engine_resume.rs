@@ -203,3 +203,44 @@ async fn killed_process_resumes_without_duplicates() {
     let destination_dump = dump(&destination, "alice", "pw").await.expect("dump destination");
     assert_eq!(bodies(&destination_dump, "INBOX"), bodies(&source_dump, "INBOX"), "every message exactly once");
 }
+
+/// A message the destination refuses is recorded with the server's reply; the folder goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_message_is_recorded_and_the_folder_goes_on() {
+    use mailhaul_common::model::SkipReason;
+    use mailhaul_common::ports::CheckpointStore;
+    use mailhaul_tests::corpus::SampleMessage;
+
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination =
+        Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None).max_mail_size("100k")).expect("destination");
+    let messages = vec![
+        SampleMessage::new("small", 1).seed(),
+        SampleMessage::new("large", 2).attachment(300_000).seed(),
+        SampleMessage::new("small", 3).seed(),
+    ];
+    seed(&source, "alice", "pw", "INBOX", &messages).await.expect("seed");
+
+    let store = SqliteStore::in_memory().expect("store");
+    let options = CopyOptions::default();
+    let outcome = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
+        .await
+        .expect("copy");
+    assert_eq!(outcome.status, CopyStatus::Done);
+    assert_eq!(outcome.this_pass.copied, 2);
+    assert_eq!(outcome.this_pass.refused, 1);
+    let copied = dump(&destination, "alice", "pw").await.expect("dump");
+    assert_eq!(copied["INBOX"].len(), 2);
+    let skipped = store.skipped("alice").await.expect("skipped");
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].reason, SkipReason::Refused);
+    assert_eq!(skipped[0].uid, 2);
+    assert!(skipped[0].size > 300_000 && skipped[0].message_id.is_some(), "{:?}", skipped[0]);
+    assert!(!skipped[0].detail.is_empty(), "the server's reply is kept");
+    assert!(outcome.verdicts.iter().all(|(_, v)| v.ok), "refused messages are accounted for: {:?}", outcome.verdicts);
+
+    // The next pass does not try it again.
+    let again = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("again");
+    assert_eq!(again.this_pass.refused + again.this_pass.copied, 0);
+}

@@ -61,6 +61,8 @@ pub struct DovecotOptions {
     pub literal_plus: bool,
     /// With `literal_plus` false: announce LITERAL- instead (as Gmail does).
     pub literal_minus: bool,
+    /// Refuse APPENDs larger than this (Dovecot size syntax, e.g. `100k`).
+    pub max_mail_size: Option<String>,
     /// Keep the instance in this directory (created if missing, never deleted) instead of a
     /// temp directory: used by `mailhaul-testenv`, whose servers outlive a single process.
     pub dir: Option<PathBuf>,
@@ -78,6 +80,7 @@ impl Default for DovecotOptions {
             separator: '/',
             literal_plus: true,
             literal_minus: false,
+            max_mail_size: None,
             dir: None,
             passdb_extra: Vec::new(),
         }
@@ -118,6 +121,12 @@ impl DovecotOptions {
     /// login is refused with `NO [UNAVAILABLE] reason`, as a throttling server does.
     pub fn passdb_extra(mut self, user: &str, fields: &str) -> Self {
         self.passdb_extra.push((user.to_string(), fields.to_string()));
+        self
+    }
+
+    /// Refuse messages larger than `size` (e.g. `100k`) on APPEND.
+    pub fn max_mail_size(mut self, size: &str) -> Self {
+        self.max_mail_size = Some(size.to_string());
         self
     }
 
@@ -577,6 +586,15 @@ service imap-login {{
         c.push_str(&format!(
             "auth_master_user_separator = *\npassdb {{\n  driver = passwd-file\n  args = {d}/masters\n  master = yes\n  pass = yes\n}}\n"
         ));
+    }
+    if let Some(size) = &opts.max_mail_size {
+        // The quota plugin refuses larger APPENDs with a tagged NO: a destination that
+        // refuses one message while taking the rest.
+        writeln!(
+            c,
+            "mail_plugins = $mail_plugins quota\nplugin {{\n  quota = maildir:User quota\n  quota_max_mail_size = {size}\n}}"
+        )
+        .ok();
     }
     if !opts.literal_plus {
         // LITERAL- (RFC 7888, as Gmail): non-synchronizing literals up to 4096 bytes only.

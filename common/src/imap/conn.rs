@@ -226,7 +226,8 @@ fn unescape_debug(text: &str) -> String {
 /// `Some(hint)` when a server reply means "busy, come back later" (BYE, THROTTLED, UNAVAILABLE).
 pub fn throttle_hint(reply: &str) -> Option<Option<Duration>> {
     let upper = reply.to_ascii_uppercase();
-    let busy = ["[THROTTLED]", "[UNAVAILABLE]", "[LIMIT]", "[INUSE]", "TOO MANY", "TRY AGAIN", "SERVER BUSY"];
+    // Not [LIMIT] (RFC 5530): that is a permanent implementation limit, e.g. a message too big.
+    let busy = ["[THROTTLED]", "[UNAVAILABLE]", "[INUSE]", "TOO MANY", "TRY AGAIN", "SERVER BUSY"];
     if !busy.iter().any(|b| upper.contains(b)) {
         return None;
     }
