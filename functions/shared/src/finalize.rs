@@ -1,5 +1,6 @@
 //! The finalize function: a batch whose mailboxes are all final → reports in S3, its secrets
-//! deleted, `BatchCompleted` on the bus and a notice on the topic.
+//! deleted, `BatchCompleted` on the bus and a notice on the topic. It also drains the jobs
+//! dead-letter queue (see [`crate::dead_letter`]), which can make a batch final.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
@@ -8,6 +9,7 @@ use mailhaul_common::report::build_report;
 use tracing::{error, info, warn};
 
 use crate::config::Services;
+use crate::dead_letter::{is_job, process_dead_letter};
 use crate::messages::{BatchCompleted, FinalizeMessage, BATCH_COMPLETED};
 use crate::ports::PortError;
 
@@ -29,6 +31,17 @@ pub async fn handle(svc: &Services, event: LambdaEvent<SqsEvent>) -> Result<SqsB
     let mut response = SqsBatchResponse::default();
     for message in event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
+        // The same function drains the jobs dead-letter queue: a job there fails its mailbox.
+        if message.body.as_deref().is_some_and(is_job) {
+            match process_dead_letter(svc, &message).await {
+                Ok(outcome) => info!(message_id = %id, outcome = ?outcome, "dead-lettered job handled"),
+                Err(e) => {
+                    error!(message_id = %id, error = %e, "dead-lettered job not handled; it returns to the queue");
+                    response.add_failure(id);
+                }
+            }
+            continue;
+        }
         let result = match message.body.as_deref().map(serde_json::from_str::<FinalizeMessage>) {
             Some(Ok(m)) => finalize_batch(svc, &m.batch).await,
             Some(Err(e)) => Err(FinalizeError::BadMessage(e.to_string())),

@@ -6,6 +6,7 @@ pub mod adapters;
 pub mod cli;
 pub mod config;
 pub mod copy;
+pub mod dead_letter;
 pub mod dynamo;
 pub mod finalize;
 pub mod logging;

@@ -592,3 +592,74 @@ async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Re
 /// What frank's source server says. passwd-file splits extra fields on spaces, so the test
 /// writes them as no-break spaces, which Dovecot passes through and which still separate words.
 const BUSY_REPLY: &str = "[THROTTLED] Too many logins. Try again in 3 seconds";
+
+#[tokio::test]
+async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_completes() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("gina", "pw-gina-src"), ("hugo", "pw-hugo-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("gina", "pw-gina-dst"), ("hugo", "pw-hugo-dst")]))?;
+    seed(&src, "gina", "pw-gina-src", "INBOX", &corpus::mailbox("gina", 6)).await?;
+    seed(&src, "hugo", "pw-hugo-src", "INBOX", &corpus::mailbox("hugo", 6)).await?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\ngina,pw-gina-src,gina,pw-gina-dst\nhugo,pw-hugo-src,hugo,pw-hugo-dst\n";
+    let batch = match stack.upload("dead", csv, &sidecar(&src, &dst, 50)).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, .. }] => batch.clone(),
+        other => bail!("upload: {other:?}"),
+    };
+    // Hugo's job "crashes the copy function on every delivery": SQS moves it to the DLQ. Here
+    // the test moves it, as the redrive policy would, and copies only gina normally.
+    let jobs_url = stack.svc.config.jobs_queue_url.clone();
+    let mut jobs = Vec::new();
+    while jobs.len() < 2 {
+        let got = stack.receive(&jobs_url, 1).await?;
+        if got.is_empty() {
+            bail!("expected two jobs, got {}", jobs.len());
+        }
+        jobs.extend(got);
+    }
+    let is_hugo = |m: &SqsMessage| m.body.as_deref().unwrap_or("").contains("\"mailbox\":\"hugo\"");
+    let hugo = jobs.iter().find(|m| is_hugo(m)).context("hugo's job")?.clone();
+    let gina = jobs.iter().find(|m| !is_hugo(m)).context("gina's job")?.clone();
+    let sqs = stack.sqs();
+    let (dlq_url, _) = queue(&sqs, "jobs-dlq").await?;
+    sqs.send_message().queue_url(&dlq_url).message_body(hugo.body.clone().unwrap_or_default()).send().await?;
+    stack.delete(&jobs_url, &hugo).await?;
+    // Gina's job goes back to be copied by drain() below.
+    sqs.change_message_visibility().queue_url(&jobs_url).receipt_handle(gina.receipt_handle.clone().unwrap_or_default()).visibility_timeout(0).send().await?;
+
+    // Gina finishes; the batch waits for hugo.
+    let err = stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(20)).await;
+    assert!(err.is_err(), "the batch cannot complete while hugo's job is dead");
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.done, state.failed, state.state.as_str()), (1, 0, "running"));
+
+    // The finalize function drains the DLQ: it gets the real dead message from SQS.
+    let dead = stack.receive(&dlq_url, 1).await?;
+    assert_eq!(dead.len(), 1);
+    let mut event = SqsEvent::default();
+    event.records = dead.clone();
+    let resp = mailhaul_aws::finalize::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(resp.batch_item_failures.is_empty(), "{:?}", resp.batch_item_failures);
+    stack.delete(&dlq_url, &dead[0]).await?;
+
+    let (record, _) = stack.svc.table.mailbox_item(&batch, "hugo").await?.context("hugo")?;
+    assert_eq!(record.status, mailhaul_common::model::MailboxStatus::Failed);
+    assert!(record.error.as_deref().unwrap_or("").contains("crashed or timed out 5 times"), "{:?}", record.error);
+    assert!(record.hint.is_some());
+    // The same dead message delivered again changes nothing.
+    let again = mailhaul_aws::dead_letter::process_dead_letter(&stack.svc, &dead[0]).await?;
+    assert_eq!(again, mailhaul_aws::dead_letter::DeadLetterOutcome::Stale);
+
+    // It was the last mailbox: finalize was queued, and the batch completes with hugo failed.
+    stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(30)).await?;
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.total, state.done, state.failed, state.state.as_str()), (2, 1, 1, "completed"));
+    let failed_csv = String::from_utf8(stack.object(&format!("reports/{batch}/failed.csv")).await?.context("failed.csv")?)?;
+    assert!(failed_csv.contains("hugo") && !failed_csv.contains("gina"), "{failed_csv}");
+    let events = stack.events().await?;
+    let hugo_done = events.iter().find(|(t, d)| t == "MailboxCompleted" && d["mailbox"] == "hugo").context("MailboxCompleted for hugo")?;
+    assert_eq!(hugo_done.1["status"], "failed");
+    assert!(events.iter().any(|(t, _)| t == "BatchCompleted"), "{events:?}");
+    assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
+    Ok(())
+}

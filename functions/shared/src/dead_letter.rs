@@ -1,0 +1,55 @@
+//! Jobs that reached the jobs queue's dead-letter queue: the copy function crashed, ran out of
+//! time or memory, or failed transiently on every delivery. Each such mailbox is marked failed
+//! with the reason and counted, so its batch still completes (the last one queues finalize).
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use mailhaul_common::model::MailboxStatus;
+use tracing::{info, info_span, Instrument};
+
+use crate::config::Services;
+use crate::copy::{finish, JobError};
+use crate::messages::JobMessage;
+
+/// What became of one dead-lettered job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeadLetterOutcome {
+    /// The mailbox was running and is now failed (and counted in its batch).
+    Failed { reason: String },
+    /// The mailbox is already final (the copy function failed it on its last delivery), or a
+    /// later pass of it exists (this was an old duplicate): nothing to do.
+    Stale,
+}
+
+/// Whether a queue message body is a copy job (rather than a finalize message): jobs carry
+/// a `job` object. The finalize function receives both kinds.
+pub fn is_job(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("job").is_some_and(|j| j.is_object()))
+}
+
+/// Marks the dead-lettered job's mailbox failed, unless it is already final or has moved on.
+pub async fn process_dead_letter(svc: &Services, message: &SqsMessage) -> Result<DeadLetterOutcome, JobError> {
+    let body = message.body.as_deref().ok_or_else(|| JobError::BadMessage("no body".into()))?;
+    let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
+    let span = info_span!("dead_letter", batch = %job.batch, mailbox = %job.job.mailbox, seq = job.seq);
+    async {
+        let Some((mut record, seq)) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
+            info!("no such mailbox in the batch: dropped");
+            return Ok(DeadLetterOutcome::Stale);
+        };
+        if record.status.is_final() || seq > job.seq {
+            return Ok(DeadLetterOutcome::Stale);
+        }
+        let tries = svc.config.max_receive_count;
+        // The last transient error the copy function saved, if it got that far.
+        let reason = match record.error.take() {
+            Some(last) => format!("the copy function crashed or timed out {tries} times on this mailbox (last error: {last})"),
+            None => format!("the copy function crashed or timed out {tries} times on this mailbox"),
+        };
+        let hint = "see the copy function's logs for this mailbox; a very large message or folder may need more CopyMemorySize, then retry the row from failed.csv";
+        finish(svc, &job, &mut record, MailboxStatus::Failed, Some(reason.clone()), Some(hint.into())).await?;
+        info!(reason = %reason, "dead-lettered mailbox marked failed");
+        Ok(DeadLetterOutcome::Failed { reason })
+    }
+    .instrument(span)
+    .await
+}
