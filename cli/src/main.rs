@@ -1,5 +1,7 @@
-//! `mailhaul`: validate a batch CSV, run it locally on embedded state, and read its state.
+//! `mailhaul`: validate a batch CSV, run it locally on embedded state, and read its state;
+//! or submit it to a deployed AWS stack and follow it there.
 
+mod aws;
 mod progress;
 mod run;
 mod validate;
@@ -36,18 +38,40 @@ enum Command {
     /// Migrate every valid row of a batch CSV on this machine. Run it again to resume or
     /// for a delta pass.
     Run(run::RunArgs),
-    /// Show the progress of a local batch from its state file.
-    Status {
-        /// State file (default: next to the CSV, `<name>.mailhaul.sqlite`).
+    /// Upload a batch CSV to a deployed stack (s3://BUCKET/incoming/) and print its batch id.
+    Submit {
+        csv: PathBuf,
+        /// The stack's bucket (its BucketName output).
+        #[arg(long, env = "MAILHAUL_BUCKET")]
+        bucket: String,
+        /// Batch settings (TOML, as for `run`), uploaded first as the CSV's sidecar.
         #[arg(long)]
-        state: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// Show the progress of a batch: a local one from its state file (--state), or one
+    /// running on AWS from the stack's table (BATCH --table).
+    Status {
+        /// Batch id printed by `mailhaul submit` (with --table).
+        batch: Option<String>,
+        /// State file of a local run (`<name>.mailhaul.sqlite` next to the CSV).
+        #[arg(long, conflicts_with = "batch")]
+        state: Option<PathBuf>,
+        /// The stack's DynamoDB table (its TableName output).
+        #[arg(long, env = "MAILHAUL_TABLE")]
+        table: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Write report.csv, report.json and failed.csv from a state file.
+    /// Write report.csv, report.json and failed.csv: from a local state file (--state), or
+    /// download them from the stack's bucket (BATCH --bucket).
     Report {
-        #[arg(long)]
-        state: PathBuf,
+        /// Batch id printed by `mailhaul submit` (with --bucket).
+        batch: Option<String>,
+        #[arg(long, conflicts_with = "batch")]
+        state: Option<PathBuf>,
+        /// The stack's bucket (its BucketName output).
+        #[arg(long, env = "MAILHAUL_BUCKET")]
+        bucket: Option<String>,
         #[arg(long, default_value = "mailhaul-report")]
         report_dir: PathBuf,
     },
@@ -77,8 +101,17 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { csv, config, json, check } => validate::validate(&csv, config.as_deref(), json, check).await,
             Command::Run(args) => run::run(args).await,
-            Command::Status { state, json } => run::status(&state, json).await,
-            Command::Report { state, report_dir } => run::report(&state, &report_dir).await,
+            Command::Submit { csv, bucket, config } => aws::submit(&csv, &bucket, config.as_deref()).await,
+            Command::Status { state: Some(state), json, .. } => run::status(&state, json).await,
+            Command::Status { batch: Some(batch), table: Some(table), json, .. } => aws::status(&batch, &table, json).await,
+            Command::Status { .. } => Err(anyhow::anyhow!(
+                "status needs --state FILE (a local run) or BATCH --table TABLE (a batch on AWS; or set MAILHAUL_TABLE)"
+            )),
+            Command::Report { state: Some(state), report_dir, .. } => run::report(&state, &report_dir).await,
+            Command::Report { batch: Some(batch), bucket: Some(bucket), report_dir, .. } => aws::report(&batch, &bucket, &report_dir).await,
+            Command::Report { .. } => Err(anyhow::anyhow!(
+                "report needs --state FILE (a local run) or BATCH --bucket BUCKET (a batch on AWS; or set MAILHAUL_BUCKET)"
+            )),
         }
     });
     match result {
