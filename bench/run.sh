@@ -6,6 +6,8 @@
 #                     [--no-build] [--keep]
 #   --messages N     corpus size (default 5000; use ~300 for a dry run)
 #   --latency-ms L   added round trip for the second pair of runs (default 50)
+#   --rounds R       repeat the four runs R times (default 1): this machine is shared and the
+#                    same run varies a lot, so compare tools within a round
 #   --copy K=V       extra line for mailhaul.toml's [copy] table, e.g. --copy batch_messages=400
 #   --out FILE       where the markdown table goes (default bench/RESULTS.md for a full
 #                    corpus of >= 5000 messages, else WORKDIR/RESULTS.md)
@@ -25,6 +27,7 @@ cd "$ROOT"
 
 MESSAGES=5000
 LATENCY_MS=50
+ROUNDS=1
 BUILD=1
 KEEP=0
 OUT=""
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --messages) MESSAGES="$2"; shift 2 ;;
         --latency-ms) LATENCY_MS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --copy) COPY_LINES+=("$2"); shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -43,6 +47,9 @@ while [ $# -gt 0 ]; do
 done
 if ! [[ "$MESSAGES" =~ ^[0-9]+$ ]] || [ "$MESSAGES" -lt 1 ]; then
     echo "bench: --messages must be a positive integer" >&2; exit 2
+fi
+if ! [[ "$ROUNDS" =~ ^[0-9]+$ ]] || [ "$ROUNDS" -lt 1 ]; then
+    echo "bench: --rounds must be a positive integer" >&2; exit 2
 fi
 if ! [[ "$LATENCY_MS" =~ ^[0-9]+$ ]] || [ "$LATENCY_MS" -lt 2 ]; then
     echo "bench: --latency-ms must be an integer >= 2" >&2; exit 2
@@ -94,7 +101,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "starting Dovecots and ${LATENCY_MS} ms proxies in $DIR"
-"$TESTENV" up --dir "$DIR" --users 4 --messages 1 --latency-ms "$LATENCY_MS" \
+"$TESTENV" up --dir "$DIR" --users $(( 4 * ROUNDS )) --messages 1 --latency-ms "$LATENCY_MS" \
     >"$DIR/testenv.log" 2>&1 </dev/null &
 ENV_PID=$!
 for _ in $(seq 1 600); do
@@ -126,6 +133,7 @@ SRC_MESSAGES=$(json "$DIR/source.json" messages)
 SRC_BYTES=$(json "$DIR/source.json" bytes)
 log "source $SRC_USER holds $SRC_MESSAGES messages, $SRC_BYTES bytes"
 
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- 3-5. the runs ----------------------------------------------------------------------------
 RESULTS=()   # markdown rows
 FAILED=0
@@ -136,6 +144,7 @@ run_one() {
     local duser dpass run start end status
     duser=$(dst_user "$n"); dpass=$(dst_pass "$n")
     run="$DIR/run-$n-$tool"
+    log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     mkdir -p "$run"
     log "$tool, RTT $rtt: $SRC_USER -> destination $duser"
     if [ "$tool" = mailhaul ]; then
@@ -232,10 +241,21 @@ EOF
     rm -rf "$DIR/destination/home/$duser/Maildir" 2>/dev/null || true
 }
 
-run_one mailhaul "0 ms" "$SRC_DIRECT" "$DST_DIRECT" 1
-run_one mbsync "0 ms" "$SRC_DIRECT" "$DST_DIRECT" 2
-run_one mailhaul "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" 3
-run_one mbsync "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" 4
+for round in $(seq 1 "$ROUNDS"); do
+    n=$(( 4 * (round - 1) ))
+    if [ $(( round % 2 )) = 1 ]; then
+        run_one mailhaul "0 ms" "$SRC_DIRECT" "$DST_DIRECT" $(( n + 1 ))
+        run_one mbsync "0 ms" "$SRC_DIRECT" "$DST_DIRECT" $(( n + 2 ))
+        run_one mailhaul "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" $(( n + 3 ))
+        run_one mbsync "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" $(( n + 4 ))
+    else
+        # Even rounds go the other way round, so neither tool always runs first.
+        run_one mbsync "0 ms" "$SRC_DIRECT" "$DST_DIRECT" $(( n + 1 ))
+        run_one mailhaul "0 ms" "$SRC_DIRECT" "$DST_DIRECT" $(( n + 2 ))
+        run_one mbsync "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" $(( n + 3 ))
+        run_one mailhaul "${LATENCY_MS} ms" "$SRC_PROXY" "$DST_PROXY" $(( n + 4 ))
+    fi
+done
 
 # --- 6. table ---------------------------------------------------------------------------------
 if [ -z "$OUT" ]; then
@@ -245,7 +265,7 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
     echo "# mailhaul benchmark"
     echo
-    echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC') by \`bench/run.sh --messages $MESSAGES --latency-ms $LATENCY_MS${COPY_LINES[*]:+ --copy ${COPY_LINES[*]}}\`"
+    echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC') by \`bench/run.sh --messages $MESSAGES --latency-ms $LATENCY_MS --rounds $ROUNDS${COPY_LINES[*]:+ --copy ${COPY_LINES[*]}}\`"
     echo "at mailhaul commit $COMMIT; machine: $(nproc) cores (shared with other work),"
     echo "$(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), Dovecot $(dovecot --version | cut -d' ' -f1) on both sides, $(mbsync --version | head -1)."
     echo
@@ -255,6 +275,7 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "mailbox; RTT is the round trip added by a delay proxy in front of both servers."
     echo "MB = 10^6 bytes of source messages; peak RSS is /usr/bin/time's maximum resident set size"
     echo "(MiB); \"verified\" = exit status 0 and the destination holds as many messages as the source."
+    echo "One row per run, in the order run; load average when the runs started: $LOAD_AT_START."
     echo
     echo "| tool | RTT | messages | MB | seconds | msg/min | MB/s | peak RSS MB | verified |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
