@@ -291,8 +291,18 @@ async fn run_mailbox(
     Ok(())
 }
 
+/// Open an existing state file; never create one for `status` or `report`.
+fn open_existing(state: &Path) -> anyhow::Result<SqliteStore> {
+    anyhow::ensure!(
+        state.is_file(),
+        "no state file at {}: give the --state of a `mailhaul run` (default: <csv name>.mailhaul.sqlite next to the CSV)",
+        state.display()
+    );
+    Ok(SqliteStore::open(state)?)
+}
+
 pub async fn status(state: &Path, json: bool) -> anyhow::Result<u8> {
-    let store = SqliteStore::open(state)?;
+    let store = open_existing(state)?;
     let report = build_report(&store, &store).await?;
     if json {
         println!("{}", String::from_utf8_lossy(&report.to_json()));
@@ -303,7 +313,7 @@ pub async fn status(state: &Path, json: bool) -> anyhow::Result<u8> {
 }
 
 pub async fn report(state: &Path, dir: &Path) -> anyhow::Result<u8> {
-    let store = SqliteStore::open(state)?;
+    let store = open_existing(state)?;
     let report = build_report(&store, &store).await?;
     for path in report.write_dir(dir)? {
         eprintln!("wrote {}", path.display());

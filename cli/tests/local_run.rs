@@ -195,6 +195,10 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
     assert_eq!(status.status.code(), Some(0));
     let table = String::from_utf8_lossy(&status.stderr);
     assert!(table.contains("alice") && table.contains("carol") && table.contains("failed"), "{table}");
+    let missing = Command::new(BIN).arg("status").arg("--state").arg(world.path("nope.sqlite")).output().expect("status");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no state file"));
+    assert!(!world.path("nope.sqlite").exists(), "status never creates a state file");
     let again = world.path("report-again");
     let report_cmd = Command::new(BIN).arg("report").arg("--state").arg(&state).arg("--report-dir").arg(&again).output().expect("report");
     assert_eq!(report_cmd.status.code(), Some(0));
