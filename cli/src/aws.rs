@@ -25,8 +25,12 @@ pub async fn submit(csv: &Path, bucket: &str, config: Option<&Path>) -> anyhow::
 /// Prints a batch's progress from the stack's table, with the same table as a local run.
 pub async fn status(batch: &str, table: &str, json: bool) -> anyhow::Result<u8> {
     let sdk = mailhaul_aws::config::sdk_config().await;
-    let status = mailhaul_aws::cli::status(&sdk, table, batch).await.with_context(|| format!("reading batch {batch} from table {table}"))?;
-    let report = mailhaul_aws::cli::live_report(&sdk, table, batch).await.with_context(|| format!("reading batch {batch} from table {table}"))?;
+    let status = mailhaul_aws::cli::status(&sdk, table, batch)
+        .await
+        .with_context(|| format!("reading batch {batch} from table {table}"))?;
+    let report = mailhaul_aws::cli::live_report(&sdk, table, batch)
+        .await
+        .with_context(|| format!("reading batch {batch} from table {table}"))?;
     if json {
         println!("{}", String::from_utf8_lossy(&report.to_json()));
         return Ok(EXIT_DONE);

@@ -150,7 +150,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let store = Arc::new(SqliteStore::open(&state_path)?);
     let batch_id = args.csv.file_stem().and_then(|s| s.to_str()).unwrap_or("batch").to_string();
     store
-        .put_batch(&BatchMeta { id: batch_id, headers: batch.headers.clone(), total: batch.rows.len(), created_at: Utc::now() })
+        .put_batch(&BatchMeta {
+            id: batch_id,
+            headers: batch.headers.clone(),
+            total: batch.rows.len(),
+            created_at: Utc::now(),
+        })
         .await?;
 
     // Invalid rows are reported as failed and never stop the others.
@@ -224,7 +229,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     progress.finish();
 
     let report = build_report(store.as_ref(), store.as_ref()).await?;
-    let written = report.write_dir(&args.report_dir).with_context(|| format!("cannot write {}", args.report_dir.display()))?;
+    let written =
+        report.write_dir(&args.report_dir).with_context(|| format!("cannot write {}", args.report_dir.display()))?;
     eprint!("{}", report.summary_table());
     for path in written {
         eprintln!("wrote {}", path.display());
@@ -256,17 +262,30 @@ async fn run_mailbox(
                 }
                 let copied = outcome.this_pass.copied;
                 let mismatched = outcome.verdicts.iter().filter(|(_, v)| !v.ok).count();
-                let verdict = if mismatched == 0 { "verified".to_string() } else { format!("{mismatched} folder(s) do not verify") };
+                let verdict = if mismatched == 0 {
+                    "verified".to_string()
+                } else {
+                    format!("{mismatched} folder(s) do not verify")
+                };
                 progress.mailbox_finished(&job.mailbox, &format!("done, {copied} copied this pass, {verdict}"));
                 break (MailboxStatus::Done, None, None);
             }
             Ok(_) => {
                 progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
-                break (MailboxStatus::Partial, Some("stopped before the end".to_string()), Some("run the same command again to resume".to_string()));
+                break (
+                    MailboxStatus::Partial,
+                    Some("stopped before the end".to_string()),
+                    Some("run the same command again to resume".to_string()),
+                );
             }
             Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS && !*timebox.stop.borrow() => {
-                let wait = e.retry_after().unwrap_or(Duration::from_secs(1 << attempt.min(5))).min(Duration::from_secs(120));
-                progress.line(&format!("{}: {e}; retrying in {}s (attempt {attempt}/{MAX_ATTEMPTS})", job.mailbox, wait.as_secs()));
+                let wait =
+                    e.retry_after().unwrap_or(Duration::from_secs(1 << attempt.min(5))).min(Duration::from_secs(120));
+                progress.line(&format!(
+                    "{}: {e}; retrying in {}s (attempt {attempt}/{MAX_ATTEMPTS})",
+                    job.mailbox,
+                    wait.as_secs()
+                ));
                 let mut stop = timebox.stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use mailhaul_common::batch::validate_batch;
-use mailhaul_common::inspect::{inspect, Inspection};
 use mailhaul_common::error::Side;
+use mailhaul_common::inspect::{inspect, Inspection};
 
 use crate::run::load_settings;
 use crate::{EXIT_DONE, EXIT_SOME_FAILED};

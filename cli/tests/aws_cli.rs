@@ -98,10 +98,20 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
     let csv = "source_user,source_password,destination_user,destination_password\nalice,Cli-Src-pw-111,alice,Cli-Dst-pw-222\nbob,Cli-Src-pw-333,bob,Cli-Dst-pw-444\n";
     std::fs::write(&csv_path, csv)?;
     let settings = dir.path().join("north.toml");
-    std::fs::write(&settings, "[source]\nhost = \"imap.old.example\"\nport = 993\n[destination]\nhost = \"imap.new.example\"\nport = 993\n")?;
+    std::fs::write(
+        &settings,
+        "[source]\nhost = \"imap.old.example\"\nport = 993\n[destination]\nhost = \"imap.new.example\"\nport = 993\n",
+    )?;
 
     // submit: the batch id on stdout, the CSV and its sidecar in incoming/.
-    let out = moto.mailhaul(&["submit", csv_path.to_str().context("path")?, "--bucket", BUCKET, "--config", settings.to_str().context("path")?])?;
+    let out = moto.mailhaul(&[
+        "submit",
+        csv_path.to_str().context("path")?,
+        "--bucket",
+        BUCKET,
+        "--config",
+        settings.to_str().context("path")?,
+    ])?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let batch = stdout.trim().to_string();
@@ -112,7 +122,10 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
 
     // The stack's upload function takes it from there.
     let outcome = mailhaul_aws::upload::process_object(&svc, BUCKET, "incoming/north.csv").await?;
-    assert!(matches!(&outcome, mailhaul_aws::upload::UploadOutcome::Submitted { batch: b, mailboxes: 2 } if *b == batch), "{outcome:?}");
+    assert!(
+        matches!(&outcome, mailhaul_aws::upload::UploadOutcome::Submitted { batch: b, mailboxes: 2 } if *b == batch),
+        "{outcome:?}"
+    );
 
     // status: the local run's table, from DynamoDB.
     let out = moto.mailhaul(&["status", &batch, "--table", TABLE])?;
@@ -130,11 +143,13 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
 
     // report: nothing yet while it runs; then the finalize function's files.
     let reports = dir.path().join("reports");
-    let out = moto.mailhaul(&["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
+    let out =
+        moto.mailhaul(&["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("still running"), "{}", text(&out).1);
     mailhaul_aws::finalize::finalize_batch(&svc, &batch).await?.context("finalized")?;
-    let out = moto.mailhaul(&["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
+    let out =
+        moto.mailhaul(&["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for name in ["report.csv", "report.json", "failed.csv"] {
@@ -147,7 +162,9 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
 
     // No password in what the commands print or download.
     let mut seen = String::new();
-    for args in [vec!["status", batch.as_str(), "--table", TABLE], vec!["status", batch.as_str(), "--table", TABLE, "--json"]] {
+    for args in
+        [vec!["status", batch.as_str(), "--table", TABLE], vec!["status", batch.as_str(), "--table", TABLE, "--json"]]
+    {
         let (o, e) = text(&moto.mailhaul(&args)?);
         seen.push_str(&o);
         seen.push_str(&e);
@@ -155,7 +172,10 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
     for name in ["report.csv", "report.json", "failed.csv"] {
         seen.push_str(&std::fs::read_to_string(reports.join(name))?);
     }
-    assert!(!seen.contains("Cli-Src-pw") && !seen.contains("Cli-Dst-pw"), "a password leaked into the CLI's output or reports");
+    assert!(
+        !seen.contains("Cli-Src-pw") && !seen.contains("Cli-Dst-pw"),
+        "a password leaked into the CLI's output or reports"
+    );
 
     // Local status still works alongside the AWS form.
     let out = moto.mailhaul(&["status"])?;

@@ -25,7 +25,12 @@ fn endpoint(server: &Dovecot, user: &str, password: &str) -> Endpoint {
             ca_file: Some(server.cert_path.clone()),
             accept_invalid_certs: false,
         },
-        login: Login { user: user.into(), authz: None, mechanism: AuthMechanism::Login, password: Secret::new(password) },
+        login: Login {
+            user: user.into(),
+            authz: None,
+            mechanism: AuthMechanism::Login,
+            password: Secret::new(password),
+        },
     }
 }
 
@@ -55,7 +60,8 @@ impl ProgressSink for StopAfter {
 }
 
 fn bodies(folders: &BTreeMap<String, Vec<DumpedMessage>>, folder: &str) -> Vec<Vec<u8>> {
-    let mut all: Vec<Vec<u8>> = folders.get(folder).map(|m| m.iter().map(|m| m.body.clone()).collect()).unwrap_or_default();
+    let mut all: Vec<Vec<u8>> =
+        folders.get(folder).map(|m| m.iter().map(|m| m.body.clone()).collect()).unwrap_or_default();
     all.sort();
     all
 }
@@ -111,18 +117,26 @@ async fn stop_deadline_and_resume(literals: Literals) {
     loop {
         calls += 1;
         assert!(calls < 200, "never finished");
-        let short = TimeBox { deadline: Some(tokio::time::Instant::now() + Duration::from_millis(150)), stop: stop_rx.clone() };
-        if copy_mailbox(&job, &options, &store, &NoProgress, &short).await.expect("continuation").status == CopyStatus::Done {
+        let short =
+            TimeBox { deadline: Some(tokio::time::Instant::now() + Duration::from_millis(150)), stop: stop_rx.clone() };
+        if copy_mailbox(&job, &options, &store, &NoProgress, &short).await.expect("continuation").status
+            == CopyStatus::Done
+        {
             break;
         }
     }
     let source_dump = dump(&source, "alice", "pw").await.expect("dump source");
     let destination_dump = dump(&destination, "alice", "pw").await.expect("dump destination");
     for folder in ["INBOX", "Work"] {
-        assert_eq!(bodies(&destination_dump, folder), bodies(&source_dump, folder), "{folder} exactly once, byte-identical");
+        assert_eq!(
+            bodies(&destination_dump, folder),
+            bodies(&source_dump, folder),
+            "{folder} exactly once, byte-identical"
+        );
     }
     let flags = |d: &BTreeMap<String, Vec<DumpedMessage>>| -> Vec<_> {
-        let mut v: Vec<_> = d["INBOX"].iter().map(|m| (m.body.clone(), m.flags.clone(), m.internal_date.clone())).collect();
+        let mut v: Vec<_> =
+            d["INBOX"].iter().map(|m| (m.body.clone(), m.flags.clone(), m.internal_date.clone())).collect();
         v.sort();
         v
     };
@@ -174,7 +188,10 @@ async fn killed_process_resumes_without_duplicates() {
     let config = dir.path().join("mailhaul.toml");
     std::fs::write(
         &config,
-        format!("[source]\nca_file = {:?}\n[destination]\nca_file = {:?}\n[copy]\nbatch_messages = 2\n", source.cert_path, destination.cert_path),
+        format!(
+            "[source]\nca_file = {:?}\n[destination]\nca_file = {:?}\n[copy]\nbatch_messages = 2\n",
+            source.cert_path, destination.cert_path
+        ),
     )
     .expect("config");
     let command = || {
@@ -213,8 +230,8 @@ async fn refused_message_is_recorded_and_the_folder_goes_on() {
 
     let users = [("alice", "pw")];
     let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
-    let destination =
-        Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None).max_mail_size("100k")).expect("destination");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None).max_mail_size("100k"))
+        .expect("destination");
     let messages = vec![
         SampleMessage::new("small", 1).seed(),
         SampleMessage::new("large", 2).attachment(300_000).seed(),
@@ -241,6 +258,8 @@ async fn refused_message_is_recorded_and_the_folder_goes_on() {
     assert!(outcome.verdicts.iter().all(|(_, v)| v.ok), "refused messages are accounted for: {:?}", outcome.verdicts);
 
     // The next pass does not try it again.
-    let again = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("again");
+    let again = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
+        .await
+        .expect("again");
     assert_eq!(again.this_pass.refused + again.this_pass.copied, 0);
 }

@@ -27,12 +27,16 @@ fn config(source: &Dovecot, destination: &Dovecot) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn exchange_form_with_admin_logins_on_both_sides() {
     let users = [("dora@example.com", "dora-own-pw"), ("eve@example.com", "eve-own-pw")];
-    let source = Dovecot::start(DovecotOptions::with_users(&users).master("admin", "src-admin-pw").layout(Layout::Outlook))
-        .expect("source");
+    let source =
+        Dovecot::start(DovecotOptions::with_users(&users).master("admin", "src-admin-pw").layout(Layout::Outlook))
+            .expect("source");
     let destination =
-        Dovecot::start(DovecotOptions::with_users(&users).master("admin", "dst-admin-pw").layout(Layout::Standard)).expect("destination");
+        Dovecot::start(DovecotOptions::with_users(&users).master("admin", "dst-admin-pw").layout(Layout::Standard))
+            .expect("destination");
     seed(&source, "dora@example.com", "dora-own-pw", "INBOX", &corpus::mailbox("dora", 6)).await.expect("seed");
-    seed(&source, "dora@example.com", "dora-own-pw", "Sent Items", &[SampleMessage::new("sent", 1).seed()]).await.expect("seed");
+    seed(&source, "dora@example.com", "dora-own-pw", "Sent Items", &[SampleMessage::new("sent", 1).seed()])
+        .await
+        .expect("seed");
     seed(&source, "eve@example.com", "eve-own-pw", "INBOX", &corpus::mailbox("eve", 3)).await.expect("seed");
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -77,7 +81,8 @@ async fn exchange_form_with_admin_logins_on_both_sides() {
 async fn validate_lists_every_problem_and_check_reads_the_servers() {
     let users = [("frank@example.com", "frank-pw")];
     let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
-    let destination = Dovecot::start(DovecotOptions::with_users(&users).master("admin", "dst-admin-pw")).expect("destination");
+    let destination =
+        Dovecot::start(DovecotOptions::with_users(&users).master("admin", "dst-admin-pw")).expect("destination");
     seed(&source, "frank@example.com", "frank-pw", "INBOX", &corpus::mailbox("frank", 5)).await.expect("seed");
     seed(&source, "frank@example.com", "frank-pw", "Projects/A", &corpus::mailbox("proj", 2)).await.expect("seed");
 
@@ -97,10 +102,14 @@ async fn validate_lists_every_problem_and_check_reads_the_servers() {
          ian@example.com,SECRET4,frank@example.com\n",
     )
     .expect("csv");
-    let output = mailhaul(&["validate", bad.to_str().expect("path"), "--config", config_path.to_str().expect("path"), "--json"], &env);
+    let output = mailhaul(
+        &["validate", bad.to_str().expect("path"), "--config", config_path.to_str().expect("path"), "--json"],
+        &env,
+    );
     assert_eq!(output.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
-    let invalid: Vec<u64> = json["invalid_rows"].as_array().expect("invalid rows").iter().map(|r| r["row"].as_u64().unwrap_or(0)).collect();
+    let invalid: Vec<u64> =
+        json["invalid_rows"].as_array().expect("invalid rows").iter().map(|r| r["row"].as_u64().unwrap_or(0)).collect();
     assert_eq!(invalid, vec![1, 2, 3, 4], "row 1 and 4 share a destination, 2 has a bad address, 3 a missing column");
     let everything = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     for secret in ["SECRET1", "SECRET2", "SECRET3", "SECRET4"] {
@@ -116,7 +125,14 @@ async fn validate_lists_every_problem_and_check_reads_the_servers() {
     )
     .expect("csv");
     let output = mailhaul(
-        &["validate", good.to_str().expect("path"), "--config", config_path.to_str().expect("path"), "--json", "--check"],
+        &[
+            "validate",
+            good.to_str().expect("path"),
+            "--config",
+            config_path.to_str().expect("path"),
+            "--json",
+            "--check",
+        ],
         &env,
     );
     assert_eq!(output.status.code(), Some(0));
@@ -128,9 +144,20 @@ async fn validate_lists_every_problem_and_check_reads_the_servers() {
     let copied = dump(&destination, "frank@example.com", "frank-pw").await.expect("dump");
     assert!(copied.values().all(Vec::is_empty));
 
-    std::fs::write(&good, "source_email,source_password,destination_email\nfrank@example.com,bad-pw,frank@example.com\n").expect("csv");
+    std::fs::write(
+        &good,
+        "source_email,source_password,destination_email\nfrank@example.com,bad-pw,frank@example.com\n",
+    )
+    .expect("csv");
     let output = mailhaul(
-        &["validate", good.to_str().expect("path"), "--config", config_path.to_str().expect("path"), "--json", "--check"],
+        &[
+            "validate",
+            good.to_str().expect("path"),
+            "--config",
+            config_path.to_str().expect("path"),
+            "--json",
+            "--check",
+        ],
         &env,
     );
     assert_eq!(output.status.code(), Some(1), "a failed check fails validate");

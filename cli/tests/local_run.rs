@@ -21,10 +21,11 @@ struct World {
 impl World {
     fn start() -> World {
         let users = [("alice", "alice-pw"), ("bob", "bob, \"quoted\" pw"), ("carol", "carol-pw")];
-        let source = Dovecot::start(DovecotOptions::with_users(&users).master("admin", "admin-pw").layout(Layout::Outlook))
-            .expect("source dovecot");
-        let destination =
-            Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::Standard).separator('.')).expect("destination dovecot");
+        let source =
+            Dovecot::start(DovecotOptions::with_users(&users).master("admin", "admin-pw").layout(Layout::Outlook))
+                .expect("source dovecot");
+        let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::Standard).separator('.'))
+            .expect("destination dovecot");
         World { source, destination, dir: tempfile::tempdir().expect("tempdir") }
     }
 
@@ -93,7 +94,11 @@ fn csv_quote(value: &str) -> String {
 }
 
 fn date(year: i32, month: u32, day: u32) -> chrono::DateTime<FixedOffset> {
-    FixedOffset::east_opt(2 * 3600).expect("offset").with_ymd_and_hms(year, month, day, 8, 30, 0).single().expect("date")
+    FixedOffset::east_opt(2 * 3600)
+        .expect("offset")
+        .with_ymd_and_hms(year, month, day, 8, 30, 0)
+        .single()
+        .expect("date")
 }
 
 /// Alice's source mailbox: Outlook names, nesting, non-ASCII, a delimiter in a name, flags,
@@ -109,13 +114,25 @@ async fn seed_alice(source: &Dovecot) {
         SampleMessage::new("inbox", 4).seed().flags(&["\\Draft", "Work"]),
     ];
     seed(source, "alice", "alice-pw", "INBOX", &inbox).await.expect("seed inbox");
-    seed(source, "alice", "alice-pw", "Sent Items", &[SampleMessage::new("sent", 1).seed().flags(&["\\Seen"])]).await.expect("seed sent");
-    seed(source, "alice", "alice-pw", "Deleted Items", &[SampleMessage::new("trash", 1).seed()]).await.expect("seed trash");
-    seed(source, "alice", "alice-pw", "Projects/2024/Q1", &[SampleMessage::new("q1", 1).seed(), SampleMessage::new("q1", 2).seed()])
+    seed(source, "alice", "alice-pw", "Sent Items", &[SampleMessage::new("sent", 1).seed().flags(&["\\Seen"])])
         .await
-        .expect("seed nested");
+        .expect("seed sent");
+    seed(source, "alice", "alice-pw", "Deleted Items", &[SampleMessage::new("trash", 1).seed()])
+        .await
+        .expect("seed trash");
+    seed(
+        source,
+        "alice",
+        "alice-pw",
+        "Projects/2024/Q1",
+        &[SampleMessage::new("q1", 1).seed(), SampleMessage::new("q1", 2).seed()],
+    )
+    .await
+    .expect("seed nested");
     seed(source, "alice", "alice-pw", "Migré", &[SampleMessage::new("utf7", 1).seed()]).await.expect("seed utf7");
-    seed(source, "alice", "alice-pw", "Reports/2024.Q1", &[SampleMessage::new("dot", 1).seed()]).await.expect("seed dot");
+    seed(source, "alice", "alice-pw", "Reports/2024.Q1", &[SampleMessage::new("dot", 1).seed()])
+        .await
+        .expect("seed dot");
     seed(source, "alice", "alice-pw", "Empty", &[]).await.expect("seed empty");
 }
 
@@ -135,7 +152,8 @@ fn alice_mapping() -> BTreeMap<&'static str, &'static str> {
 type Fingerprint = (Vec<u8>, BTreeSet<String>, String);
 
 fn fingerprints(messages: &[DumpedMessage]) -> Vec<Fingerprint> {
-    let mut all: Vec<Fingerprint> = messages.iter().map(|m| (m.body.clone(), m.flags.clone(), m.internal_date.clone())).collect();
+    let mut all: Vec<Fingerprint> =
+        messages.iter().map(|m| (m.body.clone(), m.flags.clone(), m.internal_date.clone())).collect();
     all.sort();
     all
 }
@@ -156,9 +174,15 @@ async fn assert_alice_migrated(world: &World) {
 async fn migrates_a_batch_reports_failures_and_delta_passes() {
     let world = World::start();
     seed_alice(&world.source).await;
-    seed(&world.source, "bob", "bob, \"quoted\" pw", "INBOX", &[SampleMessage::new("bob", 1).seed(), SampleMessage::new("bob", 2).seed()])
-        .await
-        .expect("seed bob");
+    seed(
+        &world.source,
+        "bob",
+        "bob, \"quoted\" pw",
+        "INBOX",
+        &[SampleMessage::new("bob", 1).seed(), SampleMessage::new("bob", 2).seed()],
+    )
+    .await
+    .expect("seed bob");
     world.write_batch();
 
     let first = world.run(&[]);
@@ -169,7 +193,9 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
 
     let report = world.report();
     let mailboxes = report["mailboxes"].as_array().expect("mailboxes");
-    let by_name = |name: &str| mailboxes.iter().find(|m| m["mailbox"] == name).unwrap_or_else(|| panic!("{name} in report")).clone();
+    let by_name = |name: &str| {
+        mailboxes.iter().find(|m| m["mailbox"] == name).unwrap_or_else(|| panic!("{name} in report")).clone()
+    };
     assert_eq!(by_name("alice")["status"], "done");
     assert_eq!(by_name("bob")["status"], "done");
     let carol = by_name("carol");
@@ -195,12 +221,20 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
     assert_eq!(status.status.code(), Some(0));
     let table = String::from_utf8_lossy(&status.stderr);
     assert!(table.contains("alice") && table.contains("carol") && table.contains("failed"), "{table}");
-    let missing = Command::new(BIN).arg("status").arg("--state").arg(world.path("nope.sqlite")).output().expect("status");
+    let missing =
+        Command::new(BIN).arg("status").arg("--state").arg(world.path("nope.sqlite")).output().expect("status");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no state file"));
     assert!(!world.path("nope.sqlite").exists(), "status never creates a state file");
     let again = world.path("report-again");
-    let report_cmd = Command::new(BIN).arg("report").arg("--state").arg(&state).arg("--report-dir").arg(&again).output().expect("report");
+    let report_cmd = Command::new(BIN)
+        .arg("report")
+        .arg("--state")
+        .arg(&state)
+        .arg("--report-dir")
+        .arg(&again)
+        .output()
+        .expect("report");
     assert_eq!(report_cmd.status.code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(again.join("failed.csv")).expect("failed.csv again"),
@@ -228,8 +262,12 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
     assert_eq!(dump(&world.destination, "alice", "alice-pw").await.expect("dump"), before);
 
     // Mail that arrives on the source is copied by the next run, once.
-    seed(&world.source, "alice", "alice-pw", "INBOX", &[SampleMessage::new("late", 1).seed()]).await.expect("seed late");
-    seed(&world.source, "alice", "alice-pw", "Projects/2024/Q1", &[SampleMessage::new("late", 2).seed()]).await.expect("seed late");
+    seed(&world.source, "alice", "alice-pw", "INBOX", &[SampleMessage::new("late", 1).seed()])
+        .await
+        .expect("seed late");
+    seed(&world.source, "alice", "alice-pw", "Projects/2024/Q1", &[SampleMessage::new("late", 2).seed()])
+        .await
+        .expect("seed late");
     world.run(&[]);
     assert_alice_migrated(&world).await;
 }

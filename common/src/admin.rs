@@ -39,12 +39,7 @@ pub struct AdminLogin {
 /// a form is only *interpreted* with [`AuthMechanism::Plain`] (see [`AdminLogin::to_login`]).
 pub fn parse_source_login(username: &str, _mechanism: AuthMechanism) -> AdminLogin {
     let raw = username.trim().to_string();
-    let plain = |raw: String| AdminLogin {
-        user: raw.clone(),
-        raw,
-        admin: None,
-        form: AdminForm::Plain,
-    };
+    let plain = |raw: String| AdminLogin { user: raw.clone(), raw, admin: None, form: AdminForm::Plain };
 
     // Mirapoint first: its user part holds an `@`, and it could otherwise hold a `*` or `/`.
     if let Some(inner) = raw.strip_prefix('#').and_then(|s| s.strip_suffix('#')) {
@@ -77,9 +72,7 @@ pub fn parse_source_login(username: &str, _mechanism: AuthMechanism) -> AdminLog
             return AdminLogin {
                 user: user.to_string(),
                 admin: Some(admin.to_string()),
-                form: AdminForm::Exchange {
-                    domain: domain.to_string(),
-                },
+                form: AdminForm::Exchange { domain: domain.to_string() },
                 raw,
             };
         }
@@ -98,18 +91,10 @@ impl AdminLogin {
     /// admin form, the admin authenticates (authc) and acts as the owner (authz).
     pub fn to_login(&self, password: Secret, mechanism: AuthMechanism) -> Login {
         match (mechanism, &self.admin) {
-            (AuthMechanism::Plain, Some(admin)) => Login {
-                user: admin.clone(),
-                authz: Some(self.user.clone()),
-                mechanism,
-                password,
-            },
-            _ => Login {
-                user: self.raw.clone(),
-                authz: None,
-                mechanism,
-                password,
-            },
+            (AuthMechanism::Plain, Some(admin)) => {
+                Login { user: admin.clone(), authz: Some(self.user.clone()), mechanism, password }
+            }
+            _ => Login { user: self.raw.clone(), authz: None, mechanism, password },
         }
     }
 }
@@ -119,59 +104,27 @@ mod tests {
     use super::*;
 
     fn ex(domain: &str) -> AdminForm {
-        AdminForm::Exchange {
-            domain: domain.to_string(),
-        }
+        AdminForm::Exchange { domain: domain.to_string() }
     }
 
     #[test]
     fn recognises_each_form() {
         let cases: &[(&str, &str, Option<&str>, AdminForm)] = &[
-            (
-                "alice@example.com",
-                "alice@example.com",
-                None,
-                AdminForm::Plain,
-            ),
+            ("alice@example.com", "alice@example.com", None, AdminForm::Plain),
             ("terry.adams", "terry.adams", None, AdminForm::Plain),
             ("  bob  ", "bob", None, AdminForm::Plain),
             ("alice*admin", "alice", Some("admin"), AdminForm::Dovecot),
-            (
-                "alice@example.com*admin",
-                "alice@example.com",
-                Some("admin"),
-                AdminForm::Dovecot,
-            ),
-            (
-                "contoso/admin/alberta",
-                "alberta",
-                Some("admin"),
-                ex("contoso"),
-            ),
-            (
-                "#alice@example.com#admin#",
-                "alice@example.com",
-                Some("admin"),
-                AdminForm::Mirapoint,
-            ),
+            ("alice@example.com*admin", "alice@example.com", Some("admin"), AdminForm::Dovecot),
+            ("contoso/admin/alberta", "alberta", Some("admin"), ex("contoso")),
+            ("#alice@example.com#admin#", "alice@example.com", Some("admin"), AdminForm::Mirapoint),
             // Incomplete forms are plain logins, sent as written.
             ("*admin", "*admin", None, AdminForm::Plain),
             ("alice*", "alice*", None, AdminForm::Plain),
             ("a*b*c", "a*b*c", None, AdminForm::Plain),
-            (
-                "contoso//alberta",
-                "contoso//alberta",
-                None,
-                AdminForm::Plain,
-            ),
+            ("contoso//alberta", "contoso//alberta", None, AdminForm::Plain),
             ("a/b", "a/b", None, AdminForm::Plain),
             ("a/b/c/d", "a/b/c/d", None, AdminForm::Plain),
-            (
-                "#alice@example.com#",
-                "#alice@example.com#",
-                None,
-                AdminForm::Plain,
-            ),
+            ("#alice@example.com#", "#alice@example.com#", None, AdminForm::Plain),
             ("##admin#", "##admin#", None, AdminForm::Plain),
         ];
         for (cell, user, admin, form) in cases {
@@ -186,14 +139,9 @@ mod tests {
 
     #[test]
     fn login_mechanism_sends_the_cell_verbatim() {
-        for cell in [
-            "alice*admin",
-            "contoso/admin/alberta",
-            "#alice@example.com#admin#",
-            "bob",
-        ] {
-            let login = parse_source_login(cell, AuthMechanism::Login)
-                .to_login(Secret::new("pw"), AuthMechanism::Login);
+        for cell in ["alice*admin", "contoso/admin/alberta", "#alice@example.com#admin#", "bob"] {
+            let login =
+                parse_source_login(cell, AuthMechanism::Login).to_login(Secret::new("pw"), AuthMechanism::Login);
             assert_eq!(login.user, cell);
             assert_eq!(login.authz, None);
             assert_eq!(login.mechanism, AuthMechanism::Login);
@@ -206,16 +154,12 @@ mod tests {
         let cases = [
             ("alice*admin", "admin", Some("alice")),
             ("contoso/admin/alberta", "admin", Some("alberta")),
-            (
-                "#alice@example.com#admin#",
-                "admin",
-                Some("alice@example.com"),
-            ),
+            ("#alice@example.com#admin#", "admin", Some("alice@example.com")),
             ("bob@example.com", "bob@example.com", None),
         ];
         for (cell, authc, authz) in cases {
-            let login = parse_source_login(cell, AuthMechanism::Plain)
-                .to_login(Secret::new("pw"), AuthMechanism::Plain);
+            let login =
+                parse_source_login(cell, AuthMechanism::Plain).to_login(Secret::new("pw"), AuthMechanism::Plain);
             assert_eq!(login.user, authc, "{cell}");
             assert_eq!(login.authz.as_deref(), authz, "{cell}");
             assert_eq!(login.mechanism, AuthMechanism::Plain);

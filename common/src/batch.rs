@@ -115,19 +115,12 @@ impl ValidatedBatch {
 
     /// The errors of one data row.
     pub fn errors_for(&self, row: usize) -> Vec<&Problem> {
-        self.problems
-            .iter()
-            .filter(|p| p.row == Some(row) && p.severity == Severity::Error)
-            .collect()
+        self.problems.iter().filter(|p| p.row == Some(row) && p.severity == Severity::Error).collect()
     }
 
     /// Errors and warnings counted.
     pub fn counts(&self) -> (usize, usize) {
-        let errors = self
-            .problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count();
+        let errors = self.problems.iter().filter(|p| p.severity == Severity::Error).count();
         (errors, self.problems.len() - errors)
     }
 
@@ -181,11 +174,7 @@ impl ValidatedBatch {
                 (Some(_), true) => "ok",
                 (Some(_), false) => "ok, warning",
             };
-            let text = problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(" | ");
+            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" | ");
             let or_dash = |s: &str| {
                 if s.is_empty() {
                     "-".to_string()
@@ -193,13 +182,7 @@ impl ValidatedBatch {
                     s.to_string()
                 }
             };
-            lines.push([
-                r.row.to_string(),
-                or_dash(&r.mailbox),
-                or_dash(&r.source_user),
-                status.to_string(),
-                text,
-            ]);
+            lines.push([r.row.to_string(), or_dash(&r.mailbox), or_dash(&r.source_user), status.to_string(), text]);
         }
         let mut widths = header.map(str::len);
         for l in &lines {
@@ -235,11 +218,7 @@ impl ValidatedBatch {
             "{} rows: {valid} valid, {} invalid; {errors} errors, {warnings} warnings{}\n",
             self.rows.len(),
             self.rows.len() - valid,
-            if self.is_valid() {
-                ""
-            } else {
-                ": fix the errors above and validate again"
-            }
+            if self.is_valid() { "" } else { ": fix the errors above and validate again" }
         ));
         out
     }
@@ -289,20 +268,11 @@ const LAYOUTS: [Layout; 3] = [
 ];
 
 fn forms_list() -> String {
-    LAYOUTS
-        .iter()
-        .map(|l| format!("{} ({})", l.format.as_str(), l.spelled))
-        .collect::<Vec<_>>()
-        .join("; ")
+    LAYOUTS.iter().map(|l| format!("{} ({})", l.format.as_str(), l.spelled)).collect::<Vec<_>>().join("; ")
 }
 
 fn file_error(message: String) -> Problem {
-    Problem {
-        row: None,
-        column: None,
-        severity: Severity::Error,
-        message,
-    }
+    Problem { row: None, column: None, severity: Severity::Error, message }
 }
 
 fn where_(row: usize, line: u64) -> String {
@@ -313,21 +283,14 @@ fn where_(row: usize, line: u64) -> String {
 /// listed at once; nothing here fails early except what makes the rest unreadable (an
 /// empty file, another delimiter, an unknown header row).
 pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
-    let mut out = ValidatedBatch {
-        format: None,
-        headers: Vec::new(),
-        rows: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut out = ValidatedBatch { format: None, headers: Vec::new(), rows: Vec::new(), problems: Vec::new() };
     if bytes.len() > MAX_BYTES {
         out.problems.push(file_error(format!(
             "the file is {} bytes, larger than 10 MB ({MAX_BYTES} bytes): split it into several batches",
             bytes.len()
         )));
     }
-    let mut data = bytes
-        .strip_prefix(b"\xEF\xBB\xBF".as_slice())
-        .unwrap_or(bytes);
+    let mut data = bytes.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(bytes);
     if data.iter().all(u8::is_ascii_whitespace) {
         out.problems.push(file_error(format!(
             "the file is empty: put a header row and one row per mailbox in it, in one of these forms: {}",
@@ -349,24 +312,17 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         }
     }
 
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(data);
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
     let mut records = reader.byte_records();
     let header = match records.next() {
         Some(Ok(h)) => h,
         _ => {
-            out.problems.push(file_error(
-                "the header row cannot be read: save the file as CSV (comma delimited)".into(),
-            ));
+            out.problems
+                .push(file_error("the header row cannot be read: save the file as CSV (comma delimited)".into()));
             return out;
         }
     };
-    out.headers = header
-        .iter()
-        .map(|h| String::from_utf8_lossy(h).trim().to_string())
-        .collect();
+    out.headers = header.iter().map(|h| String::from_utf8_lossy(h).trim().to_string()).collect();
     // Spreadsheets often end the header with empty cells (`...,Password,,`): not columns.
     while out.headers.len() > 1 && out.headers.last().is_some_and(String::is_empty) {
         out.headers.pop();
@@ -381,15 +337,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
     let best = LAYOUTS
         .iter()
         .map(|l| {
-            (
-                l,
-                lower
-                    .iter()
-                    .filter(|h| {
-                        l.required.contains(&h.as_str()) || l.optional.contains(&h.as_str())
-                    })
-                    .count(),
-            )
+            (l, lower.iter().filter(|h| l.required.contains(&h.as_str()) || l.optional.contains(&h.as_str())).count())
         })
         .max_by_key(|(_, n)| *n)
         .filter(|(_, n)| *n > 0)
@@ -398,7 +346,10 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         // Do not echo the header row: if it is really a data row, it holds a password.
         let looks_like_data = out.headers.iter().any(|h| h.contains('@'));
         out.problems.push(file_error(if looks_like_data {
-            format!("the first line looks like a mailbox row, not a header: add a header row first, one of: {}", forms_list())
+            format!(
+                "the first line looks like a mailbox row, not a header: add a header row first, one of: {}",
+                forms_list()
+            )
         } else {
             format!("the header row names none of the expected columns: use one of: {}", forms_list())
         }));
@@ -410,11 +361,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
     let mut cols: HashMap<&'static str, usize> = HashMap::new();
     let mut header_ok = true;
     for (i, name) in lower.iter().enumerate() {
-        let known = layout
-            .required
-            .iter()
-            .chain(layout.optional)
-            .find(|k| **k == name.as_str());
+        let known = layout.required.iter().chain(layout.optional).find(|k| **k == name.as_str());
         match known {
             Some(k) if cols.contains_key(k) => {
                 header_ok = false;
@@ -463,11 +410,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             });
         }
     }
-    let password_cols: Vec<usize> = layout
-        .passwords
-        .iter()
-        .filter_map(|p| cols.get(p).copied())
-        .collect();
+    let password_cols: Vec<usize> = layout.passwords.iter().filter_map(|p| cols.get(p).copied()).collect();
 
     let mut row_no = 0usize;
     let (mut counted_to, mut line_at) = (0usize, 1u64);
@@ -482,28 +425,20 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
                     row: Some(row_no),
                     column: None,
                     severity: Severity::Error,
-                    message: format!(
-                        "row {row_no} cannot be read: save the file as CSV (comma delimited)"
-                    ),
+                    message: format!("row {row_no} cannot be read: save the file as CSV (comma delimited)"),
                 });
                 continue;
             }
         };
         // Lines are counted from the byte offset: csv-core's own line counter misses line
         // breaks inside quoted values.
-        let mut byte = record
-            .position()
-            .map_or(0, |p| p.byte())
-            .min(data.len() as u64) as usize;
+        let mut byte = record.position().map_or(0, |p| p.byte()).min(data.len() as u64) as usize;
         // After a CRLF the reported start is the `\n`; blank lines before a record count too.
         while byte < data.len() && (data[byte] == b'\n' || data[byte] == b'\r') {
             byte += 1;
         }
         if byte > counted_to {
-            line_at += data[counted_to..byte]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
+            line_at += data[counted_to..byte].iter().filter(|&&b| b == b'\n').count() as u64;
             counted_to = byte;
         }
         let line = line_at + line_offset;
@@ -513,8 +448,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             continue;
         }
         // Trailing empty cells past the header (a stray comma at the end) are harmless.
-        while raw.len() > out.headers.len() && raw.last().is_some_and(|c| c.trim_ascii().is_empty())
-        {
+        while raw.len() > out.headers.len() && raw.last().is_some_and(|c| c.trim_ascii().is_empty()) {
             raw.pop();
         }
         if raw.len() != out.headers.len() {
@@ -539,24 +473,14 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             });
             continue;
         }
-        let mut ctx = RowCtx {
-            row: row_no,
-            line,
-            headers: &out.headers,
-            cols: &cols,
-            cells: Vec::new(),
-            problems: Vec::new(),
-        };
+        let mut ctx =
+            RowCtx { row: row_no, line, headers: &out.headers, cols: &cols, cells: Vec::new(), problems: Vec::new() };
         for (i, cell) in raw.iter().enumerate() {
             match std::str::from_utf8(cell) {
                 Ok(s) => ctx.cells.push(Some(s.to_string())),
                 Err(_) => {
                     ctx.cells.push(None);
-                    ctx.problem_at(
-                        i,
-                        Severity::Error,
-                        "is not valid UTF-8 text: save the file as \"CSV UTF-8\"",
-                    );
+                    ctx.problem_at(i, Severity::Error, "is not valid UTF-8 text: save the file as \"CSV UTF-8\"");
                 }
             }
         }
@@ -564,13 +488,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             .cells
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                if password_cols.contains(&i) {
-                    String::new()
-                } else {
-                    c.clone().unwrap_or_default()
-                }
-            })
+            .map(|(i, c)| if password_cols.contains(&i) { String::new() } else { c.clone().unwrap_or_default() })
             .collect();
         let (mailbox, source_user, job) = if header_ok {
             match layout.format {
@@ -580,13 +498,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             }
         } else {
             // The rows cannot be read without their columns; the header problem says why.
-            let guess = |k: &str| {
-                cols.get(k)
-                    .and_then(|&i| ctx.cells[i].as_deref())
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
+            let guess = |k: &str| cols.get(k).and_then(|&i| ctx.cells[i].as_deref()).unwrap_or("").trim().to_string();
             let mailbox = ["emailaddress", "destination_email", "destination_user"]
                 .iter()
                 .map(|k| guess(k))
@@ -619,8 +531,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
     }
     if out.rows.is_empty() && header_ok {
         out.problems.push(file_error(
-            "the file has a header but no mailbox rows: add one row per mailbox below the header"
-                .into(),
+            "the file has a header but no mailbox rows: add one row per mailbox below the header".into(),
         ));
     }
 
@@ -637,11 +548,8 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
     }
     for group in seen.values().filter(|g| g.len() > 1) {
         for &i in group {
-            let others: Vec<String> = group
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| where_(out.rows[j].row, out.rows[j].line))
-                .collect();
+            let others: Vec<String> =
+                group.iter().filter(|&&j| j != i).map(|&j| where_(out.rows[j].row, out.rows[j].line)).collect();
             let r = &mut out.rows[i];
             r.job = None;
             row_problems.push(Problem {
@@ -747,11 +655,7 @@ impl RowCtx<'_> {
             return None;
         }
         if v.chars().any(char::is_control) {
-            self.problem(
-                key,
-                Severity::Error,
-                "contains a line break or control character: remove it",
-            );
+            self.problem(key, Severity::Error, "contains a line break or control character: remove it");
             return None;
         }
         Some(v)
@@ -760,11 +664,7 @@ impl RowCtx<'_> {
     fn email(&mut self, key: &str, what: &str) -> Option<String> {
         let v = self.required(key, what)?;
         if !is_email(&v) {
-            self.problem(
-                key,
-                Severity::Error,
-                &format!("is not an email address (name@domain.tld): fill in {what}"),
-            );
+            self.problem(key, Severity::Error, &format!("is not an email address (name@domain.tld): fill in {what}"));
             return None;
         }
         Some(v)
@@ -794,16 +694,16 @@ impl RowCtx<'_> {
     fn port(&mut self, key: &str) -> Result<Option<u16>, ()> {
         let v = self.text(key);
         if v.is_empty() {
-            return if self.is_bad_utf8(key) {
-                Err(())
-            } else {
-                Ok(None)
-            };
+            return if self.is_bad_utf8(key) { Err(()) } else { Ok(None) };
         }
         match v.parse::<u16>() {
             Ok(p) if p > 0 => Ok(Some(p)),
             _ => {
-                self.problem(key, Severity::Error, "is not a port number from 1 to 65535: fix it, or leave it empty for the default");
+                self.problem(
+                    key,
+                    Severity::Error,
+                    "is not a port number from 1 to 65535: fix it, or leave it empty for the default",
+                );
                 Err(())
             }
         }
@@ -812,11 +712,7 @@ impl RowCtx<'_> {
     fn security(&mut self, key: &str) -> Result<Option<Security>, ()> {
         let v = self.text(key);
         if v.is_empty() {
-            return if self.is_bad_utf8(key) {
-                Err(())
-            } else {
-                Ok(None)
-            };
+            return if self.is_bad_utf8(key) { Err(()) } else { Ok(None) };
         }
         Security::parse(&v).map(Some).ok_or_else(|| {
             self.problem(
@@ -830,14 +726,9 @@ impl RowCtx<'_> {
     fn host(&mut self, key: &str) -> Result<Option<String>, ()> {
         let v = self.text(key);
         if v.is_empty() {
-            return if self.is_bad_utf8(key) {
-                Err(())
-            } else {
-                Ok(None)
-            };
+            return if self.is_bad_utf8(key) { Err(()) } else { Ok(None) };
         }
-        if v.contains("://") || v.contains(['/', ',', ';', '@']) || v.contains(char::is_whitespace)
-        {
+        if v.contains("://") || v.contains(['/', ',', ';', '@']) || v.contains(char::is_whitespace) {
             self.problem(
                 key,
                 Severity::Error,
@@ -846,10 +737,7 @@ impl RowCtx<'_> {
             return Err(());
         }
         if let Some((_, port)) = v.rsplit_once(':') {
-            if !port.is_empty()
-                && port.chars().all(|c| c.is_ascii_digit())
-                && v.matches(':').count() == 1
-            {
+            if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && v.matches(':').count() == 1 {
                 self.problem(
                     key,
                     Severity::Error,
@@ -869,11 +757,7 @@ impl RowCtx<'_> {
         sec: Option<Security>,
         in_row: bool,
     ) -> Option<crate::model::ServerSpec> {
-        settings
-            .source
-            .server(host, port, sec)
-            .map_err(|e| self.server_error("source", &e, in_row))
-            .ok()
+        settings.source.server(host, port, sec).map_err(|e| self.server_error("source", &e, in_row)).ok()
     }
 
     fn destination_server(
@@ -884,20 +768,22 @@ impl RowCtx<'_> {
         sec: Option<Security>,
         in_row: bool,
     ) -> Option<crate::model::ServerSpec> {
-        settings
-            .destination
-            .server(host, port, sec)
-            .map_err(|e| self.server_error("destination", &e, in_row))
-            .ok()
+        settings.destination.server(host, port, sec).map_err(|e| self.server_error("destination", &e, in_row)).ok()
     }
 
     fn server_error(&mut self, side: &str, detail: &str, in_row: bool) {
         if detail.starts_with("no host") {
             if in_row {
                 let key = format!("{side}_host");
-                self.problem(&key, Severity::Error, &format!("no {side} host: set [{side}] host or preset in the settings, or fill {side}_host"));
+                self.problem(
+                    &key,
+                    Severity::Error,
+                    &format!("no {side} host: set [{side}] host or preset in the settings, or fill {side}_host"),
+                );
             } else {
-                self.row_error(&format!("no {side} host: set [{side}] host or preset in the settings (this CSV form has no host column)"));
+                self.row_error(&format!(
+                    "no {side} host: set [{side}] host or preset in the settings (this CSV form has no host column)"
+                ));
             }
         } else {
             self.row_error(&format!("[{side}] settings: {detail}"));
@@ -914,26 +800,14 @@ impl RowCtx<'_> {
         password_key: &str,
         full_form: bool,
     ) -> Option<Login> {
-        let side_settings = if side == "source" {
-            &settings.source
-        } else {
-            &settings.destination
-        };
+        let side_settings = if side == "source" { &settings.source } else { &settings.destination };
         match password {
             Err(()) => None,
             Ok(Some(pw)) => {
                 if side == "source" {
-                    Some(
-                        parse_source_login(user, side_settings.auth)
-                            .to_login(pw, side_settings.auth),
-                    )
+                    Some(parse_source_login(user, side_settings.auth).to_login(pw, side_settings.auth))
                 } else {
-                    Some(Login {
-                        user: user.to_string(),
-                        authz: None,
-                        mechanism: side_settings.auth,
-                        password: pw,
-                    })
+                    Some(Login { user: user.to_string(), authz: None, mechanism: side_settings.auth, password: pw })
                 }
             }
             Ok(None) => match side_settings.master_login(side, user) {
@@ -960,10 +834,7 @@ impl RowCtx<'_> {
 
     fn exchange(&mut self, settings: &Settings) -> (String, String, Option<MailboxJob>) {
         let mailbox = self.email("emailaddress", "the destination mailbox's address");
-        let user = self.required(
-            "username",
-            "the source login (or an admin form such as user*admin)",
-        );
+        let user = self.required("username", "the source login (or an admin form such as user*admin)");
         let password = self.password("password");
         let user_root = Some(self.text("userroot")).filter(|s| !s.is_empty());
         let source_server = self.source_server(settings, None, None, None, false);
@@ -973,30 +844,12 @@ impl RowCtx<'_> {
             None => None,
         };
         let destination_login = match &mailbox {
-            Some(m) => self.login(
-                settings,
-                "destination",
-                m,
-                Ok(None),
-                "destination_password",
-                false,
-            ),
+            Some(m) => self.login(settings, "destination", m, Ok(None), "destination_password", false),
             None => None,
         };
-        let job = build(
-            self.row,
-            &mailbox,
-            source_server,
-            source_login,
-            destination_server,
-            destination_login,
-            user_root,
-        );
-        (
-            mailbox.unwrap_or_else(|| self.text("emailaddress")),
-            user.unwrap_or_else(|| self.text("username")),
-            job,
-        )
+        let job =
+            build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, user_root);
+        (mailbox.unwrap_or_else(|| self.text("emailaddress")), user.unwrap_or_else(|| self.text("username")), job)
     }
 
     fn trekmail(&mut self, settings: &Settings) -> (String, String, Option<MailboxJob>) {
@@ -1006,35 +859,17 @@ impl RowCtx<'_> {
         let source_server = self.source_server(settings, None, None, None, false);
         let destination_server = self.destination_server(settings, None, None, None, false);
         let source_login = match (&user, password) {
-            (Some(u), Ok(Some(pw))) => Some(Login {
-                user: u.clone(),
-                authz: None,
-                mechanism: settings.source.auth,
-                password: pw,
-            }),
+            (Some(u), Ok(Some(pw))) => {
+                Some(Login { user: u.clone(), authz: None, mechanism: settings.source.auth, password: pw })
+            }
             (Some(u), pw) => self.login(settings, "source", u, pw, "source_password", false),
             (None, _) => None,
         };
         let destination_login = match &mailbox {
-            Some(m) => self.login(
-                settings,
-                "destination",
-                m,
-                Ok(None),
-                "destination_password",
-                false,
-            ),
+            Some(m) => self.login(settings, "destination", m, Ok(None), "destination_password", false),
             None => None,
         };
-        let job = build(
-            self.row,
-            &mailbox,
-            source_server,
-            source_login,
-            destination_server,
-            destination_login,
-            None,
-        );
+        let job = build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, None);
         (
             mailbox.unwrap_or_else(|| self.text("destination_email")),
             user.unwrap_or_else(|| self.text("source_email")),
@@ -1067,25 +902,11 @@ impl RowCtx<'_> {
             None => None,
         };
         let destination_login = match &mailbox {
-            Some(m) => self.login(
-                settings,
-                "destination",
-                m,
-                d_password,
-                "destination_password",
-                true,
-            ),
+            Some(m) => self.login(settings, "destination", m, d_password, "destination_password", true),
             None => None,
         };
-        let job = build(
-            self.row,
-            &mailbox,
-            source_server,
-            source_login,
-            destination_server,
-            destination_login,
-            user_root,
-        );
+        let job =
+            build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, user_root);
         (
             mailbox.unwrap_or_else(|| self.text("destination_user")),
             user.unwrap_or_else(|| self.text("source_user")),
@@ -1106,14 +927,8 @@ fn build(
     Some(MailboxJob {
         row,
         mailbox: mailbox.clone()?,
-        source: Endpoint {
-            server: source_server?,
-            login: source_login?,
-        },
-        destination: Endpoint {
-            server: destination_server?,
-            login: destination_login?,
-        },
+        source: Endpoint { server: source_server?, login: source_login? },
+        destination: Endpoint { server: destination_server?, login: destination_login? },
         user_root,
     })
 }
@@ -1155,18 +970,9 @@ admin_password_env = "DST_ADMIN"
         b.problems.iter().map(|p| p.message.clone()).collect()
     }
 
-    fn has(
-        b: &ValidatedBatch,
-        row: Option<usize>,
-        column: Option<&str>,
-        severity: Severity,
-        needle: &str,
-    ) -> bool {
+    fn has(b: &ValidatedBatch, row: Option<usize>, column: Option<&str>, severity: Severity, needle: &str) -> bool {
         b.problems.iter().any(|p| {
-            p.row == row
-                && p.column.as_deref() == column
-                && p.severity == severity
-                && p.message.contains(needle)
+            p.row == row && p.column.as_deref() == column && p.severity == severity && p.message.contains(needle)
         })
     }
 
@@ -1179,10 +985,7 @@ admin_password_env = "DST_ADMIN"
                    terry@contoso.com,terry.adams,1091990,\n");
         assert!(b.is_valid(), "{:?}", b.problems);
         assert_eq!(b.format, Some(CsvFormat::Exchange));
-        assert_eq!(
-            b.headers,
-            vec!["EmailAddress", "UserName", "Password", "UserRoot"]
-        );
+        assert_eq!(b.headers, vec!["EmailAddress", "UserName", "Password", "UserRoot"]);
         let jobs = b.valid_jobs();
         assert_eq!(jobs.len(), 4);
         let j = jobs[0];
@@ -1200,17 +1003,17 @@ admin_password_env = "DST_ADMIN"
         assert_eq!(jobs[1].user_root, None);
         assert_eq!(jobs[2].source.login.user, "#irwin@contoso.com#admin#");
         assert_eq!(b.rows[3].source_user, "terry.adams");
-        assert_eq!(
-            b.rows[3].cells,
-            vec!["terry@contoso.com", "terry.adams", "", ""]
-        );
+        assert_eq!(b.rows[3].cells, vec!["terry@contoso.com", "terry.adams", "", ""]);
     }
 
     #[test]
     fn exchange_admin_forms_with_authenticate_plain() {
         let mut s = settings();
         s.source.auth = AuthMechanism::Plain;
-        let b = validate_batch(b"EmailAddress,UserName,Password\nalice@x.example,alice*admin,pw\nbob@x.example,bob,pw2\n", &s);
+        let b = validate_batch(
+            b"EmailAddress,UserName,Password\nalice@x.example,alice*admin,pw\nbob@x.example,bob,pw2\n",
+            &s,
+        );
         let jobs = b.valid_jobs();
         assert_eq!(jobs[0].source.login.user, "admin");
         assert_eq!(jobs[0].source.login.authz.as_deref(), Some("alice"));
@@ -1246,54 +1049,28 @@ admin_password_env = "DST_ADMIN"
         let jobs = b.valid_jobs();
         let j = jobs[0];
         assert_eq!(
-            (
-                j.source.server.host.as_str(),
-                j.source.server.port,
-                j.source.server.security
-            ),
+            (j.source.server.host.as_str(), j.source.server.port, j.source.server.security),
             ("old.example", 143, Security::Starttls)
         );
+        assert_eq!((j.destination.server.host.as_str(), j.destination.server.port), ("new.example", 1993));
         assert_eq!(
-            (
-                j.destination.server.host.as_str(),
-                j.destination.server.port
-            ),
-            ("new.example", 1993)
-        );
-        assert_eq!(
-            (
-                j.destination.login.user.as_str(),
-                j.destination.login.password.expose()
-            ),
+            (j.destination.login.user.as_str(), j.destination.login.password.expose()),
             ("u1@new.example", "dpw1")
         );
         // Empty cells: batch defaults, and the master user for the destination.
         let j = jobs[1];
         assert_eq!(
-            (
-                j.source.server.host.as_str(),
-                j.source.server.port,
-                j.source.server.security
-            ),
+            (j.source.server.host.as_str(), j.source.server.port, j.source.server.security),
             ("imap.source.example", 993, Security::Tls)
         );
         assert_eq!(j.destination.server.host, "outlook.office365.com");
         assert_eq!(
-            (
-                j.destination.login.user.as_str(),
-                j.destination.login.password.expose()
-            ),
+            (j.destination.login.user.as_str(), j.destination.login.password.expose()),
             ("u2@new.example*admin", "adminpw")
         );
         let j = jobs[2];
-        assert_eq!(
-            (j.source.server.port, j.source.server.security),
-            (143, Security::Plain)
-        );
-        assert_eq!(
-            (j.destination.server.port, j.destination.server.security),
-            (143, Security::Starttls)
-        );
+        assert_eq!((j.source.server.port, j.source.server.security), (143, Security::Plain));
+        assert_eq!((j.destination.server.port, j.destination.server.security), (143, Security::Starttls));
         assert_eq!(j.mailbox, "u3");
         assert_eq!(b.rows[0].cells[4], "");
         assert_eq!(b.rows[0].cells[9], "");
@@ -1306,18 +1083,9 @@ admin_password_env = "DST_ADMIN"
         s.destination.admin_user = Some("root".into());
         s.destination.master_separator = None;
         s.destination.auth = AuthMechanism::Plain;
-        let b = validate_batch(
-            b"source_user,source_password,destination_user,destination_password\nu1,pw,d1,\n",
-            &s,
-        );
+        let b = validate_batch(b"source_user,source_password,destination_user,destination_password\nu1,pw,d1,\n", &s);
         let j = b.valid_jobs()[0];
-        assert_eq!(
-            (
-                j.destination.login.user.as_str(),
-                j.destination.login.authz.as_deref()
-            ),
-            ("root", Some("d1"))
-        );
+        assert_eq!((j.destination.login.user.as_str(), j.destination.login.authz.as_deref()), ("root", Some("d1")));
         assert_eq!(j.destination.login.mechanism, AuthMechanism::Plain);
     }
 
@@ -1336,17 +1104,7 @@ admin_password_env = "DST_ADMIN"
             messages(&b)
         );
         let b = validate_batch(b"source_host,source_user,source_password,destination_host,destination_user,destination_password\n,u1,pw,new.example,d1,dpw\n", &Settings::default());
-        assert!(
-            has(
-                &b,
-                Some(1),
-                Some("source_host"),
-                Severity::Error,
-                "no source host"
-            ),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, Some(1), Some("source_host"), Severity::Error, "no source host"), "{:?}", messages(&b));
         assert!(b.valid_jobs().is_empty());
     }
 
@@ -1388,18 +1146,10 @@ admin_password_env = "DST_ADMIN"
             let b = v(text);
             assert!(!b.is_valid());
             assert_eq!(b.problems.len(), 1, "{text:?}");
-            assert!(
-                has(&b, None, None, Severity::Error, "the file is empty"),
-                "{:?}",
-                messages(&b)
-            );
+            assert!(has(&b, None, None, Severity::Error, "the file is empty"), "{:?}", messages(&b));
         }
         let b = v("EmailAddress,UserName,Password\n");
-        assert!(
-            has(&b, None, None, Severity::Error, "no mailbox rows"),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, None, None, Severity::Error, "no mailbox rows"), "{:?}", messages(&b));
     }
 
     #[test]
@@ -1411,23 +1161,13 @@ admin_password_env = "DST_ADMIN"
         ] {
             let b = v(text);
             assert_eq!(b.problems.len(), 1, "{text:?}");
-            assert!(
-                has(&b, None, None, Severity::Error, "not comma-separated"),
-                "{:?}",
-                messages(&b)
-            );
+            assert!(has(&b, None, None, Severity::Error, "not comma-separated"), "{:?}", messages(&b));
             assert!(b.rows.is_empty());
         }
         // Excel's comma hint line is fine, and line numbers count it.
         let b = v("sep=,\nEmailAddress,UserName,Password\na@x.example,alice,pw\nb@x.example,,pw\n");
         assert!(
-            has(
-                &b,
-                Some(2),
-                Some("UserName"),
-                Severity::Error,
-                "row 2 (line 4), UserName: is empty"
-            ),
+            has(&b, Some(2), Some("UserName"), Severity::Error, "row 2 (line 4), UserName: is empty"),
             "{:?}",
             messages(&b)
         );
@@ -1444,16 +1184,8 @@ admin_password_env = "DST_ADMIN"
         assert!(text.len() > MAX_BYTES);
         let b = v(&text);
         assert!(!b.is_valid());
-        assert!(
-            has(&b, None, None, Severity::Error, "more than 50000"),
-            "{:?}",
-            &messages(&b)[..2]
-        );
-        assert!(
-            has(&b, None, None, Severity::Error, "larger than 10 MB"),
-            "{:?}",
-            &messages(&b)[..2]
-        );
+        assert!(has(&b, None, None, Severity::Error, "more than 50000"), "{:?}", &messages(&b)[..2]);
+        assert!(has(&b, None, None, Severity::Error, "larger than 10 MB"), "{:?}", &messages(&b)[..2]);
         assert_eq!(b.problems.len(), 2);
         assert_eq!(b.rows.len(), MAX_ROWS + 1);
     }
@@ -1462,25 +1194,11 @@ admin_password_env = "DST_ADMIN"
     fn missing_headers_are_named() {
         let b = v("EmailAddress,Password\na@x.example,pw\n");
         assert!(
-            has(
-                &b,
-                None,
-                Some("UserName"),
-                Severity::Error,
-                "missing required header UserName"
-            ),
+            has(&b, None, Some("UserName"), Severity::Error, "missing required header UserName"),
             "{:?}",
             messages(&b)
         );
-        assert_eq!(
-            b.problems
-                .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .count(),
-            1,
-            "{:?}",
-            messages(&b)
-        );
+        assert_eq!(b.problems.iter().filter(|p| p.severity == Severity::Error).count(), 1, "{:?}", messages(&b));
         assert_eq!(b.rows.len(), 1);
         assert!(b.rows[0].job.is_none());
         assert_eq!(b.rows[0].mailbox, "a@x.example");
@@ -1488,54 +1206,26 @@ admin_password_env = "DST_ADMIN"
 
         let b = v("source_email,destination_email\na@x.example,b@y.example\n");
         assert!(
-            has(
-                &b,
-                None,
-                Some("source_password"),
-                Severity::Error,
-                "missing required header source_password"
-            ),
+            has(&b, None, Some("source_password"), Severity::Error, "missing required header source_password"),
             "{:?}",
             messages(&b)
         );
 
         let b = v("mail,login,secret\na@x.example,alice,pw\n");
-        assert!(
-            has(
-                &b,
-                None,
-                None,
-                Severity::Error,
-                "names none of the expected columns"
-            ),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, None, None, Severity::Error, "names none of the expected columns"), "{:?}", messages(&b));
         assert!(b.rows.is_empty());
 
         // A file without its header row: the first row is data and must not be echoed.
         let b = v("a@x.example,alice,Sup3rSecret!\n");
-        assert!(
-            has(&b, None, None, Severity::Error, "looks like a mailbox row"),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, None, None, Severity::Error, "looks like a mailbox row"), "{:?}", messages(&b));
         assert!(!format!("{b:?}").contains("Sup3rSecret!"));
     }
 
     #[test]
     fn duplicate_and_unknown_headers() {
         let b = v("EmailAddress,UserName,Password,username,Notes\na@x.example,alice,pw,alice,hi\n");
-        assert!(
-            has(&b, None, Some("username"), Severity::Error, "appears twice"),
-            "{:?}",
-            messages(&b)
-        );
-        assert!(
-            has(&b, None, Some("Notes"), Severity::Warning, "is ignored"),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, None, Some("username"), Severity::Error, "appears twice"), "{:?}", messages(&b));
+        assert!(has(&b, None, Some("Notes"), Severity::Warning, "is ignored"), "{:?}", messages(&b));
         let b = v("EmailAddress,UserName,Password,Notes\na@x.example,alice,pw,hi\n");
         assert!(b.is_valid());
         assert_eq!(b.valid_jobs().len(), 1);
@@ -1550,33 +1240,14 @@ admin_password_env = "DST_ADMIN"
                    ,,\n\
                    d@x.example,dan,pw\n");
         assert!(
-            has(
-                &b,
-                Some(1),
-                None,
-                Severity::Error,
-                "row 1 (line 2): has 4 columns but the header has 3"
-            ),
+            has(&b, Some(1), None, Severity::Error, "row 1 (line 2): has 4 columns but the header has 3"),
             "{:?}",
             messages(&b)
         );
-        assert!(
-            has(
-                &b,
-                Some(2),
-                None,
-                Severity::Error,
-                "row 2 (line 3): has 2 columns"
-            ),
-            "{:?}",
-            messages(&b)
-        );
+        assert!(has(&b, Some(2), None, Severity::Error, "row 2 (line 3): has 2 columns"), "{:?}", messages(&b));
         // A trailing empty cell is harmless; a row of empty cells is skipped.
         assert!(b.errors_for(3).is_empty());
-        assert_eq!(
-            b.rows.iter().map(|r| r.row).collect::<Vec<_>>(),
-            vec![1, 2, 3, 5]
-        );
+        assert_eq!(b.rows.iter().map(|r| r.row).collect::<Vec<_>>(), vec![1, 2, 3, 5]);
         assert_eq!(b.rows[3].line, 6);
         assert_eq!(b.valid_jobs().len(), 2);
         // The misaligned row's cells are all blanked: which one is the password is unknown.
@@ -1594,17 +1265,9 @@ admin_password_env = "DST_ADMIN"
                    old.example,,,,pw,new.example,,,,dpw\n\
                    old.example,,,u6,,new.example,,,d6,dpw\n");
         let e = |row, col: &str, needle| {
-            assert!(
-                has(&b, Some(row), Some(col), Severity::Error, needle),
-                "row {row} {col}: {:#?}",
-                messages(&b)
-            )
+            assert!(has(&b, Some(row), Some(col), Severity::Error, needle), "row {row} {col}: {:#?}", messages(&b))
         };
-        e(
-            1,
-            "source_port",
-            "row 1 (line 2), source_port: is not a port number from 1 to 65535",
-        );
+        e(1, "source_port", "row 1 (line 2), source_port: is not a port number from 1 to 65535");
         e(2, "source_port", "not a port number");
         e(2, "destination_port", "not a port number");
         e(3, "source_security", "is not tls, starttls or plain");
@@ -1613,33 +1276,17 @@ admin_password_env = "DST_ADMIN"
         e(4, "destination_host", "is not a host name");
         e(5, "source_user", "is empty: fill in the source login");
         e(5, "destination_user", "is empty");
-        e(
-            6,
-            "source_password",
-            "no source password: fill source_password",
-        );
+        e(6, "source_password", "no source password: fill source_password");
         assert!(b.valid_jobs().is_empty());
         assert!(b.rows.iter().all(|r| r.job.is_none()));
 
         let b = v("EmailAddress,UserName,Password\nnot-an-address,alice,pw\nb@x,bob,pw\n,carol,pw\nd@x.example,,pw\ne@x.example,eve,\n");
         assert!(
-            has(
-                &b,
-                Some(1),
-                Some("EmailAddress"),
-                Severity::Error,
-                "is not an email address"
-            ),
+            has(&b, Some(1), Some("EmailAddress"), Severity::Error, "is not an email address"),
             "{:?}",
             messages(&b)
         );
-        assert!(has(
-            &b,
-            Some(2),
-            Some("EmailAddress"),
-            Severity::Error,
-            "is not an email address"
-        ));
+        assert!(has(&b, Some(2), Some("EmailAddress"), Severity::Error, "is not an email address"));
         assert!(has(
             &b,
             Some(3),
@@ -1647,37 +1294,13 @@ admin_password_env = "DST_ADMIN"
             Severity::Error,
             "is empty: fill in the destination mailbox's address"
         ));
-        assert!(has(
-            &b,
-            Some(4),
-            Some("UserName"),
-            Severity::Error,
-            "is empty"
-        ));
-        assert!(has(
-            &b,
-            Some(5),
-            Some("Password"),
-            Severity::Error,
-            "no source password"
-        ));
+        assert!(has(&b, Some(4), Some("UserName"), Severity::Error, "is empty"));
+        assert!(has(&b, Some(5), Some("Password"), Severity::Error, "no source password"));
         assert!(b.valid_jobs().is_empty());
 
         let b = v("source_email,source_password,destination_email\nalice,pw,a@y.example\na@x.example,pw,nope\n");
-        assert!(has(
-            &b,
-            Some(1),
-            Some("source_email"),
-            Severity::Error,
-            "not an email address"
-        ));
-        assert!(has(
-            &b,
-            Some(2),
-            Some("destination_email"),
-            Severity::Error,
-            "not an email address"
-        ));
+        assert!(has(&b, Some(1), Some("source_email"), Severity::Error, "not an email address"));
+        assert!(has(&b, Some(2), Some("destination_email"), Severity::Error, "not an email address"));
     }
 
     #[test]
@@ -1699,41 +1322,22 @@ admin_password_env = "DST_ADMIN"
             assert_eq!(b.headers.len(), 3, "trailing empty header cells dropped");
             assert!(b.errors_for(1).is_empty());
             assert!(
-                has(
-                    &b,
-                    Some(2),
-                    Some("UserName"),
-                    Severity::Error,
-                    "row 2 (line 6), UserName"
-                ),
+                has(&b, Some(2), Some("UserName"), Severity::Error, "row 2 (line 6), UserName"),
                 "{nl:?}: {:?}",
                 messages(&b)
             );
             assert!(
-                has(
-                    &b,
-                    Some(4),
-                    Some("UserName"),
-                    Severity::Error,
-                    "row 4 (line 9), UserName"
-                ),
+                has(&b, Some(4), Some("UserName"), Severity::Error, "row 4 (line 9), UserName"),
                 "{nl:?}: {:?}",
                 messages(&b)
             );
-            assert_eq!(
-                b.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
-                vec![3, 6, 7, 9]
-            );
+            assert_eq!(b.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![3, 6, 7, 9]);
         }
     }
 
     #[test]
     fn email_shapes() {
-        for ok in [
-            "a@b.co",
-            "first.last+tag@sub.example.org",
-            "x@bücher.example",
-        ] {
+        for ok in ["a@b.co", "first.last+tag@sub.example.org", "x@bücher.example"] {
             assert!(is_email(ok), "{ok}");
         }
         for bad in [
@@ -1758,24 +1362,12 @@ admin_password_env = "DST_ADMIN"
     fn duplicate_mailboxes_name_both_rows() {
         let b = v("EmailAddress,UserName,Password\nAlice@X.example,alice,pw\nbob@x.example,bob,pw\nalice@x.example,alice2,pw\n");
         assert!(
-            has(
-                &b,
-                Some(1),
-                Some("EmailAddress"),
-                Severity::Error,
-                "also in row 3 (line 4)"
-            ),
+            has(&b, Some(1), Some("EmailAddress"), Severity::Error, "also in row 3 (line 4)"),
             "{:?}",
             messages(&b)
         );
         assert!(
-            has(
-                &b,
-                Some(3),
-                Some("EmailAddress"),
-                Severity::Error,
-                "also in row 1 (line 2)"
-            ),
+            has(&b, Some(3), Some("EmailAddress"), Severity::Error, "also in row 1 (line 2)"),
             "{:?}",
             messages(&b)
         );
@@ -1791,13 +1383,7 @@ admin_password_env = "DST_ADMIN"
         let b = v("EmailAddress,UserName,Password\na@x.example,alice, pw \n");
         assert!(b.is_valid());
         assert!(
-            has(
-                &b,
-                Some(1),
-                Some("Password"),
-                Severity::Warning,
-                "spaces at the start or end"
-            ),
+            has(&b, Some(1), Some("Password"), Severity::Warning, "spaces at the start or end"),
             "{:?}",
             messages(&b)
         );
@@ -1825,7 +1411,11 @@ admin_password_env = "DST_ADMIN"
             s.source.host = None;
             let b = validate_batch(text.as_bytes(), &s);
             for row in [1, 2] {
-                assert!(has(&b, Some(row), None, Severity::Error, "no source host: set [source] host or preset"), "{:?}", messages(&b));
+                assert!(
+                    has(&b, Some(row), None, Severity::Error, "no source host: set [source] host or preset"),
+                    "{:?}",
+                    messages(&b)
+                );
             }
         }
         // Full form with an empty destination_password and no master user.
@@ -1854,39 +1444,14 @@ admin_password_env = "DST_ADMIN"
         s.source.admin_password = Secret::new("srcpw");
         let b = validate_batch(b"EmailAddress,UserName,Password\na@x.example,alice,\n", &s);
         let j = b.valid_jobs()[0];
-        assert_eq!(
-            (
-                j.source.login.user.as_str(),
-                j.source.login.password.expose()
-            ),
-            ("alice*srcadmin", "srcpw")
-        );
+        assert_eq!((j.source.login.user.as_str(), j.source.login.password.expose()), ("alice*srcadmin", "srcpw"));
     }
 
     #[test]
     fn invalid_utf8_is_reported_by_column() {
-        let b = validate_batch(
-            b"EmailAddress,UserName,Password\na@x.example,al\xffice,p\xe9w\n",
-            &settings(),
-        );
-        assert!(
-            has(
-                &b,
-                Some(1),
-                Some("UserName"),
-                Severity::Error,
-                "not valid UTF-8"
-            ),
-            "{:?}",
-            messages(&b)
-        );
-        assert!(has(
-            &b,
-            Some(1),
-            Some("Password"),
-            Severity::Error,
-            "not valid UTF-8"
-        ));
+        let b = validate_batch(b"EmailAddress,UserName,Password\na@x.example,al\xffice,p\xe9w\n", &settings());
+        assert!(has(&b, Some(1), Some("UserName"), Severity::Error, "not valid UTF-8"), "{:?}", messages(&b));
+        assert!(has(&b, Some(1), Some("Password"), Severity::Error, "not valid UTF-8"));
         assert_eq!(b.problems.len(), 2, "{:?}", messages(&b));
         assert!(b.valid_jobs().is_empty());
     }
@@ -1910,33 +1475,22 @@ admin_password_env = "DST_ADMIN"
         for (i, pw) in passwords.iter().enumerate() {
             let q = format!("\"{}\"", pw.replace('"', "\"\""));
             // Valid, invalid, duplicate and misaligned rows alike.
-            exchange.push_str(&format!("u{i}@x.example,u{i},{q}\nbad{i},,{q}\ndup@x.example,d{i},{q}\nu{i}@y.example,{q},{q},extra\n"));
-            full.push_str(&format!(
-                "h{i}.example,0,ssl3,u{i},{q},,,,,{q}\n,,,,{q},,,,d{i},\n"
+            exchange.push_str(&format!(
+                "u{i}@x.example,u{i},{q}\nbad{i},,{q}\ndup@x.example,d{i},{q}\nu{i}@y.example,{q},{q},extra\n"
             ));
+            full.push_str(&format!("h{i}.example,0,ssl3,u{i},{q},,,,,{q}\n,,,,{q},,,,d{i},\n"));
             trek.push_str(&format!("s{i},{q},d{i}\n"));
         }
-        for (text, settings) in [
-            (exchange, settings()),
-            (full.clone(), settings()),
-            (full, no_master()),
-            (trek, no_master()),
-        ] {
+        for (text, settings) in
+            [(exchange, settings()), (full.clone(), settings()), (full, no_master()), (trek, no_master())]
+        {
             let b = validate_batch(text.as_bytes(), &settings);
             assert!(!b.problems.is_empty());
             let outputs = [
-                b.problems
-                    .iter()
-                    .map(|p| format!("{p} {:?}", p.column))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                b.problems.iter().map(|p| format!("{p} {:?}", p.column)).collect::<Vec<_>>().join("\n"),
                 b.to_json().to_string(),
                 b.render_table(),
-                b.rows
-                    .iter()
-                    .map(|r| r.cells.join(","))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                b.rows.iter().map(|r| r.cells.join(",")).collect::<Vec<_>>().join("\n"),
             ];
             for out in &outputs {
                 for pw in passwords {
@@ -1952,7 +1506,9 @@ admin_password_env = "DST_ADMIN"
 
     #[test]
     fn json_and_table_reports() {
-        let b = v("EmailAddress,UserName,Password\na@x.example,alice,secretA\nbad,bob,secretB\nc@x.example,carol, secretC\n");
+        let b = v(
+            "EmailAddress,UserName,Password\na@x.example,alice,secretA\nbad,bob,secretB\nc@x.example,carol, secretC\n",
+        );
         let j = b.to_json();
         assert_eq!(j["format"], "exchange");
         assert_eq!(j["valid"], false);
@@ -1977,20 +1533,9 @@ admin_password_env = "DST_ADMIN"
                 && lines[0].contains("SOURCE USER")
                 && lines[0].contains("STATUS")
         );
-        assert!(
-            lines[1].contains("a@x.example")
-                && lines[1].contains("alice")
-                && lines[1].contains(" ok"),
-            "{table}"
-        );
-        assert!(
-            lines[2].contains("INVALID") && lines[2].contains("is not an email address"),
-            "{table}"
-        );
-        assert!(
-            lines[4].starts_with("3 rows: 2 valid, 1 invalid; 1 errors, 1 warnings"),
-            "{table}"
-        );
+        assert!(lines[1].contains("a@x.example") && lines[1].contains("alice") && lines[1].contains(" ok"), "{table}");
+        assert!(lines[2].contains("INVALID") && lines[2].contains("is not an email address"), "{table}");
+        assert!(lines[4].starts_with("3 rows: 2 valid, 1 invalid; 1 errors, 1 warnings"), "{table}");
         assert!(!table.contains("secret"));
     }
 

@@ -14,9 +14,7 @@ use crate::folders::{self, DestinationLayout, FolderPlan, ListedFolder, Role};
 use crate::imap::append::{self, AppendMessage, Appended, LiteralMode};
 use crate::imap::conn::{classify, throttle_hint};
 use crate::imap::{connect, Caps, Session};
-use crate::model::{
-    CopyOptions, FolderCheckpoint, FolderCounts, MailboxJob, SkipReason, SkippedMessage, Verdict,
-};
+use crate::model::{CopyOptions, FolderCheckpoint, FolderCounts, MailboxJob, SkipReason, SkippedMessage, Verdict};
 use crate::plan::{self, Action, MessageMeta};
 use crate::ports::CheckpointStore;
 
@@ -238,7 +236,10 @@ impl Copier<'_> {
             Some(old) => {
                 // The server renumbered the folder: start over, relying on duplicate detection.
                 tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, old = old.uid_validity, new = uid_validity, "UIDVALIDITY changed: rescanning the folder");
-                FolderCheckpoint { in_flight: Some((1, u32::MAX)), ..fresh_checkpoint(folder, &destination_raw, uid_validity) }
+                FolderCheckpoint {
+                    in_flight: Some((1, u32::MAX)),
+                    ..fresh_checkpoint(folder, &destination_raw, uid_validity)
+                }
             }
             None => fresh_checkpoint(folder, &destination_raw, uid_validity),
         };
@@ -275,7 +276,9 @@ impl Copier<'_> {
         } else {
             let (source_counts, destination_counts) = if dedupe_needed {
                 let mut source_counts: HashMap<String, u64> = HashMap::new();
-                for meta in metas.iter().filter(|m| plan::eligible(m, self.options.max_message_size, self.options.since)) {
+                for meta in
+                    metas.iter().filter(|m| plan::eligible(m, self.options.max_message_size, self.options.since))
+                {
                     *source_counts.entry(meta.key.clone()).or_default() += 1;
                 }
                 let destination_counts = if dest_box.exists == 0 {
@@ -301,35 +304,70 @@ impl Copier<'_> {
                 |uid| skip_all || in_flight.is_some_and(|(lo, hi)| (lo..=hi).contains(&uid)),
             )
         };
-        let to_copy_bytes: u64 = candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.size).sum();
+        let to_copy_bytes: u64 =
+            candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.size).sum();
         let to_copy = actions.iter().filter(|a| **a == Action::Copy).count() as u64;
         self.progress.planned(&self.job.mailbox, &folder.source_display, to_copy, to_copy_bytes);
 
         let sized: Vec<(u64, Action)> = candidates.iter().zip(&actions).map(|(m, a)| (m.size, *a)).collect();
-        for range in plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages) {
+        let ranges = plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages);
+        let copy_uids: Vec<Vec<u32>> = ranges
+            .iter()
+            .map(|r| {
+                let metas = candidates[r.clone()].iter().zip(&actions[r.clone()]);
+                metas.filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.uid).collect()
+            })
+            .collect();
+        // The source fetches batch N+1 while the destination appends batch N: at most two
+        // batches of bodies in memory, and neither server waits for the other.
+        let mut prefetched: Option<HashMap<u32, Body>> = None;
+        for (index, range) in ranges.iter().enumerate() {
             if self.time_is_up() {
                 self.store.save_folder(&self.job.mailbox, &cp).await?;
                 return Ok(Err(Stopped::TimeUp));
             }
             let batch_metas = &candidates[range.clone()];
-            let batch_actions = &actions[range];
+            let batch_actions = &actions[range.clone()];
             let first = batch_metas[0].uid;
             let last = batch_metas[batch_metas.len() - 1].uid;
             // Mark the batch in flight before sending anything, so a crash reconciles it.
             cp.in_flight = Some((first, in_flight.map_or(last, |(_, hi)| hi.max(last))));
             self.store.save_folder(&self.job.mailbox, &cp).await?;
 
+            let bodies = match prefetched.take() {
+                Some(bodies) => bodies,
+                None => timed(fetch_bodies(&mut self.source, &copy_uids[index])).await.map_err(|e| self.src_err(e))?,
+            };
+            let next_uids = copy_uids.get(index + 1).filter(|uids| !uids.is_empty());
             let timebox = self.timebox;
-            let copied = {
-                let run = self.copy_batch(folder, &destination_raw, batch_metas, batch_actions, &accepted);
+            let (copied, fetched_next) = {
+                let append = append_fetched(
+                    &mut self.destination,
+                    &mut self.tag_seq,
+                    self.literal_mode,
+                    &self.destination_label,
+                    (folder, &destination_raw),
+                    batch_metas,
+                    &copy_uids[index],
+                    &bodies,
+                    &accepted,
+                );
+                let source = &mut self.source;
+                let prefetch = async move {
+                    match next_uids {
+                        Some(uids) => Some(timed(fetch_bodies(source, uids)).await),
+                        None => None,
+                    }
+                };
                 tokio::select! {
-                    result = run => result?,
+                    both = async { tokio::join!(append, prefetch) } => both,
                     _ = stopped(timebox) => {
                         // Abandon mid-batch: the in-flight mark stays, the next pass reconciles.
                         return Ok(Err(Stopped::TimeUp));
                     }
                 }
             };
+            drop(bodies);
             let mut counts = copied.counts;
             // Messages from the first unconfirmed one on are settled by the next pass.
             let settled = |uid: u32| copied.unconfirmed_from.is_none_or(|first| uid < first);
@@ -380,6 +418,11 @@ impl Copier<'_> {
             if let Some(error) = copied.error {
                 return Err(error);
             }
+            match fetched_next {
+                Some(Ok(bodies)) => prefetched = Some(bodies),
+                Some(Err(e)) => return Err(self.src_err(e)),
+                None => {}
+            }
         }
         cp.in_flight = None;
         cp.complete = true;
@@ -429,91 +472,20 @@ impl Copier<'_> {
         Ok(())
     }
 
-    async fn copy_batch(
-        &mut self,
-        folder: &FolderPlan,
-        destination_raw: &str,
-        metas: &[MessageMeta],
-        actions: &[Action],
-        accepted: &AcceptedFlags,
-    ) -> Result<BatchResult, CopyError> {
-        let uids: Vec<u32> = metas.iter().zip(actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.uid).collect();
-        let mut result = BatchResult::default();
-        if uids.is_empty() {
-            return Ok(result);
-        }
-        let bodies = timed(fetch_bodies(&mut self.source, &plan::uid_set(&uids))).await.map_err(|e| self.src_err(e))?;
-        let mut order = Vec::new();
-        let mut messages = Vec::new();
-        for uid in &uids {
-            // A message expunged on the source since the listing is simply gone.
-            let Some(body) = bodies.get(uid) else { continue };
-            order.push(*uid);
-            messages.push(AppendMessage {
-                flags: accepted.filter(&body.flags),
-                internal_date: body.internal_date.clone(),
-                body: &body.body,
-            });
-        }
-        let replies = match append::append_batch(&mut self.destination, destination_raw, &messages, self.literal_mode, &mut self.tag_seq).await {
-            Ok(replies) => replies.into_iter().map(Some).collect(),
-            Err(broken) => {
-                result.error = Some(CopyError::ConnectionLost {
-                    side: Side::Destination,
-                    server: self.destination_label.clone(),
-                    detail: broken.detail,
-                });
-                broken.known
-            }
-        };
-        let meta_by_uid: HashMap<u32, &MessageMeta> = metas.iter().map(|m| (m.uid, m)).collect();
-        for (uid, reply) in order.iter().zip(replies) {
-            let size = bodies.get(uid).map_or(0, |b| b.body.len() as u64);
-            match reply {
-                // Replies past the first unconfirmed message are left to the next pass's
-                // in-flight reconciliation, which finds stored ones in the destination.
-                _ if result.unconfirmed_from.is_some() => break,
-                Some(Appended::Stored(_)) => {
-                    result.counts.copied += 1;
-                    result.counts.bytes += size;
-                }
-                Some(Appended::Refused(reply)) if throttle_hint(&reply).is_none() => {
-                    result.counts.refused += 1;
-                    result.refused.push(SkippedMessage {
-                        folder: folder.source_display.clone(),
-                        uid: *uid,
-                        size,
-                        message_id: meta_by_uid.get(uid).and_then(|m| m.message_id.clone()),
-                        reason: SkipReason::Refused,
-                        detail: reply,
-                    });
-                }
-                Some(Appended::Refused(reply)) => {
-                    result.unconfirmed_from = Some(*uid);
-                    if result.error.is_none() {
-                        result.error = Some(CopyError::Throttled {
-                            side: Side::Destination,
-                            server: self.destination_label.clone(),
-                            retry_after: throttle_hint(&reply).flatten(),
-                            detail: reply,
-                        });
-                    }
-                }
-                None => result.unconfirmed_from = Some(*uid),
-            }
-        }
-        Ok(result)
-    }
-
     /// Compare message counts per destination folder with what the source holds.
-    async fn verify(&mut self, plans: &[FolderPlan], layout: &DestinationLayout) -> Result<Vec<(String, Verdict)>, CopyError> {
+    async fn verify(
+        &mut self,
+        plans: &[FolderPlan],
+        layout: &DestinationLayout,
+    ) -> Result<Vec<(String, Verdict)>, CopyError> {
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
         let mut expected: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
         for folder in plans {
-            let source_count = timed(status_messages(&mut self.source, &folder.source_raw)).await.map_err(|e| self.src_err(e))?;
-            let not_copied = checkpoints.get(&folder.source_raw).map_or(0, |c| {
-                c.counts.skipped_too_big + c.counts.refused + c.counts.skipped_by_date
-            });
+            let source_count =
+                timed(status_messages(&mut self.source, &folder.source_raw)).await.map_err(|e| self.src_err(e))?;
+            let not_copied = checkpoints
+                .get(&folder.source_raw)
+                .map_or(0, |c| c.counts.skipped_too_big + c.counts.refused + c.counts.skipped_by_date);
             let entry = expected.entry(folder.destination_raw(layout.delimiter)).or_default();
             entry.0 += source_count;
             entry.1 += not_copied;
@@ -528,9 +500,18 @@ impl Copier<'_> {
             let detail = if ok {
                 format!("{destination_count} in destination for {source_count} in source ({not_copied} not copied, see report)")
             } else {
-                format!("{} message(s) missing: {destination_count} in destination, {needed} expected", needed - destination_count)
+                format!(
+                    "{} message(s) missing: {destination_count} in destination, {needed} expected",
+                    needed - destination_count
+                )
             };
-            let verdict = Verdict { ok, source_messages: source_count, destination_messages: destination_count, not_copied, detail };
+            let verdict = Verdict {
+                ok,
+                source_messages: source_count,
+                destination_messages: destination_count,
+                not_copied,
+                detail,
+            };
             for source in sources {
                 if let Some(mut cp) = checkpoints.get(&source).cloned() {
                     cp.verify = Some(verdict.clone());
@@ -541,6 +522,86 @@ impl Copier<'_> {
         }
         Ok(verdicts)
     }
+}
+
+/// APPEND one fetched batch (`uids`, in order) and sort the replies into counts, refused
+/// messages and the first unconfirmed UID.
+#[allow(clippy::too_many_arguments)]
+async fn append_fetched(
+    destination: &mut Session,
+    tag_seq: &mut u64,
+    literal_mode: LiteralMode,
+    destination_label: &str,
+    (folder, destination_raw): (&FolderPlan, &str),
+    metas: &[MessageMeta],
+    uids: &[u32],
+    bodies: &HashMap<u32, Body>,
+    accepted: &AcceptedFlags,
+) -> BatchResult {
+    let mut result = BatchResult::default();
+    if uids.is_empty() {
+        return result;
+    }
+    let mut order = Vec::new();
+    let mut messages = Vec::new();
+    for uid in uids {
+        // A message expunged on the source since the listing is simply gone.
+        let Some(body) = bodies.get(uid) else { continue };
+        order.push(*uid);
+        messages.push(AppendMessage {
+            flags: accepted.filter(&body.flags),
+            internal_date: body.internal_date.clone(),
+            body: &body.body,
+        });
+    }
+    let replies = match append::append_batch(destination, destination_raw, &messages, literal_mode, tag_seq).await {
+        Ok(replies) => replies.into_iter().map(Some).collect(),
+        Err(broken) => {
+            result.error = Some(CopyError::ConnectionLost {
+                side: Side::Destination,
+                server: destination_label.to_string(),
+                detail: broken.detail,
+            });
+            broken.known
+        }
+    };
+    let meta_by_uid: HashMap<u32, &MessageMeta> = metas.iter().map(|m| (m.uid, m)).collect();
+    for (uid, reply) in order.iter().zip(replies) {
+        let size = bodies.get(uid).map_or(0, |b| b.body.len() as u64);
+        match reply {
+            // Replies past the first unconfirmed message are left to the next pass's
+            // in-flight reconciliation, which finds stored ones in the destination.
+            _ if result.unconfirmed_from.is_some() => break,
+            Some(Appended::Stored(_)) => {
+                result.counts.copied += 1;
+                result.counts.bytes += size;
+            }
+            Some(Appended::Refused(reply)) if throttle_hint(&reply).is_none() => {
+                result.counts.refused += 1;
+                result.refused.push(SkippedMessage {
+                    folder: folder.source_display.clone(),
+                    uid: *uid,
+                    size,
+                    message_id: meta_by_uid.get(uid).and_then(|m| m.message_id.clone()),
+                    reason: SkipReason::Refused,
+                    detail: reply,
+                });
+            }
+            Some(Appended::Refused(reply)) => {
+                result.unconfirmed_from = Some(*uid);
+                if result.error.is_none() {
+                    result.error = Some(CopyError::Throttled {
+                        side: Side::Destination,
+                        server: destination_label.to_string(),
+                        retry_after: throttle_hint(&reply).flatten(),
+                        detail: reply,
+                    });
+                }
+            }
+            None => result.unconfirmed_from = Some(*uid),
+        }
+    }
+    result
 }
 
 /// Longest a server may take to answer one command before the connection counts as lost.
@@ -712,8 +773,11 @@ struct Body {
     internal_date: Option<String>,
 }
 
-async fn fetch_bodies(session: &mut Session, uid_set: &str) -> Result<HashMap<u32, Body>, async_imap::error::Error> {
-    let mut stream = session.uid_fetch(uid_set, "(UID FLAGS INTERNALDATE BODY.PEEK[])").await?;
+async fn fetch_bodies(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, Body>, async_imap::error::Error> {
+    if uids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut stream = session.uid_fetch(plan::uid_set(uids), "(UID FLAGS INTERNALDATE BODY.PEEK[])").await?;
     let mut bodies = HashMap::new();
     while let Some(fetch) = stream.try_next().await? {
         let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else { continue };

@@ -44,7 +44,10 @@ impl CopyError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CopyError::Connect { .. } | CopyError::ConnectionLost { .. } | CopyError::Throttled { .. } | CopyError::Store(_)
+            CopyError::Connect { .. }
+                | CopyError::ConnectionLost { .. }
+                | CopyError::Throttled { .. }
+                | CopyError::Store(_)
         )
     }
 

@@ -202,7 +202,12 @@ pub fn plan_folders(
                 }
             })
             .collect();
-        plans.push(FolderPlan { source_raw: folder.raw.clone(), source_display: display, destination: destination_levels, renamed });
+        plans.push(FolderPlan {
+            source_raw: folder.raw.clone(),
+            source_display: display,
+            destination: destination_levels,
+            renamed,
+        });
     }
     (plans, excluded)
 }
@@ -269,7 +274,8 @@ mod tests {
 
     #[test]
     fn delimiter_inside_a_name_is_renamed_and_reported() {
-        let plan = map_one(listed("Reports/2024.Q1", '/', &[]), &CopyOptions::default(), &layout('.')).expect("planned");
+        let plan =
+            map_one(listed("Reports/2024.Q1", '/', &[]), &CopyOptions::default(), &layout('.')).expect("planned");
         assert_eq!(plan.destination, vec!["Reports", "2024_Q1"]);
         assert!(plan.renamed.as_deref().unwrap_or("").contains("2024.Q1"));
     }

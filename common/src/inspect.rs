@@ -31,7 +31,8 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
     let label = format!("{}:{}", endpoint.server.host, endpoint.server.port);
     let (mut session, caps) = connect(endpoint, side).await?;
     let err = |e| classify(e, side, &label);
-    let names: Vec<_> = session.list(Some(user_root.unwrap_or("")), Some("*")).await.map_err(err)?.try_collect().await.map_err(err)?;
+    let names: Vec<_> =
+        session.list(Some(user_root.unwrap_or("")), Some("*")).await.map_err(err)?.try_collect().await.map_err(err)?;
     let selectable: Vec<String> = names
         .iter()
         .filter(|n| !n.attributes().iter().any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect)))
@@ -42,7 +43,8 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
         let mailbox = session.examine(&name).await.map_err(err)?;
         let mut bytes = 0u64;
         if mailbox.exists > 0 {
-            let fetches: Vec<_> = session.fetch("1:*", "(RFC822.SIZE)").await.map_err(err)?.try_collect().await.map_err(err)?;
+            let fetches: Vec<_> =
+                session.fetch("1:*", "(RFC822.SIZE)").await.map_err(err)?.try_collect().await.map_err(err)?;
             bytes = fetches.iter().map(|f| u64::from(f.size.unwrap_or(0))).sum();
         }
         folders.push(FolderSize { name: crate::mutf7::decode(&name), messages: u64::from(mailbox.exists), bytes });

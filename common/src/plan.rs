@@ -56,10 +56,8 @@ pub fn identity(header_fields: &[u8], size: u64) -> (Option<String>, String) {
             fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
     }
-    let message_id = fields
-        .iter()
-        .find(|(name, value)| name == "message-id" && !value.is_empty())
-        .map(|(_, value)| value.clone());
+    let message_id =
+        fields.iter().find(|(name, value)| name == "message-id" && !value.is_empty()).map(|(_, value)| value.clone());
     let key = match &message_id {
         Some(id) => format!("id:{id}:{size}"),
         None => {
@@ -223,7 +221,13 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_by_bytes_and_count() {
-        let items = [(40, Action::Copy), (40, Action::Copy), (40, Action::Copy), (500, Action::SkipTooBig), (200, Action::Copy)];
+        let items = [
+            (40, Action::Copy),
+            (40, Action::Copy),
+            (40, Action::Copy),
+            (500, Action::SkipTooBig),
+            (200, Action::Copy),
+        ];
         assert_eq!(batches(&items, 100, 10), vec![0..2, 2..4, 4..5]);
         assert_eq!(batches(&items, 10_000, 2), vec![0..2, 2..4, 4..5]);
         assert!(batches(&[], 100, 10).is_empty());

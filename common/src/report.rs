@@ -110,9 +110,10 @@ pub async fn build_report(
     batch: &dyn BatchStore,
     checkpoints: &dyn CheckpointStore,
 ) -> Result<BatchReport, StoreError> {
-    let meta = batch.batch().await?.ok_or_else(|| {
-        StoreError::new("the state holds no batch: nothing to report (was the batch submitted?)")
-    })?;
+    let meta = batch
+        .batch()
+        .await?
+        .ok_or_else(|| StoreError::new("the state holds no batch: nothing to report (was the batch submitted?)"))?;
     let mut records = batch.mailboxes().await?;
     records.sort_by(|a, b| (a.row, &a.mailbox).cmp(&(b.row, &b.mailbox)));
 
@@ -174,13 +175,7 @@ pub async fn build_report(
         });
     }
 
-    Ok(BatchReport {
-        batch: meta.id,
-        generated_at: Utc::now(),
-        headers: meta.headers,
-        mailboxes,
-        totals,
-    })
+    Ok(BatchReport { batch: meta.id, generated_at: Utc::now(), headers: meta.headers, mailboxes, totals })
 }
 
 /// `ok` when every folder verified fine, `mismatch in N folder(s): ...` when any did not,
@@ -190,10 +185,7 @@ fn verify_summary(folders: &[FolderReport]) -> String {
         .iter()
         .filter_map(|f| match &f.verify {
             Some(v) if !v.ok => Some(if v.detail.is_empty() {
-                format!(
-                    "{} ({} in source, {} in destination)",
-                    f.source, v.source_messages, v.destination_messages
-                )
+                format!("{} ({} in source, {} in destination)", f.source, v.source_messages, v.destination_messages)
             } else {
                 format!("{} ({})", f.source, v.detail)
             }),
@@ -201,11 +193,7 @@ fn verify_summary(folders: &[FolderReport]) -> String {
         })
         .collect();
     if !mismatches.is_empty() {
-        format!(
-            "mismatch in {} folder(s): {}",
-            mismatches.len(),
-            mismatches.join("; ")
-        )
+        format!("mismatch in {} folder(s): {}", mismatches.len(), mismatches.join("; "))
     } else if !folders.is_empty() && folders.iter().all(|f| f.verify.is_some()) {
         "ok".to_string()
     } else {
@@ -217,11 +205,7 @@ fn verify_summary(folders: &[FolderReport]) -> String {
 /// if a caller forgot to, because that file is handed around for editing.
 fn is_password_header(header: &str) -> bool {
     let h = header.trim().to_ascii_lowercase();
-    h.contains("password")
-        || h.contains("passwd")
-        || h == "pass"
-        || h == "pwd"
-        || h.ends_with("_pwd")
+    h.contains("password") || h.contains("passwd") || h == "pass" || h == "pwd" || h.ends_with("_pwd")
 }
 
 fn opt(value: &Option<String>) -> &str {
@@ -273,19 +257,12 @@ impl BatchReport {
     /// row's cells, password cells empty), ready to fix and resubmit. Header only when all are done.
     pub fn failed_csv(&self) -> Vec<u8> {
         let width = self.headers.len();
-        let mut w = csv::WriterBuilder::new()
-            .flexible(width == 0)
-            .from_writer(Vec::new());
+        let mut w = csv::WriterBuilder::new().flexible(width == 0).from_writer(Vec::new());
         if width > 0 {
             w.write_record(&self.headers).expect("csv to memory");
         }
-        let secret_columns: Vec<bool> =
-            self.headers.iter().map(|h| is_password_header(h)).collect();
-        for m in self
-            .mailboxes
-            .iter()
-            .filter(|m| m.status != MailboxStatus::Done)
-        {
+        let secret_columns: Vec<bool> = self.headers.iter().map(|h| is_password_header(h)).collect();
+        for m in self.mailboxes.iter().filter(|m| m.status != MailboxStatus::Done) {
             let mut cells = m.cells.clone();
             if width > 0 {
                 // Keep the file rectangular so spreadsheet tools and our own parser accept it.
@@ -321,9 +298,7 @@ impl BatchReport {
                 ]
             })
             .collect();
-        let header = [
-            "mailbox", "status", "messages", "MB", "time", "verify", "error",
-        ];
+        let header = ["mailbox", "status", "messages", "MB", "time", "verify", "error"];
         let mut widths = header.map(|h| h.chars().count());
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -374,9 +349,7 @@ impl BatchReport {
         ));
         let not_copied = t.skipped_too_big + t.refused;
         if not_copied > 0 {
-            out.push_str(&format!(
-                "; {not_copied} not copied (listed in report.json)"
-            ));
+            out.push_str(&format!("; {not_copied} not copied (listed in report.json)"));
         }
         out.push('\n');
         out
@@ -386,11 +359,7 @@ impl BatchReport {
     /// is written aside and renamed, so a reader never sees half a report.
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
-        let files = [
-            ("report.csv", self.to_csv()),
-            ("report.json", self.to_json()),
-            ("failed.csv", self.failed_csv()),
-        ];
+        let files = [("report.csv", self.to_csv()), ("report.json", self.to_json()), ("failed.csv", self.failed_csv())];
         let mut written = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             let path = dir.join(name);
@@ -411,11 +380,7 @@ fn megabytes(bytes: u64) -> String {
 }
 
 fn human_seconds(seconds: f64) -> String {
-    let s = if seconds.is_finite() && seconds > 0.0 {
-        seconds.round() as u64
-    } else {
-        0
-    };
+    let s = if seconds.is_finite() && seconds > 0.0 { seconds.round() as u64 } else { 0 };
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
@@ -442,23 +407,10 @@ mod tests {
     use crate::ports::{BatchMeta, MailboxRecord};
     use crate::sqlite::SqliteStore;
 
-    const HEADERS: [&str; 5] = [
-        "SourceUser",
-        "SourcePassword",
-        "Mailbox",
-        "DestPassword",
-        "Note",
-    ];
+    const HEADERS: [&str; 5] = ["SourceUser", "SourcePassword", "Mailbox", "DestPassword", "Note"];
 
     fn counts(copied: u64, too_big: u64, refused: u64, bytes: u64) -> FolderCounts {
-        FolderCounts {
-            copied,
-            skipped_duplicate: 1,
-            skipped_too_big: too_big,
-            skipped_by_date: 2,
-            refused,
-            bytes,
-        }
+        FolderCounts { copied, skipped_duplicate: 1, skipped_too_big: too_big, skipped_by_date: 2, refused, bytes }
     }
 
     fn folder(source: &str, c: FolderCounts, verify: Option<Verdict>) -> FolderCheckpoint {
@@ -531,14 +483,8 @@ mod tests {
             .await
             .unwrap();
 
-        store
-            .put_mailbox(&record(3, "carol@new.example", MailboxStatus::Partial))
-            .await
-            .unwrap();
-        store
-            .put_mailbox(&record(1, "alice@new.example", MailboxStatus::Done))
-            .await
-            .unwrap();
+        store.put_mailbox(&record(3, "carol@new.example", MailboxStatus::Partial)).await.unwrap();
+        store.put_mailbox(&record(1, "alice@new.example", MailboxStatus::Done)).await.unwrap();
         let mut bob = record(2, "bob@new.example", MailboxStatus::Failed);
         bob.error = Some("source login refused for row 2 (old-bob@new.example)".into());
         bob.hint = Some("check the SourcePassword cell, or create an app password".into());
@@ -547,57 +493,19 @@ mod tests {
         store.put_mailbox(&bob).await.unwrap();
 
         let alice = "alice@new.example";
+        store.save_folder(alice, &folder("INBOX", counts(100, 1, 0, 5_000_000), verdict(true, ""))).await.unwrap();
+        store.save_folder(alice, &folder("Migr&AOk-", counts(20, 0, 1, 1_000_000), verdict(true, ""))).await.unwrap();
         store
-            .save_folder(
-                alice,
-                &folder("INBOX", counts(100, 1, 0, 5_000_000), verdict(true, "")),
-            )
+            .record_skipped(alice, &skipped("INBOX", 42, SkipReason::TooBig, "50000000 bytes > 35 MB limit"))
             .await
             .unwrap();
         store
-            .save_folder(
-                alice,
-                &folder("Migr&AOk-", counts(20, 0, 1, 1_000_000), verdict(true, "")),
-            )
-            .await
-            .unwrap();
-        store
-            .record_skipped(
-                alice,
-                &skipped(
-                    "INBOX",
-                    42,
-                    SkipReason::TooBig,
-                    "50000000 bytes > 35 MB limit",
-                ),
-            )
-            .await
-            .unwrap();
-        store
-            .record_skipped(
-                alice,
-                &skipped(
-                    "Migré",
-                    7,
-                    SkipReason::Refused,
-                    "NO [LIMIT] message too large",
-                ),
-            )
+            .record_skipped(alice, &skipped("Migré", 7, SkipReason::Refused, "NO [LIMIT] message too large"))
             .await
             .unwrap();
 
         let carol = "carol@new.example";
-        store
-            .save_folder(
-                carol,
-                &folder(
-                    "Sent",
-                    counts(5, 0, 0, 300_000),
-                    verdict(false, "1 missing"),
-                ),
-            )
-            .await
-            .unwrap();
+        store.save_folder(carol, &folder("Sent", counts(5, 0, 0, 300_000), verdict(false, "1 missing"))).await.unwrap();
         let mut inbox = folder("INBOX", counts(3, 0, 0, 100_000), None);
         inbox.complete = false;
         store.save_folder(carol, &inbox).await.unwrap();
@@ -610,11 +518,7 @@ mod tests {
         let report = three_mailboxes().await;
         assert_eq!(report.batch, "batch-7");
         assert_eq!(report.headers, HEADERS);
-        let rows: Vec<_> = report
-            .mailboxes
-            .iter()
-            .map(|m| (m.row, m.mailbox.as_str(), m.status))
-            .collect();
+        let rows: Vec<_> = report.mailboxes.iter().map(|m| (m.row, m.mailbox.as_str(), m.status)).collect();
         assert_eq!(
             rows,
             vec![
@@ -624,28 +528,10 @@ mod tests {
             ]
         );
         let t = &report.totals;
-        assert_eq!(
-            (
-                t.mailboxes,
-                t.done,
-                t.failed,
-                t.partial,
-                t.pending,
-                t.running
-            ),
-            (3, 1, 1, 1, 0, 0)
-        );
+        assert_eq!((t.mailboxes, t.done, t.failed, t.partial, t.pending, t.running), (3, 1, 1, 1, 0, 0));
         assert_eq!(t.messages, 100 + 20 + 5 + 3);
         assert_eq!(t.bytes, 5_000_000 + 1_000_000 + 300_000 + 100_000);
-        assert_eq!(
-            (
-                t.skipped_too_big,
-                t.refused,
-                t.skipped_duplicate,
-                t.skipped_by_date
-            ),
-            (1, 1, 4, 8)
-        );
+        assert_eq!((t.skipped_too_big, t.refused, t.skipped_duplicate, t.skipped_by_date), (1, 1, 4, 8));
         assert_eq!(t.seconds, 60.0);
         let sum: u64 = report.mailboxes.iter().map(|m| m.totals.copied).sum();
         assert_eq!(sum, t.messages);
@@ -666,14 +552,7 @@ mod tests {
         assert_eq!(report.mailboxes[1].verify, "not verified");
         assert!(report.mailboxes[1].folders.is_empty());
         let carol = &report.mailboxes[2];
-        assert_eq!(
-            carol
-                .folders
-                .iter()
-                .map(|f| f.source.as_str())
-                .collect::<Vec<_>>(),
-            ["INBOX", "Sent"]
-        );
+        assert_eq!(carol.folders.iter().map(|f| f.source.as_str()).collect::<Vec<_>>(), ["INBOX", "Sent"]);
         assert!(!carol.folders[0].complete);
         assert_eq!(carol.verify, "mismatch in 1 folder(s): Sent (1 missing)");
     }
@@ -683,14 +562,8 @@ mod tests {
         let report = three_mailboxes().await;
         let bytes = report.to_csv();
         let mut reader = csv::Reader::from_reader(bytes.as_slice());
-        assert_eq!(
-            reader.headers().unwrap().iter().collect::<Vec<_>>(),
-            REPORT_CSV_HEADERS
-        );
-        let rows: Vec<Vec<String>> = reader
-            .records()
-            .map(|r| r.unwrap().iter().map(String::from).collect())
-            .collect();
+        assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), REPORT_CSV_HEADERS);
+        let rows: Vec<Vec<String>> = reader.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
         assert_eq!(rows.len(), 3);
         assert_eq!(
             rows[0],
@@ -715,25 +588,9 @@ mod tests {
         assert_eq!(rows[1][3], "failed");
         assert_eq!(rows[1][4], "0");
         assert_eq!(rows[1][12], "not verified");
-        assert_eq!(
-            rows[1][13],
-            "source login refused for row 2 (old-bob@new.example)"
-        );
-        assert_eq!(
-            rows[1][14],
-            "check the SourcePassword cell, or create an app password"
-        );
-        assert_eq!(
-            rows[2][..6],
-            [
-                "3",
-                "carol@new.example",
-                "old-carol@new.example",
-                "partial",
-                "2",
-                "8"
-            ]
-        );
+        assert_eq!(rows[1][13], "source login refused for row 2 (old-bob@new.example)");
+        assert_eq!(rows[1][14], "check the SourcePassword cell, or create an app password");
+        assert_eq!(rows[2][..6], ["3", "carol@new.example", "old-carol@new.example", "partial", "2", "8"]);
         assert_eq!(rows[2][12], "mismatch in 1 folder(s): Sent (1 missing)");
     }
 
@@ -759,19 +616,11 @@ mod tests {
         assert_eq!(skipped[0]["detail"], "50000000 bytes > 35 MB limit");
         assert_eq!(skipped[1]["reason"], "refused");
         let bob = &json["mailboxes"][1];
-        assert_eq!(
-            bob["error"],
-            "source login refused for row 2 (old-bob@new.example)"
-        );
-        assert_eq!(
-            bob["hint"],
-            "check the SourcePassword cell, or create an app password"
-        );
+        assert_eq!(bob["error"], "source login refused for row 2 (old-bob@new.example)");
+        assert_eq!(bob["hint"], "check the SourcePassword cell, or create an app password");
         // Cells stay out of report.json (failed.csv is where they belong).
         assert!(bob.get("cells").is_none());
-        assert!(!String::from_utf8(report.to_json())
-            .unwrap()
-            .contains("leaked-dest-pw"));
+        assert!(!String::from_utf8(report.to_json()).unwrap().contains("leaked-dest-pw"));
         // And it reads back.
         let back: BatchReport = serde_json::from_slice(&report.to_json()).unwrap();
         assert_eq!(back.mailboxes.len(), 3);
@@ -813,15 +662,9 @@ mod tests {
         let status_at = lines[0].find("status").unwrap();
         assert_eq!(&lines[1][status_at..status_at + 4], "done", "{table}");
         assert_eq!(&lines[2][status_at..status_at + 6], "failed", "{table}");
-        assert!(
-            lines[1].contains("  120  ") && lines[1].contains("  6.0  "),
-            "{table}"
-        );
+        assert!(lines[1].contains("  120  ") && lines[1].contains("  6.0  "), "{table}");
         assert!(lines[1].contains("10s"), "{table}");
-        assert!(
-            lines[2].ends_with("source login refused for row 2 (old-bob@new.example)"),
-            "{table}"
-        );
+        assert!(lines[2].ends_with("source login refused for row 2 (old-bob@new.example)"), "{table}");
         assert_eq!(
             lines[4],
             "total: 3 mailbox(es): 1 done, 1 failed, 1 partial, 0 pending; 128 messages, 6.4 MB, 1m00s; \
@@ -835,24 +678,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("reports/batch-7");
         let paths = report.write_dir(&out).unwrap();
-        let names: Vec<_> = paths
-            .iter()
-            .map(|p| p.file_name().unwrap().to_str().unwrap())
-            .collect();
+        let names: Vec<_> = paths.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
         assert_eq!(names, ["report.csv", "report.json", "failed.csv"]);
-        assert_eq!(
-            std::fs::read(out.join("report.csv")).unwrap(),
-            report.to_csv()
-        );
-        assert_eq!(
-            std::fs::read(out.join("failed.csv")).unwrap(),
-            report.failed_csv()
-        );
-        assert_eq!(
-            std::fs::read_dir(&out).unwrap().count(),
-            3,
-            "no temporary files left"
-        );
+        assert_eq!(std::fs::read(out.join("report.csv")).unwrap(), report.to_csv());
+        assert_eq!(std::fs::read(out.join("failed.csv")).unwrap(), report.failed_csv());
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3, "no temporary files left");
     }
 
     #[tokio::test]
@@ -864,14 +694,7 @@ mod tests {
 
     #[test]
     fn password_headers_are_recognised() {
-        for h in [
-            "Password",
-            "SourcePassword",
-            "dest_password",
-            "UserPasswd",
-            "pwd",
-            "pass",
-        ] {
+        for h in ["Password", "SourcePassword", "dest_password", "UserPasswd", "pwd", "pass"] {
             assert!(is_password_header(h), "{h}");
         }
         for h in ["SourceUser", "Mailbox", "passes", "Compass"] {

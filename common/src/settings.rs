@@ -15,17 +15,10 @@ use crate::secret::Secret;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read settings file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The TOML is malformed, has an unknown key or a value of the wrong kind.
     #[error("settings{}: {message}", location(.path, .line))]
-    Parse {
-        path: Option<PathBuf>,
-        line: Option<usize>,
-        message: String,
-    },
+    Parse { path: Option<PathBuf>, line: Option<usize>, message: String },
     /// A value is well-formed TOML but not acceptable.
     #[error("settings: {key}: {message}")]
     Invalid { key: String, message: String },
@@ -53,53 +46,21 @@ pub struct Preset {
 
 /// Every preset, by name (`office365` is an alias of `outlook`).
 pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "outlook",
-        host: "outlook.office365.com",
-        port: 993,
-        security: Security::Tls,
-    },
-    Preset {
-        name: "office365",
-        host: "outlook.office365.com",
-        port: 993,
-        security: Security::Tls,
-    },
-    Preset {
-        name: "gmail",
-        host: "imap.gmail.com",
-        port: 993,
-        security: Security::Tls,
-    },
-    Preset {
-        name: "yahoo",
-        host: "imap.mail.yahoo.com",
-        port: 993,
-        security: Security::Tls,
-    },
-    Preset {
-        name: "icloud",
-        host: "imap.mail.me.com",
-        port: 993,
-        security: Security::Tls,
-    },
+    Preset { name: "outlook", host: "outlook.office365.com", port: 993, security: Security::Tls },
+    Preset { name: "office365", host: "outlook.office365.com", port: 993, security: Security::Tls },
+    Preset { name: "gmail", host: "imap.gmail.com", port: 993, security: Security::Tls },
+    Preset { name: "yahoo", host: "imap.mail.yahoo.com", port: 993, security: Security::Tls },
+    Preset { name: "icloud", host: "imap.mail.me.com", port: 993, security: Security::Tls },
 ];
 
 /// Looks a preset up by name, ignoring case.
 pub fn preset(name: &str) -> Option<Preset> {
     let name = name.trim();
-    PRESETS
-        .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(name))
-        .copied()
+    PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name)).copied()
 }
 
 fn preset_names() -> String {
-    PRESETS
-        .iter()
-        .map(|p| p.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
 }
 
 /// Settings for one side (`[source]` or `[destination]`).
@@ -132,9 +93,9 @@ fn de_security<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Security>, D::E
     let value: Option<String> = Option::deserialize(d)?;
     match value {
         None => Ok(None),
-        Some(v) => Security::parse(&v).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!("security {v:?} is not tls, starttls or plain"))
-        }),
+        Some(v) => Security::parse(&v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("security {v:?} is not tls, starttls or plain"))),
     }
 }
 
@@ -148,33 +109,21 @@ impl SideSettings {
         row_security: Option<Security>,
     ) -> Result<ServerSpec, String> {
         let preset = match self.preset.as_deref() {
-            Some(name) => Some(preset(name).ok_or_else(|| {
-                format!("unknown preset {name:?}: use one of {}", preset_names())
-            })?),
+            Some(name) => {
+                Some(preset(name).ok_or_else(|| format!("unknown preset {name:?}: use one of {}", preset_names()))?)
+            }
             None => None,
         };
         let row_host = row_host.map(str::trim).filter(|h| !h.is_empty());
-        let own_host = self
-            .host
-            .as_deref()
-            .map(str::trim)
-            .filter(|h| !h.is_empty());
+        let own_host = self.host.as_deref().map(str::trim).filter(|h| !h.is_empty());
         let host = row_host
             .or(own_host)
             .or(preset.map(|p| p.host))
-            .ok_or_else(|| {
-                "no host: set host or preset in the settings, or fill the host column".to_string()
-            })?;
-        let security = row_security
-            .or(self.security)
-            .or(preset.map(|p| p.security))
-            .unwrap_or_default();
+            .ok_or_else(|| "no host: set host or preset in the settings, or fill the host column".to_string())?;
+        let security = row_security.or(self.security).or(preset.map(|p| p.security)).unwrap_or_default();
         // A preset's port only fits the preset's own security.
         let preset_port = preset.filter(|p| p.security == security).map(|p| p.port);
-        let port = row_port
-            .or(self.port)
-            .or(preset_port)
-            .unwrap_or_else(|| security.default_port());
+        let port = row_port.or(self.port).or(preset_port).unwrap_or_else(|| security.default_port());
         Ok(ServerSpec {
             host: host.to_string(),
             port,
@@ -186,9 +135,7 @@ impl SideSettings {
 
     /// True when a master user is configured (a row may then leave its password empty).
     pub fn has_master(&self) -> bool {
-        self.admin_user
-            .as_deref()
-            .is_some_and(|u| !u.trim().is_empty())
+        self.admin_user.as_deref().is_some_and(|u| !u.trim().is_empty())
     }
 
     /// The master-user login for `user`: `user<sep>admin` with `LOGIN` when
@@ -196,12 +143,7 @@ impl SideSettings {
     /// authc = admin_user when `auth = "plain"`. The error says what to configure; `side`
     /// (`"source"`/`"destination"`) is only used in it.
     pub fn master_login(&self, side: &str, user: &str) -> Result<Login, String> {
-        let Some(admin) = self
-            .admin_user
-            .as_deref()
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        else {
+        let Some(admin) = self.admin_user.as_deref().map(str::trim).filter(|a| !a.is_empty()) else {
             return Err(format!(
                 "no {side} password: set [{side}] admin_user and admin_password_env (a master user), or fill the {side} password"
             ));
@@ -336,10 +278,8 @@ impl Settings {
     /// Reads a TOML file and resolves `admin_password_env` from the process environment.
     pub fn load(path: impl AsRef<Path>) -> Result<Settings, SettingsError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
         let mut settings = Self::parse(&text, Some(path))?;
         settings.resolve_secrets(|var| std::env::var(var).ok())?;
         Ok(settings)
@@ -349,22 +289,12 @@ impl Settings {
         let parse_error = |e: toml::de::Error| {
             // Built from message and span, not the error's Display, which quotes the
             // offending line: that line could hold a password someone pasted in by mistake.
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            SettingsError::Parse {
-                path: path.map(Path::to_path_buf),
-                line,
-                message: e.message().trim().to_string(),
-            }
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            SettingsError::Parse { path: path.map(Path::to_path_buf), line, message: e.message().trim().to_string() }
         };
         let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         for side in ["source", "destination"] {
-            if table
-                .get(side)
-                .and_then(|t| t.get("admin_password"))
-                .is_some()
-            {
+            if table.get(side).and_then(|t| t.get("admin_password")).is_some() {
                 return Err(SettingsError::Invalid {
                     key: format!("{side}.admin_password"),
                     message: format!(
@@ -374,17 +304,10 @@ impl Settings {
             }
         }
         let file: SettingsFile = toml::from_str(text).map_err(parse_error)?;
-        let mut settings = Settings {
-            source: file.source,
-            destination: file.destination,
-            ..Settings::default()
-        };
+        let mut settings = Settings { source: file.source, destination: file.destination, ..Settings::default() };
         if let Some(w) = file.workers {
             if w == 0 {
-                return Err(SettingsError::Invalid {
-                    key: "workers".into(),
-                    message: "must be at least 1".into(),
-                });
+                return Err(SettingsError::Invalid { key: "workers".into(), message: "must be at least 1".into() });
             }
             settings.workers = w;
         }
@@ -397,10 +320,7 @@ impl Settings {
             }
             settings.max_connections_per_source_host = m;
         }
-        for (name, side) in [
-            ("source", &settings.source),
-            ("destination", &settings.destination),
-        ] {
+        for (name, side) in [("source", &settings.source), ("destination", &settings.destination)] {
             if let Some(p) = side.preset.as_deref() {
                 if preset(p).is_none() {
                     return Err(SettingsError::Invalid {
@@ -410,10 +330,7 @@ impl Settings {
                 }
             }
             if side.port == Some(0) {
-                return Err(SettingsError::Invalid {
-                    key: format!("{name}.port"),
-                    message: "must be 1-65535".into(),
-                });
+                return Err(SettingsError::Invalid { key: format!("{name}.port"), message: "must be 1-65535".into() });
             }
         }
         let c = file.copy;
@@ -461,23 +378,12 @@ impl Settings {
 
     /// Fills each side's admin password from the variable named by `admin_password_env`,
     /// looked up through `env` (tests pass a map; [`Settings::load`] the real environment).
-    pub fn resolve_secrets(
-        &mut self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), SettingsError> {
-        for (name, side) in [
-            ("source", &mut self.source),
-            ("destination", &mut self.destination),
-        ] {
+    pub fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
+        for (name, side) in [("source", &mut self.source), ("destination", &mut self.destination)] {
             if let Some(var) = side.admin_password_env.as_deref() {
                 match env(var) {
                     Some(value) if !value.is_empty() => side.admin_password = Secret::new(value),
-                    _ => {
-                        return Err(SettingsError::MissingEnv {
-                            side: name,
-                            var: var.to_string(),
-                        })
-                    }
+                    _ => return Err(SettingsError::MissingEnv { side: name, var: var.to_string() }),
                 }
             }
         }
@@ -540,10 +446,7 @@ pipelining = false
         assert!(s.source.admin_password.is_empty());
         assert_eq!(s.destination.port, Some(1143));
         assert_eq!(s.destination.security, Some(Security::Starttls));
-        assert_eq!(
-            s.destination.ca_file.as_deref(),
-            Some(Path::new("/etc/ca.pem"))
-        );
+        assert_eq!(s.destination.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
         assert!(s.destination.accept_invalid_certs);
         assert_eq!(s.destination.master_separator.as_deref(), Some("*"));
         assert_eq!(s.copy.folders, FolderStrategy::Standard);
@@ -553,10 +456,7 @@ pipelining = false
         assert_eq!(s.copy.max_message_size, 20 * 1024 * 1024);
         assert!(!s.copy.skip_duplicates);
         assert!(!s.copy.pipelining);
-        assert_eq!(
-            s.copy.folder_map.get("Sent Items").map(String::as_str),
-            Some("Sent")
-        );
+        assert_eq!(s.copy.folder_map.get("Sent Items").map(String::as_str), Some("Sent"));
         // Untouched options keep their defaults.
         assert_eq!(s.copy.batch_messages, CopyOptions::default().batch_messages);
     }
@@ -580,20 +480,13 @@ pipelining = false
             "max_message_size = \"MB\"",
             "max_message_size = 1.5",
         ] {
-            let err = Settings::from_toml_str(&format!("[copy]\n{bad}"))
-                .unwrap_err()
-                .to_string();
+            let err = Settings::from_toml_str(&format!("[copy]\n{bad}")).unwrap_err().to_string();
             assert!(err.contains("copy.max_message_size"), "{bad}: {err}");
         }
         let s = Settings::from_toml_str("[copy]\nsince = 2023-05-06").unwrap();
         assert_eq!(s.copy.since, chrono::NaiveDate::from_ymd_opt(2023, 5, 6));
-        let err = Settings::from_toml_str("[copy]\nsince = \"06/05/2023\"")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("copy.since") && err.contains("YYYY-MM-DD"),
-            "{err}"
-        );
+        let err = Settings::from_toml_str("[copy]\nsince = \"06/05/2023\"").unwrap_err().to_string();
+        assert!(err.contains("copy.since") && err.contains("YYYY-MM-DD"), "{err}");
     }
 
     #[test]
@@ -615,10 +508,7 @@ pipelining = false
     #[test]
     fn bad_values_are_explained() {
         for (text, needle) in [
-            (
-                "[source]\nsecurity = \"ssl3\"",
-                "not tls, starttls or plain",
-            ),
+            ("[source]\nsecurity = \"ssl3\"", "not tls, starttls or plain"),
             ("[source]\npreset = \"hotmail\"", "source.preset"),
             ("[destination]\nport = 0", "destination.port"),
             ("[destination]\nport = 70000", "line 2"),
@@ -634,49 +524,30 @@ pipelining = false
 
     #[test]
     fn password_in_file_is_refused_without_echoing_it() {
-        let err = Settings::from_toml_str("[destination]\nadmin_password = \"S3cr3t!\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("destination.admin_password") && err.contains("admin_password_env"),
-            "{err}"
-        );
+        let err = Settings::from_toml_str("[destination]\nadmin_password = \"S3cr3t!\"\n").unwrap_err().to_string();
+        assert!(err.contains("destination.admin_password") && err.contains("admin_password_env"), "{err}");
         assert!(!err.contains("S3cr3t!"));
         // Even a syntax error on that line does not quote it.
-        let err = Settings::from_toml_str("[destination]\nadmin_password = \"S3cr3t!\n")
-            .unwrap_err()
-            .to_string();
+        let err = Settings::from_toml_str("[destination]\nadmin_password = \"S3cr3t!\n").unwrap_err().to_string();
         assert!(!err.contains("S3cr3t!"), "{err}");
     }
 
     #[test]
     fn security_aliases() {
-        let s = Settings::from_toml_str(
-            "[source]\nsecurity = \"SSL\"\n[destination]\nsecurity = \"none\"",
-        )
-        .unwrap();
+        let s = Settings::from_toml_str("[source]\nsecurity = \"SSL\"\n[destination]\nsecurity = \"none\"").unwrap();
         assert_eq!(s.source.security, Some(Security::Tls));
         assert_eq!(s.destination.security, Some(Security::Plain));
     }
 
     #[test]
     fn secrets_come_from_the_named_variable() {
-        let mut s = Settings::from_toml_str(
-            "[destination]\nadmin_user = \"admin\"\nadmin_password_env = \"DST_PW\"",
-        )
-        .unwrap();
+        let mut s =
+            Settings::from_toml_str("[destination]\nadmin_user = \"admin\"\nadmin_password_env = \"DST_PW\"").unwrap();
         let err = s.resolve_secrets(|_| None).unwrap_err().to_string();
-        assert!(
-            err.contains("DST_PW") && err.contains("[destination]"),
-            "{err}"
-        );
-        let err = s
-            .resolve_secrets(|_| Some(String::new()))
-            .unwrap_err()
-            .to_string();
+        assert!(err.contains("DST_PW") && err.contains("[destination]"), "{err}");
+        let err = s.resolve_secrets(|_| Some(String::new())).unwrap_err().to_string();
         assert!(err.contains("DST_PW"), "{err}");
-        s.resolve_secrets(|v| (v == "DST_PW").then(|| "hunter2".to_string()))
-            .unwrap();
+        s.resolve_secrets(|v| (v == "DST_PW").then(|| "hunter2".to_string())).unwrap();
         assert_eq!(s.destination.admin_password.expose(), "hunter2");
         assert!(s.source.admin_password.is_empty());
         assert!(!format!("{s:?}").contains("hunter2"));
@@ -689,78 +560,29 @@ pipelining = false
         std::fs::write(&path, "workers = 2\n[source]\npreset = \"outlook\"\n").unwrap();
         let s = Settings::load(&path).unwrap();
         assert_eq!(s.workers, 2);
-        let err = Settings::load(dir.path().join("nope.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load(dir.path().join("nope.toml")).unwrap_err().to_string();
         assert!(err.contains("nope.toml"), "{err}");
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("mailhaul.toml, line 1") && err.contains("bogus"),
-            "{err}"
-        );
+        assert!(err.contains("mailhaul.toml, line 1") && err.contains("bogus"), "{err}");
     }
 
     fn side(text: &str) -> SideSettings {
-        Settings::from_toml_str(&format!("[source]\n{text}"))
-            .unwrap()
-            .source
+        Settings::from_toml_str(&format!("[source]\n{text}")).unwrap().source
     }
 
     #[test]
     fn presets_and_precedence() {
         let tls = Security::Tls;
-        type Case<'a> = (
-            &'a str,
-            Option<&'a str>,
-            Option<u16>,
-            Option<Security>,
-            (&'a str, u16, Security),
-        );
+        type Case<'a> = (&'a str, Option<&'a str>, Option<u16>, Option<Security>, (&'a str, u16, Security));
         let cases: &[Case] = &[
-            (
-                "preset = \"outlook\"",
-                None,
-                None,
-                None,
-                ("outlook.office365.com", 993, tls),
-            ),
-            (
-                "preset = \"Office365\"",
-                None,
-                None,
-                None,
-                ("outlook.office365.com", 993, tls),
-            ),
-            (
-                "preset = \"gmail\"",
-                None,
-                None,
-                None,
-                ("imap.gmail.com", 993, tls),
-            ),
-            (
-                "preset = \"yahoo\"",
-                None,
-                None,
-                None,
-                ("imap.mail.yahoo.com", 993, tls),
-            ),
-            (
-                "preset = \"icloud\"",
-                None,
-                None,
-                None,
-                ("imap.mail.me.com", 993, tls),
-            ),
+            ("preset = \"outlook\"", None, None, None, ("outlook.office365.com", 993, tls)),
+            ("preset = \"Office365\"", None, None, None, ("outlook.office365.com", 993, tls)),
+            ("preset = \"gmail\"", None, None, None, ("imap.gmail.com", 993, tls)),
+            ("preset = \"yahoo\"", None, None, None, ("imap.mail.yahoo.com", 993, tls)),
+            ("preset = \"icloud\"", None, None, None, ("imap.mail.me.com", 993, tls)),
             // Settings override the preset.
-            (
-                "preset = \"gmail\"\nhost = \"imap.corp\"",
-                None,
-                None,
-                None,
-                ("imap.corp", 993, tls),
-            ),
+            ("preset = \"gmail\"\nhost = \"imap.corp\"", None, None, None, ("imap.corp", 993, tls)),
             (
                 "preset = \"gmail\"\nsecurity = \"starttls\"",
                 None,
@@ -768,52 +590,21 @@ pipelining = false
                 None,
                 ("imap.gmail.com", 143, Security::Starttls),
             ),
-            (
-                "preset = \"gmail\"\nport = 1993",
-                None,
-                None,
-                None,
-                ("imap.gmail.com", 1993, tls),
-            ),
+            ("preset = \"gmail\"\nport = 1993", None, None, None, ("imap.gmail.com", 1993, tls)),
             // Row cells override the settings.
-            (
-                "host = \"a\"\nport = 1\nsecurity = \"plain\"",
-                Some("b"),
-                Some(2),
-                Some(tls),
-                ("b", 2, tls),
-            ),
-            (
-                "host = \"a\"\nsecurity = \"plain\"",
-                Some(" "),
-                None,
-                None,
-                ("a", 143, Security::Plain),
-            ),
-            (
-                "",
-                Some("mail.x"),
-                None,
-                Some(Security::Starttls),
-                ("mail.x", 143, Security::Starttls),
-            ),
+            ("host = \"a\"\nport = 1\nsecurity = \"plain\"", Some("b"), Some(2), Some(tls), ("b", 2, tls)),
+            ("host = \"a\"\nsecurity = \"plain\"", Some(" "), None, None, ("a", 143, Security::Plain)),
+            ("", Some("mail.x"), None, Some(Security::Starttls), ("mail.x", 143, Security::Starttls)),
             ("", Some("mail.x"), None, None, ("mail.x", 993, tls)),
         ];
         for (text, host, port, security, (h, p, sec)) in cases {
             let spec = side(text).server(*host, *port, *security).unwrap();
-            assert_eq!(
-                (spec.host.as_str(), spec.port, spec.security),
-                (*h, *p, *sec),
-                "{text}"
-            );
+            assert_eq!((spec.host.as_str(), spec.port, spec.security), (*h, *p, *sec), "{text}");
         }
-        let err = SideSettings::default()
-            .server(None, None, None)
-            .unwrap_err();
+        let err = SideSettings::default().server(None, None, None).unwrap_err();
         assert!(err.contains("no host"), "{err}");
-        let s = side("host = \"x\"\nca_file = \"/ca.pem\"\naccept_invalid_certs = true")
-            .server(None, None, None)
-            .unwrap();
+        let s =
+            side("host = \"x\"\nca_file = \"/ca.pem\"\naccept_invalid_certs = true").server(None, None, None).unwrap();
         assert_eq!(s.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert!(s.accept_invalid_certs);
     }
@@ -822,9 +613,7 @@ pipelining = false
     fn master_logins() {
         let mut dovecot = side("admin_user = \"admin\"\nmaster_separator = \"*\"");
         dovecot.admin_password = Secret::new("apw");
-        let l = dovecot
-            .master_login("destination", "alice@example.com")
-            .unwrap();
+        let l = dovecot.master_login("destination", "alice@example.com").unwrap();
         assert_eq!(l.user, "alice@example.com*admin");
         assert_eq!(l.authz, None);
         assert_eq!(l.mechanism, AuthMechanism::Login);
@@ -832,29 +621,15 @@ pipelining = false
 
         let plain = side("admin_user = \"admin\"\nauth = \"plain\"\nadmin_password_env = \"X\"");
         let l = plain.master_login("destination", "bob").unwrap();
-        assert_eq!(
-            (l.user.as_str(), l.authz.as_deref(), l.mechanism),
-            ("admin", Some("bob"), AuthMechanism::Plain)
-        );
+        assert_eq!((l.user.as_str(), l.authz.as_deref(), l.mechanism), ("admin", Some("bob"), AuthMechanism::Plain));
 
-        let err = side("admin_user = \"admin\"")
-            .master_login("destination", "bob")
-            .unwrap_err();
+        let err = side("admin_user = \"admin\"").master_login("destination", "bob").unwrap_err();
         assert!(err.contains("admin_password_env"), "{err}");
-        let err = side("admin_user = \"admin\"\nadmin_password_env = \"X\"")
-            .master_login("destination", "bob")
-            .unwrap_err();
-        assert!(
-            err.contains("master_separator") && err.contains("auth = \"plain\""),
-            "{err}"
-        );
-        let err = SideSettings::default()
-            .master_login("destination", "bob")
-            .unwrap_err();
-        assert!(
-            err.contains("no destination password") && err.contains("[destination] admin_user"),
-            "{err}"
-        );
+        let err =
+            side("admin_user = \"admin\"\nadmin_password_env = \"X\"").master_login("destination", "bob").unwrap_err();
+        assert!(err.contains("master_separator") && err.contains("auth = \"plain\""), "{err}");
+        let err = SideSettings::default().master_login("destination", "bob").unwrap_err();
+        assert!(err.contains("no destination password") && err.contains("[destination] admin_user"), "{err}");
         assert!(!SideSettings::default().has_master());
         assert!(plain.has_master());
     }

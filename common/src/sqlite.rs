@@ -75,9 +75,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -112,8 +110,7 @@ impl SqliteStore {
             StoreError::new(format!("{what} state file {}: {e}", path.display()))
         };
         let conn = Connection::open(path).map_err(|e| fail("cannot open", &e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| fail("cannot configure", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("cannot configure", &e))?;
         // WAL lets a reader (`mailhaul status`) look while a run writes; FULL makes each
         // committed checkpoint survive a power cut, not only a process crash.
         let mode: String = conn
@@ -122,14 +119,10 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "state file is not in WAL mode");
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| fail("cannot configure", &e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("cannot configure", &e))?;
         let mut conn = conn;
         init_schema(&mut conn, &format!("state file {}", path.display()))?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path: Some(path.to_path_buf()),
-        })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: Some(path.to_path_buf()) })
     }
 
     /// A private store that lives in memory only, for tests and dry runs.
@@ -137,10 +130,7 @@ impl SqliteStore {
         let mut conn = Connection::open_in_memory()
             .map_err(|e| StoreError::new(format!("cannot open an in-memory state store: {e}")))?;
         init_schema(&mut conn, "in-memory state")?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path: None,
-        })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: None })
     }
 
     /// The state file, or `None` for an in-memory store.
@@ -173,9 +163,7 @@ impl SqliteStore {
         match joined {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::new(format!("{what} in {location}: {e}"))),
-            Err(e) => Err(StoreError::new(format!(
-                "{what} in {location}: task failed: {e}"
-            ))),
+            Err(e) => Err(StoreError::new(format!("{what} in {location}: task failed: {e}"))),
         }
     }
 }
@@ -192,15 +180,11 @@ fn init_schema(conn: &mut Connection, location: &str) -> Result<(), StoreError> 
             )));
         }
         if version == 0 {
-            let tables: i64 = tx.query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )?;
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
             if tables > 0 {
                 return Err(Fail::Data(
-                    "it is a SQLite database but not a mailhaul state file: choose another path"
-                        .to_string(),
+                    "it is a SQLite database but not a mailhaul state file: choose another path".to_string(),
                 ));
             }
             tx.execute_batch(SCHEMA)?;
@@ -219,11 +203,7 @@ fn time_to_sql(t: &DateTime<Utc>) -> String {
 fn time_from_sql(column: &str, text: &str) -> Result<DateTime<Utc>, Fail> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            Fail::Data(format!(
-                "column {column} holds {text:?}, not a timestamp: {e}"
-            ))
-        })
+        .map_err(|e| Fail::Data(format!("column {column} holds {text:?}, not a timestamp: {e}")))
 }
 
 fn to_i64(column: &str, value: u64) -> Result<i64, Fail> {
@@ -231,13 +211,11 @@ fn to_i64(column: &str, value: u64) -> Result<i64, Fail> {
 }
 
 fn from_i64<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, Fail> {
-    T::try_from(value)
-        .map_err(|_| Fail::Data(format!("column {column} holds {value}, out of range")))
+    T::try_from(value).map_err(|_| Fail::Data(format!("column {column} holds {value}, out of range")))
 }
 
 fn json_from_sql<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, Fail> {
-    serde_json::from_str(text)
-        .map_err(|e| Fail::Data(format!("column {column} is unreadable: {e}")))
+    serde_json::from_str(text).map_err(|e| Fail::Data(format!("column {column} is unreadable: {e}")))
 }
 
 fn json_to_sql<T: serde::Serialize>(column: &str, value: &T) -> Result<String, Fail> {
@@ -289,12 +267,8 @@ impl MailboxRow {
     }
 
     fn decode(self) -> Result<MailboxRecord, Fail> {
-        let status = MailboxStatus::parse(&self.status).ok_or_else(|| {
-            Fail::Data(format!(
-                "mailbox {} has unknown status {:?}",
-                self.mailbox, self.status
-            ))
-        })?;
+        let status = MailboxStatus::parse(&self.status)
+            .ok_or_else(|| Fail::Data(format!("mailbox {} has unknown status {:?}", self.mailbox, self.status)))?;
         Ok(MailboxRecord {
             row: from_i64("row", self.row)?,
             source_user: self.source_user,
@@ -302,16 +276,8 @@ impl MailboxRow {
             status,
             error: self.error,
             hint: self.hint,
-            started_at: self
-                .started_at
-                .as_deref()
-                .map(|t| time_from_sql("started_at", t))
-                .transpose()?,
-            finished_at: self
-                .finished_at
-                .as_deref()
-                .map(|t| time_from_sql("finished_at", t))
-                .transpose()?,
+            started_at: self.started_at.as_deref().map(|t| time_from_sql("started_at", t)).transpose()?,
+            finished_at: self.finished_at.as_deref().map(|t| time_from_sql("finished_at", t)).transpose()?,
             seconds: self.seconds,
             passes: from_i64("passes", self.passes)?,
             mailbox: self.mailbox,
@@ -337,16 +303,11 @@ impl CheckpointStore for SqliteStore {
         .await
     }
 
-    async fn save_folder(
-        &self,
-        mailbox: &str,
-        checkpoint: &FolderCheckpoint,
-    ) -> Result<(), StoreError> {
+    async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
         let mailbox = mailbox.to_string();
         let folder = checkpoint.source_folder.clone();
         let what = format!("saving the checkpoint of mailbox {mailbox} folder {folder}");
-        let json = json_to_sql("checkpoint", checkpoint)
-            .map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+        let json = json_to_sql("checkpoint", checkpoint).map_err(|e| StoreError::new(format!("{what}: {e}")))?;
         self.call(what, move |conn| {
             // An upsert (not INSERT OR REPLACE) keeps the rowid, hence the folder order.
             conn.prepare_cached(
@@ -360,17 +321,10 @@ impl CheckpointStore for SqliteStore {
         .await
     }
 
-    async fn record_skipped(
-        &self,
-        mailbox: &str,
-        message: &SkippedMessage,
-    ) -> Result<(), StoreError> {
+    async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError> {
         let mailbox = mailbox.to_string();
         let m = message.clone();
-        let what = format!(
-            "recording skipped message UID {} of mailbox {mailbox} folder {}",
-            m.uid, m.folder
-        );
+        let what = format!("recording skipped message UID {} of mailbox {mailbox} folder {}", m.uid, m.folder);
         self.call(what, move |conn| {
             let size = to_i64("size", m.size)?;
             // The first record wins: a retried pass sees the same message and reason again.
@@ -395,41 +349,38 @@ impl CheckpointStore for SqliteStore {
 
     async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError> {
         let mailbox = mailbox.to_string();
-        self.call(
-            format!("loading skipped messages of mailbox {mailbox}"),
-            move |conn| {
-                // Ties on (folder, uid) follow SkipReason's Ord (too_big before refused).
-                let mut stmt = conn.prepare_cached(
-                    "SELECT folder, uid, size, message_id, reason, detail FROM skipped
+        self.call(format!("loading skipped messages of mailbox {mailbox}"), move |conn| {
+            // Ties on (folder, uid) follow SkipReason's Ord (too_big before refused).
+            let mut stmt = conn.prepare_cached(
+                "SELECT folder, uid, size, message_id, reason, detail FROM skipped
                  WHERE mailbox = ?1
                  ORDER BY folder, uid, CASE reason WHEN 'too_big' THEN 0 ELSE 1 END",
-                )?;
-                let rows = stmt
-                    .query_map([&mailbox], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, String>(5)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                rows.into_iter()
-                    .map(|(folder, uid, size, message_id, reason, detail)| {
-                        Ok(SkippedMessage {
-                            folder,
-                            uid: from_i64("uid", uid)?,
-                            size: from_i64("size", size)?,
-                            message_id,
-                            reason: reason_from_sql(&reason)?,
-                            detail,
-                        })
+            )?;
+            let rows = stmt
+                .query_map([&mailbox], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(folder, uid, size, message_id, reason, detail)| {
+                    Ok(SkippedMessage {
+                        folder,
+                        uid: from_i64("uid", uid)?,
+                        size: from_i64("size", size)?,
+                        message_id,
+                        reason: reason_from_sql(&reason)?,
+                        detail,
                     })
-                    .collect()
-            },
-        )
+                })
+                .collect()
+        })
         .await
     }
 }
@@ -469,18 +420,9 @@ impl BatchStore for SqliteStore {
     async fn batch(&self) -> Result<Option<BatchMeta>, StoreError> {
         self.call("loading the batch".to_string(), |conn| {
             let row = conn
-                .query_row(
-                    "SELECT id, headers, total, created_at FROM batch WHERE singleton = 1",
-                    [],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                        ))
-                    },
-                )
+                .query_row("SELECT id, headers, total, created_at FROM batch WHERE singleton = 1", [], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+                })
                 .optional()?;
             row.map(|(id, headers, total, created_at)| {
                 Ok(BatchMeta {
@@ -497,13 +439,11 @@ impl BatchStore for SqliteStore {
 
     async fn put_mailbox(&self, record: &MailboxRecord) -> Result<(), StoreError> {
         let rec = record.clone();
-        self.call(
-            format!("saving mailbox {} (row {})", rec.mailbox, rec.row),
-            move |conn| {
-                let cells = json_to_sql("cells", &rec.cells)?;
-                let row = to_i64("row", rec.row as u64)?;
-                conn.prepare_cached(
-                    "INSERT INTO mailboxes (mailbox, row, source_user, cells, status, error, hint,
+        self.call(format!("saving mailbox {} (row {})", rec.mailbox, rec.row), move |conn| {
+            let cells = json_to_sql("cells", &rec.cells)?;
+            let row = to_i64("row", rec.row as u64)?;
+            conn.prepare_cached(
+                "INSERT INTO mailboxes (mailbox, row, source_user, cells, status, error, hint,
                                         started_at, finished_at, seconds, passes)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (mailbox) DO UPDATE SET
@@ -511,23 +451,22 @@ impl BatchStore for SqliteStore {
                     status = excluded.status, error = excluded.error, hint = excluded.hint,
                     started_at = excluded.started_at, finished_at = excluded.finished_at,
                     seconds = excluded.seconds, passes = excluded.passes",
-                )?
-                .execute(params![
-                    rec.mailbox,
-                    row,
-                    rec.source_user,
-                    cells,
-                    rec.status.as_str(),
-                    rec.error,
-                    rec.hint,
-                    rec.started_at.as_ref().map(time_to_sql),
-                    rec.finished_at.as_ref().map(time_to_sql),
-                    rec.seconds,
-                    rec.passes,
-                ])?;
-                Ok(())
-            },
-        )
+            )?
+            .execute(params![
+                rec.mailbox,
+                row,
+                rec.source_user,
+                cells,
+                rec.status.as_str(),
+                rec.error,
+                rec.hint,
+                rec.started_at.as_ref().map(time_to_sql),
+                rec.finished_at.as_ref().map(time_to_sql),
+                rec.seconds,
+                rec.passes,
+            ])?;
+            Ok(())
+        })
         .await
     }
 
@@ -535,9 +474,7 @@ impl BatchStore for SqliteStore {
         let mailbox = mailbox.to_string();
         self.call(format!("loading mailbox {mailbox}"), move |conn| {
             let row = conn
-                .prepare_cached(&format!(
-                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE mailbox = ?1"
-                ))?
+                .prepare_cached(&format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE mailbox = ?1"))?
                 .query_row([&mailbox], MailboxRow::read)
                 .optional()?;
             row.map(MailboxRow::decode).transpose()
@@ -548,9 +485,7 @@ impl BatchStore for SqliteStore {
     async fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError> {
         self.call("loading the mailboxes".to_string(), |conn| {
             let rows = conn
-                .prepare_cached(&format!(
-                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes ORDER BY row, mailbox"
-                ))?
+                .prepare_cached(&format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes ORDER BY row, mailbox"))?
                 .query_map([], MailboxRow::read)?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(MailboxRow::decode).collect()
@@ -623,11 +558,7 @@ mod tests {
     fn meta(id: &str) -> BatchMeta {
         BatchMeta {
             id: id.to_string(),
-            headers: vec![
-                "SourceUser".into(),
-                "SourcePassword".into(),
-                "Mailbox".into(),
-            ],
+            headers: vec!["SourceUser".into(), "SourcePassword".into(), "Mailbox".into()],
             total: 3,
             created_at: Utc::now(),
         }
@@ -645,29 +576,14 @@ mod tests {
         let store = SqliteStore::in_memory().unwrap();
         assert!(store.load_folders("a@x").await.unwrap().is_empty());
         let inbox = checkpoint("INBOX", 100);
-        let sent = FolderCheckpoint {
-            verify: None,
-            in_flight: None,
-            highest_modseq: None,
-            ..checkpoint("Sent", 7)
-        };
+        let sent = FolderCheckpoint { verify: None, in_flight: None, highest_modseq: None, ..checkpoint("Sent", 7) };
         store.save_folder("a@x", &inbox).await.unwrap();
         store.save_folder("a@x", &sent).await.unwrap();
-        store
-            .save_folder("b@x", &checkpoint("INBOX", 1))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.load_folders("a@x").await.unwrap(),
-            vec![inbox.clone(), sent.clone()]
-        );
+        store.save_folder("b@x", &checkpoint("INBOX", 1)).await.unwrap();
+        assert_eq!(store.load_folders("a@x").await.unwrap(), vec![inbox.clone(), sent.clone()]);
 
         // Replacing INBOX keeps its place (first-saved order) and its new values.
-        let inbox2 = FolderCheckpoint {
-            last_uid: 200,
-            complete: true,
-            ..inbox
-        };
+        let inbox2 = FolderCheckpoint { last_uid: 200, complete: true, ..inbox };
         store.save_folder("a@x", &inbox2).await.unwrap();
         assert_eq!(store.load_folders("a@x").await.unwrap(), vec![inbox2, sent]);
         assert_eq!(store.load_folders("b@x").await.unwrap().len(), 1);
@@ -676,39 +592,18 @@ mod tests {
     #[tokio::test]
     async fn record_skipped_is_idempotent_and_ordered() {
         let store = SqliteStore::in_memory().unwrap();
-        store
-            .record_skipped("a@x", &skipped("Sent", 9, SkipReason::TooBig))
-            .await
-            .unwrap();
-        store
-            .record_skipped("a@x", &skipped("INBOX", 30, SkipReason::Refused))
-            .await
-            .unwrap();
-        store
-            .record_skipped("a@x", &skipped("INBOX", 4, SkipReason::TooBig))
-            .await
-            .unwrap();
+        store.record_skipped("a@x", &skipped("Sent", 9, SkipReason::TooBig)).await.unwrap();
+        store.record_skipped("a@x", &skipped("INBOX", 30, SkipReason::Refused)).await.unwrap();
+        store.record_skipped("a@x", &skipped("INBOX", 4, SkipReason::TooBig)).await.unwrap();
         // Same key twice, even with another detail: one row, the first one.
-        let again = SkippedMessage {
-            detail: "other".into(),
-            ..skipped("INBOX", 4, SkipReason::TooBig)
-        };
+        let again = SkippedMessage { detail: "other".into(), ..skipped("INBOX", 4, SkipReason::TooBig) };
         store.record_skipped("a@x", &again).await.unwrap();
         // Same UID for another reason is another row.
-        store
-            .record_skipped("a@x", &skipped("INBOX", 4, SkipReason::Refused))
-            .await
-            .unwrap();
-        store
-            .record_skipped("b@x", &skipped("INBOX", 1, SkipReason::TooBig))
-            .await
-            .unwrap();
+        store.record_skipped("a@x", &skipped("INBOX", 4, SkipReason::Refused)).await.unwrap();
+        store.record_skipped("b@x", &skipped("INBOX", 1, SkipReason::TooBig)).await.unwrap();
 
         let got = store.skipped("a@x").await.unwrap();
-        let keys: Vec<_> = got
-            .iter()
-            .map(|m| (m.folder.as_str(), m.uid, m.reason))
-            .collect();
+        let keys: Vec<_> = got.iter().map(|m| (m.folder.as_str(), m.uid, m.reason)).collect();
         assert_eq!(
             keys,
             vec![
@@ -719,10 +614,7 @@ mod tests {
             ]
         );
         assert_eq!(got[0], skipped("INBOX", 4, SkipReason::TooBig));
-        let no_id = SkippedMessage {
-            message_id: None,
-            ..skipped("X", 1, SkipReason::Refused)
-        };
+        let no_id = SkippedMessage { message_id: None, ..skipped("X", 1, SkipReason::Refused) };
         store.record_skipped("c@x", &no_id).await.unwrap();
         assert_eq!(store.skipped("c@x").await.unwrap(), vec![no_id]);
     }
@@ -733,19 +625,10 @@ mod tests {
         assert_eq!(store.batch().await.unwrap(), None);
         let m = meta("b-1");
         store.put_batch(&m).await.unwrap();
-        store
-            .put_batch(&BatchMeta {
-                total: 99,
-                ..m.clone()
-            })
-            .await
-            .unwrap();
+        store.put_batch(&BatchMeta { total: 99, ..m.clone() }).await.unwrap();
         assert_eq!(store.batch().await.unwrap(), Some(m));
         let err = store.put_batch(&meta("b-2")).await.unwrap_err().to_string();
-        assert!(
-            err.contains("already holds batch b-1") && err.contains("b-2"),
-            "{err}"
-        );
+        assert!(err.contains("already holds batch b-1") && err.contains("b-2"), "{err}");
     }
 
     #[tokio::test]
@@ -766,12 +649,7 @@ mod tests {
         }
         assert_eq!(store.mailbox("c@x").await.unwrap(), Some(c.clone()));
         assert_eq!(store.mailbox("a@x").await.unwrap(), Some(a.clone()));
-        let a2 = MailboxRecord {
-            status: MailboxStatus::Done,
-            seconds: 99.25,
-            passes: 4,
-            ..a
-        };
+        let a2 = MailboxRecord { status: MailboxStatus::Done, seconds: 99.25, passes: 4, ..a };
         store.put_mailbox(&a2).await.unwrap();
         assert_eq!(store.mailboxes().await.unwrap(), vec![a2, b, c]);
     }
@@ -784,42 +662,21 @@ mod tests {
             let store = SqliteStore::open(&path).unwrap();
             assert_eq!(store.path(), Some(path.as_path()));
             store.put_batch(&meta("b-1")).await.unwrap();
-            store
-                .put_mailbox(&record("a@x", 1, MailboxStatus::Done))
-                .await
-                .unwrap();
-            store
-                .save_folder("a@x", &checkpoint("INBOX", 5))
-                .await
-                .unwrap();
-            store
-                .record_skipped("a@x", &skipped("INBOX", 3, SkipReason::TooBig))
-                .await
-                .unwrap();
+            store.put_mailbox(&record("a@x", 1, MailboxStatus::Done)).await.unwrap();
+            store.save_folder("a@x", &checkpoint("INBOX", 5)).await.unwrap();
+            store.record_skipped("a@x", &skipped("INBOX", 3, SkipReason::TooBig)).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.batch().await.unwrap().unwrap().id, "b-1");
-        assert_eq!(
-            store.mailboxes().await.unwrap(),
-            vec![record_with_same_time(&store, "a@x").await]
-        );
-        assert_eq!(
-            store.load_folders("a@x").await.unwrap(),
-            vec![checkpoint("INBOX", 5)]
-        );
-        assert_eq!(
-            store.skipped("a@x").await.unwrap(),
-            vec![skipped("INBOX", 3, SkipReason::TooBig)]
-        );
+        assert_eq!(store.mailboxes().await.unwrap(), vec![record_with_same_time(&store, "a@x").await]);
+        assert_eq!(store.load_folders("a@x").await.unwrap(), vec![checkpoint("INBOX", 5)]);
+        assert_eq!(store.skipped("a@x").await.unwrap(), vec![skipped("INBOX", 3, SkipReason::TooBig)]);
     }
 
     /// `record()` stamps `finished_at` with now: rebuild it with the stored time to compare the rest.
     async fn record_with_same_time(store: &SqliteStore, mailbox: &str) -> MailboxRecord {
         let stored = store.mailbox(mailbox).await.unwrap().unwrap();
-        MailboxRecord {
-            finished_at: stored.finished_at,
-            ..record(mailbox, 1, MailboxStatus::Done)
-        }
+        MailboxRecord { finished_at: stored.finished_at, ..record(mailbox, 1, MailboxStatus::Done) }
     }
 
     #[tokio::test]
@@ -827,15 +684,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         drop(SqliteStore::open(&path).unwrap());
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         let err = SqliteStore::open(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("newer mailhaul") && err.contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(err.contains("newer mailhaul") && err.contains(&path.display().to_string()), "{err}");
     }
 
     #[tokio::test]
@@ -847,10 +698,7 @@ mod tests {
         assert!(err.contains("notes.txt"), "{err}");
 
         let other = dir.path().join("other.db");
-        Connection::open(&other)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x)")
-            .unwrap();
+        Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
         let err = SqliteStore::open(&other).unwrap_err().to_string();
         assert!(err.contains("not a mailhaul state file"), "{err}");
     }
@@ -860,25 +708,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let store = SqliteStore::open(&path).unwrap();
-        store
-            .save_folder("a@x", &checkpoint("INBOX", 5))
-            .await
-            .unwrap();
+        store.save_folder("a@x", &checkpoint("INBOX", 5)).await.unwrap();
         {
             // Another writer dies mid-transaction: its change never becomes visible.
             let mut raw = Connection::open(&path).unwrap();
             let tx = raw.transaction().unwrap();
-            tx.execute("UPDATE folders SET checkpoint = 'garbage'", [])
-                .unwrap();
+            tx.execute("UPDATE folders SET checkpoint = 'garbage'", []).unwrap();
             tx.execute("DELETE FROM folders", []).unwrap();
             drop(tx);
         }
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(
-            store.load_folders("a@x").await.unwrap(),
-            vec![checkpoint("INBOX", 5)]
-        );
+        assert_eq!(store.load_folders("a@x").await.unwrap(), vec![checkpoint("INBOX", 5)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -890,43 +731,24 @@ mod tests {
         let second = SqliteStore::open(&path).unwrap();
         let mut tasks = Vec::new();
         for t in 0..8u32 {
-            let store = if t % 2 == 0 {
-                first.clone()
-            } else {
-                second.clone()
-            };
+            let store = if t % 2 == 0 { first.clone() } else { second.clone() };
             tasks.push(tokio::spawn(async move {
                 let mailbox = format!("m{t}@x");
                 for uid in 1..=20u32 {
-                    store
-                        .save_folder(&mailbox, &checkpoint("INBOX", uid))
-                        .await
-                        .unwrap();
-                    store
-                        .record_skipped(&mailbox, &skipped("INBOX", uid, SkipReason::TooBig))
-                        .await
-                        .unwrap();
+                    store.save_folder(&mailbox, &checkpoint("INBOX", uid)).await.unwrap();
+                    store.record_skipped(&mailbox, &skipped("INBOX", uid, SkipReason::TooBig)).await.unwrap();
                 }
-                store
-                    .put_mailbox(&record(&mailbox, t as usize + 1, MailboxStatus::Done))
-                    .await
-                    .unwrap();
+                store.put_mailbox(&record(&mailbox, t as usize + 1, MailboxStatus::Done)).await.unwrap();
             }));
         }
         for task in tasks {
             task.await.unwrap();
         }
         let records = first.mailboxes().await.unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.row).collect::<Vec<_>>(),
-            (1..=8).collect::<Vec<_>>()
-        );
+        assert_eq!(records.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
         for t in 0..8 {
             let mailbox = format!("m{t}@x");
-            assert_eq!(
-                second.load_folders(&mailbox).await.unwrap(),
-                vec![checkpoint("INBOX", 20)]
-            );
+            assert_eq!(second.load_folders(&mailbox).await.unwrap(), vec![checkpoint("INBOX", 20)]);
             assert_eq!(first.skipped(&mailbox).await.unwrap().len(), 20);
         }
     }
@@ -972,11 +794,7 @@ mod tests {
             mailbox: job.mailbox.clone(),
             row: job.row,
             source_user: job.source.login.user.clone(),
-            cells: vec![
-                job.source.login.user.clone(),
-                String::new(),
-                job.mailbox.clone(),
-            ],
+            cells: vec![job.source.login.user.clone(), String::new(), job.mailbox.clone()],
             status: MailboxStatus::Failed,
             error: Some(format!("LOGIN failed for {:?}", job.source.login)),
             hint: Some(job_json),
@@ -986,10 +804,7 @@ mod tests {
             passes: 1,
         };
         store.put_mailbox(&record).await.unwrap();
-        store
-            .save_folder(&job.mailbox, &checkpoint("INBOX", 3))
-            .await
-            .unwrap();
+        store.save_folder(&job.mailbox, &checkpoint("INBOX", 3)).await.unwrap();
         drop(store);
 
         let mut bytes = std::fs::read(&path).unwrap();
@@ -998,17 +813,7 @@ mod tests {
                 bytes.extend(more);
             }
         }
-        assert!(
-            bytes
-                .windows(b"a@src.example".len())
-                .any(|w| w == b"a@src.example"),
-            "data is there"
-        );
-        assert!(
-            !bytes
-                .windows(PASSWORD.len())
-                .any(|w| w == PASSWORD.as_bytes()),
-            "password found in the state file"
-        );
+        assert!(bytes.windows(b"a@src.example".len()).any(|w| w == b"a@src.example"), "data is there");
+        assert!(!bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()), "password found in the state file");
     }
 }

@@ -73,8 +73,7 @@ impl SampleMessage {
 
     /// The Message-ID value with angle brackets, if the message has one.
     pub fn message_id_value(&self) -> Option<String> {
-        self.message_id
-            .then(|| format!("<{}.{}@corpus.mailhaul.test>", self.n, sanitize(&self.tag)))
+        self.message_id.then(|| format!("<{}.{}@corpus.mailhaul.test>", self.n, sanitize(&self.tag)))
     }
 
     /// The subject line.
@@ -85,10 +84,7 @@ impl SampleMessage {
     /// The date in INTERNALDATE form (`02-Jan-2006 15:04:05 +0000`), in UTC: Dovecot's maildir
     /// keeps the instant but not the offset, so UTC is what a dump gives back.
     pub fn internal_date(&self) -> String {
-        self.date
-            .with_timezone(&chrono::Utc)
-            .format("%d-%b-%Y %H:%M:%S %z")
-            .to_string()
+        self.date.with_timezone(&chrono::Utc).format("%d-%b-%Y %H:%M:%S %z").to_string()
     }
 
     /// The message bytes, CRLF line endings (what an IMAP server gives back).
@@ -99,11 +95,7 @@ impl SampleMessage {
             h += &format!("Message-ID: {id}\r\n");
         }
         h += &format!("Date: {}\r\n", self.date.to_rfc2822());
-        h += &format!(
-            "From: Sender {} <sender{}@example.org>\r\n",
-            self.n % 7,
-            self.n % 7
-        );
+        h += &format!("From: Sender {} <sender{}@example.org>\r\n", self.n % 7, self.n % 7);
         h += "To: Recipient <recipient@example.com>\r\n";
         h += &format!("Subject: {}\r\n", self.subject());
         h += "MIME-Version: 1.0\r\n";
@@ -116,8 +108,7 @@ impl SampleMessage {
         let mut out = h;
         match self.attachment {
             None => {
-                out +=
-                    &format!("Content-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n");
+                out += &format!("Content-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n");
                 out += &text;
             }
             Some(bytes) => {
@@ -177,24 +168,14 @@ pub fn mailbox(tag: &str, count: u32) -> Vec<SeedMessage> {
 }
 
 fn sanitize(tag: &str) -> String {
-    tag.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect()
+    tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
 }
 
 const WORDS: &[&str] = &[
-    "invoice", "meeting", "project", "budget", "report", "schedule", "review", "draft", "quarter",
-    "client", "delivery", "contract", "update", "team", "office", "travel", "agenda", "notes",
+    "invoice", "meeting", "project", "budget", "report", "schedule", "review", "draft", "quarter", "client",
+    "delivery", "contract", "update", "team", "office", "travel", "agenda", "notes",
 ];
-const WORDS_8BIT: &[&str] = &[
-    "café",
-    "Grüße",
-    "naïve",
-    "señor",
-    "Ærø",
-    "日本語",
-    "smörgåsbord",
-];
+const WORDS_8BIT: &[&str] = &["café", "Grüße", "naïve", "señor", "Ærø", "日本語", "smörgåsbord"];
 
 fn body_text(rng: &mut Rng, size: usize, eight_bit: bool) -> String {
     let mut out = String::new();
@@ -244,11 +225,7 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -267,14 +244,8 @@ mod tests {
 
     #[test]
     fn same_inputs_same_bytes() {
-        assert_eq!(
-            SampleMessage::new("a", 3).build(),
-            SampleMessage::new("a", 3).build()
-        );
-        assert_ne!(
-            SampleMessage::new("a", 3).build(),
-            SampleMessage::new("b", 3).build()
-        );
+        assert_eq!(SampleMessage::new("a", 3).build(), SampleMessage::new("a", 3).build());
+        assert_ne!(SampleMessage::new("a", 3).build(), SampleMessage::new("b", 3).build());
     }
 
     #[test]
@@ -283,13 +254,9 @@ mod tests {
         assert!(plain.starts_with("Message-ID: <1.t@corpus.mailhaul.test>\r\n"));
         assert!(plain.is_ascii());
         assert!(!plain.replace("\r\n", "").contains('\n'), "bare LF");
-        let no_id =
-            String::from_utf8(SampleMessage::new("t", 1).without_message_id().build()).unwrap();
+        let no_id = String::from_utf8(SampleMessage::new("t", 1).without_message_id().build()).unwrap();
         assert!(!no_id.contains("Message-ID"));
-        let eight = SampleMessage::new("t", 1)
-            .eight_bit()
-            .body_size(2000)
-            .build();
+        let eight = SampleMessage::new("t", 1).eight_bit().body_size(2000).build();
         assert!(!eight.is_ascii());
         let big = SampleMessage::new("t", 1).attachment(30_000).build();
         assert!(big.len() > 40_000 && big.len() < 45_000, "{}", big.len());
@@ -299,22 +266,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
     }
 
     #[test]
     fn internal_date_is_imap_form() {
-        assert_eq!(
-            SampleMessage::new("t", 0).internal_date(),
-            "01-Mar-2010 08:30:00 +0000"
-        );
+        assert_eq!(SampleMessage::new("t", 0).internal_date(), "01-Mar-2010 08:30:00 +0000");
     }
 }

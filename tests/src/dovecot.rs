@@ -91,10 +91,7 @@ impl DovecotOptions {
     /// Default options with these users.
     pub fn with_users(users: &[(&str, &str)]) -> Self {
         DovecotOptions {
-            users: users
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-                .collect(),
+            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
             ..DovecotOptions::default()
         }
     }
@@ -184,15 +181,11 @@ impl Dovecot {
             }
         }
         if opts.separator != '/' && opts.separator != '.' {
-            bail!(
-                "separator {:?}: only '/' and '.' are supported",
-                opts.separator
-            );
+            bail!("separator {:?}: only '/' and '.' are supported", opts.separator);
         }
         let (temp, dir) = match &opts.dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 (None, dir.clone())
             }
             None => {
@@ -221,15 +214,9 @@ impl Dovecot {
             std::fs::create_dir_all(&base)?;
             std::fs::create_dir_all(dir.join("state"))?;
             let conf = dir.join("dovecot.conf");
-            std::fs::write(
-                &conf,
-                config(&dir, &opts, imap_port, imaps_port, run_as.as_deref()),
-            )?;
+            std::fs::write(&conf, config(&dir, &opts, imap_port, imaps_port, run_as.as_deref()))?;
             let log = dir.join("dovecot.log");
-            let log_file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)?;
+            let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
             // stdin/stdout detached: a pipe we never read would keep the daemon attached to us.
             let status = Command::new(&binary)
                 .arg("-c")
@@ -245,10 +232,7 @@ impl Dovecot {
                     last_error = Some(anyhow!("port clash: {log_text}"));
                     continue;
                 }
-                bail!(
-                    "dovecot -c {} failed ({status}):\n{log_text}",
-                    conf.display()
-                );
+                bail!("dovecot -c {} failed ({status}):\n{log_text}", conf.display());
             }
             let pid = read_pid(&base.join("master.pid"), Duration::from_secs(10))?;
             match wait_for_greeting(imap_port, Duration::from_secs(15)) {
@@ -275,9 +259,7 @@ impl Dovecot {
                 }
             }
         }
-        Err(last_error
-            .unwrap_or_else(|| anyhow!("no free ports"))
-            .context("could not start Dovecot after 5 attempts"))
+        Err(last_error.unwrap_or_else(|| anyhow!("no free ports")).context("could not start Dovecot after 5 attempts"))
     }
 
     /// Everything Dovecot logged so far (for assertion messages).
@@ -292,10 +274,7 @@ impl Dovecot {
 
     /// The password of a configured user.
     pub fn password(&self, user: &str) -> Option<&str> {
-        self.users
-            .iter()
-            .find(|(u, _)| u == user)
-            .map(|(_, p)| p.as_str())
+        self.users.iter().find(|(u, _)| u == user).map(|(_, p)| p.as_str())
     }
 
     /// Stop the server now and wait until its master process is gone.
@@ -374,10 +353,7 @@ fn mail_owner(dir: &Path) -> Result<(u32, u32, Option<String>)> {
     if meta.uid() == 0 {
         return Ok((8, 8, None));
     }
-    let name = Command::new("id")
-        .arg("-un")
-        .output()
-        .context("running id -un")?;
+    let name = Command::new("id").arg("-un").output().context("running id -un")?;
     let name = String::from_utf8_lossy(&name.stdout).trim().to_string();
     Ok((meta.uid(), meta.gid(), Some(name)))
 }
@@ -437,35 +413,15 @@ fn make_certificate(dir: &Path) -> Result<PathBuf> {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
          keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     openssl(
-        &[
-            &["req", "-x509", "-days", "3650"][..],
-            &ec,
-            &["-subj", "/CN=mailhaul test CA"],
-        ]
-        .concat(),
+        &[&["req", "-x509", "-days", "3650"][..], &ec, &["-subj", "/CN=mailhaul test CA"]].concat(),
         &[("-keyout", &ca_key), ("-out", &ca)],
     )?;
-    openssl(
-        &[&["req", "-new"][..], &ec, &["-subj", "/CN=localhost"]].concat(),
-        &[("-keyout", &key), ("-out", &csr)],
-    )?;
+    openssl(&[&["req", "-new"][..], &ec, &["-subj", "/CN=localhost"]].concat(), &[("-keyout", &key), ("-out", &csr)])?;
     openssl(
         &["x509", "-req", "-days", "3650", "-set_serial", "1"],
-        &[
-            ("-in", &csr),
-            ("-CA", &ca),
-            ("-CAkey", &ca_key),
-            ("-extfile", &ext),
-            ("-out", &cert),
-        ],
+        &[("-in", &csr), ("-CA", &ca), ("-CAkey", &ca_key), ("-extfile", &ext), ("-out", &cert)],
     )?;
     Ok(ca)
 }
@@ -476,15 +432,9 @@ fn openssl(args: &[&str], paths: &[(&str, &Path)]) -> Result<()> {
     for (flag, path) in paths {
         cmd.arg(flag).arg(path);
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl (apt-get install -y openssl)")?;
+    let out = cmd.stdin(Stdio::null()).output().context("running openssl (apt-get install -y openssl)")?;
     if !out.status.success() {
-        bail!(
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -494,27 +444,13 @@ fn write_users(dir: &Path, opts: &DovecotOptions, uid: u32, gid: u32) -> Result<
     for (user, pass) in &opts.users {
         let home = dir.join("home").join(user);
         std::fs::create_dir_all(&home)?;
-        std::os::unix::fs::chown(&home, Some(uid), Some(gid))
-            .with_context(|| format!("chown {}", home.display()))?;
-        let extra = opts
-            .passdb_extra
-            .iter()
-            .filter(|(u, _)| u == user)
-            .map(|(_, f)| f.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        writeln!(
-            passwd,
-            "{user}:{{PLAIN}}{pass}:{uid}:{gid}::{}::{extra}",
-            home.display()
-        )?;
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid)).with_context(|| format!("chown {}", home.display()))?;
+        let extra =
+            opts.passdb_extra.iter().filter(|(u, _)| u == user).map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(" ");
+        writeln!(passwd, "{user}:{{PLAIN}}{pass}:{uid}:{gid}::{}::{extra}", home.display())?;
     }
     std::fs::write(dir.join("users"), passwd)?;
-    let masters = opts
-        .master
-        .iter()
-        .map(|(user, pass)| format!("{user}:{{PLAIN}}{pass}\n"))
-        .collect::<String>();
+    let masters = opts.master.iter().map(|(user, pass)| format!("{user}:{{PLAIN}}{pass}\n")).collect::<String>();
     std::fs::write(dir.join("masters"), masters)?;
     for file in ["users", "masters"] {
         // Read by the auth process, which runs as the unprivileged `dovecot` user.
@@ -523,13 +459,7 @@ fn write_users(dir: &Path, opts: &DovecotOptions, uid: u32, gid: u32) -> Result<
     Ok(())
 }
 
-fn config(
-    dir: &Path,
-    opts: &DovecotOptions,
-    imap: u16,
-    imaps: u16,
-    run_as: Option<&str>,
-) -> String {
+fn config(dir: &Path, opts: &DovecotOptions, imap: u16, imaps: u16, run_as: Option<&str>) -> String {
     let d = dir.display();
     let mut c = format!(
         r#"# Generated by mailhaul-tests: a throwaway server.
@@ -574,11 +504,7 @@ service imap-login {{
 "#
     );
     if let Some(user) = run_as {
-        writeln!(
-            c,
-            "default_internal_user = {user}\ndefault_login_user = {user}"
-        )
-        .ok();
+        writeln!(c, "default_internal_user = {user}\ndefault_login_user = {user}").ok();
     }
     if opts.master.is_some() {
         // Tried before the ordinary passdb for `user*master` logins; `pass = yes` then
@@ -601,18 +527,9 @@ service imap-login {{
         let minus = if opts.literal_minus { " LITERAL-" } else { "" };
         writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}{minus}").ok();
     }
-    writeln!(
-        c,
-        "namespace inbox {{\n  inbox = yes\n  separator = {}",
-        opts.separator
-    )
-    .ok();
+    writeln!(c, "namespace inbox {{\n  inbox = yes\n  separator = {}", opts.separator).ok();
     for (name, special) in opts.special_use_layout.folders() {
-        writeln!(
-            c,
-            "  mailbox \"{name}\" {{\n    auto = subscribe\n    special_use = {special}\n  }}"
-        )
-        .ok();
+        writeln!(c, "  mailbox \"{name}\" {{\n    auto = subscribe\n    special_use = {special}\n  }}").ok();
     }
     c.push_str("}\n");
     c

@@ -32,11 +32,7 @@ pub struct SeedMessage {
 impl SeedMessage {
     /// A message with no flags and the server's current time as INTERNALDATE.
     pub fn new(raw: impl Into<Vec<u8>>) -> Self {
-        SeedMessage {
-            raw: raw.into(),
-            flags: Vec::new(),
-            internal_date: None,
-        }
+        SeedMessage { raw: raw.into(), flags: Vec::new(), internal_date: None }
     }
 
     /// Set the flags.
@@ -81,12 +77,10 @@ pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.context("parsing the CA certificate")?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -100,49 +94,23 @@ pub async fn login(server: &Dovecot, user: &str, pass: &str) -> Result<Session> 
 
 /// LOGIN over TLS on `server.imaps_port`, verifying the certificate for `server_name`
 /// (`localhost` or `127.0.0.1`) against `server.cert_path`.
-pub async fn login_tls(
-    server: &Dovecot,
-    server_name: &str,
-    user: &str,
-    pass: &str,
-) -> Result<TlsSession> {
-    login_tls_at(
-        server.imaps_port,
-        &server.cert_path,
-        server_name,
-        user,
-        pass,
-    )
-    .await
+pub async fn login_tls(server: &Dovecot, server_name: &str, user: &str, pass: &str) -> Result<TlsSession> {
+    login_tls_at(server.imaps_port, &server.cert_path, server_name, user, pass).await
 }
 
 /// LOGIN over TLS on 127.0.0.1:`port` (a server or a proxy in front of one), trusting only
 /// `ca_file`.
-pub async fn login_tls_at(
-    port: u16,
-    ca_file: &Path,
-    server_name: &str,
-    user: &str,
-    pass: &str,
-) -> Result<TlsSession> {
+pub async fn login_tls_at(port: u16, ca_file: &Path, server_name: &str, user: &str, pass: &str) -> Result<TlsSession> {
     let connector = tokio_rustls::TlsConnector::from(tls_config(ca_file)?);
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| anyhow!("server name {server_name:?}: {e}"))?;
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS handshake with 127.0.0.1:{port}"))?;
+    let tcp =
+        TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let tls = connector.connect(name, tcp).await.with_context(|| format!("TLS handshake with 127.0.0.1:{port}"))?;
     finish_login(async_imap::Client::new(tls), user, pass).await
 }
 
-async fn finish_login<T>(
-    mut client: async_imap::Client<T>,
-    user: &str,
-    pass: &str,
-) -> Result<async_imap::Session<T>>
+async fn finish_login<T>(mut client: async_imap::Client<T>, user: &str, pass: &str) -> Result<async_imap::Session<T>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
 {
@@ -153,17 +121,11 @@ where
         .ok_or_else(|| anyhow!("connection closed before the greeting"))?;
     if !matches!(
         greeting.parsed(),
-        async_imap::imap_proto::Response::Data {
-            status: async_imap::imap_proto::Status::Ok,
-            ..
-        }
+        async_imap::imap_proto::Response::Data { status: async_imap::imap_proto::Status::Ok, .. }
     ) {
         bail!("unexpected greeting: {:?}", greeting.parsed());
     }
-    client
-        .login(user, pass)
-        .await
-        .map_err(|(e, _)| anyhow!("LOGIN as {user} failed: {e}"))
+    client.login(user, pass).await.map_err(|(e, _)| anyhow!("LOGIN as {user} failed: {e}"))
 }
 
 /// LIST "" "*" with decoded names.
@@ -171,12 +133,7 @@ pub async fn folders<T>(session: &mut async_imap::Session<T>) -> Result<Vec<Fold
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
 {
-    let names: Vec<_> = session
-        .list(Some(""), Some("*"))
-        .await?
-        .try_collect()
-        .await
-        .context("LIST")?;
+    let names: Vec<_> = session.list(Some(""), Some("*")).await?.try_collect().await.context("LIST")?;
     Ok(names
         .iter()
         .map(|n| FolderInfo {
@@ -195,19 +152,9 @@ pub async fn list(server: &Dovecot, user: &str, pass: &str) -> Result<Vec<Folder
 }
 
 /// Create `folder` (and its parents) if missing, then APPEND every message in order.
-pub async fn seed(
-    server: &Dovecot,
-    user: &str,
-    pass: &str,
-    folder: &str,
-    messages: &[SeedMessage],
-) -> Result<()> {
+pub async fn seed(server: &Dovecot, user: &str, pass: &str, folder: &str, messages: &[SeedMessage]) -> Result<()> {
     let mut session = login(server, user, pass).await?;
-    let existing: BTreeSet<String> = folders(&mut session)
-        .await?
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let existing: BTreeSet<String> = folders(&mut session).await?.into_iter().map(|f| f.name).collect();
     let sep = server.separator;
     let mut path = String::new();
     for (i, part) in folder.split(sep).enumerate() {
@@ -238,19 +185,10 @@ pub async fn seed(
 }
 
 /// Every message of every selectable folder, by decoded folder name, in UID order.
-pub async fn dump(
-    server: &Dovecot,
-    user: &str,
-    pass: &str,
-) -> Result<BTreeMap<String, Vec<DumpedMessage>>> {
+pub async fn dump(server: &Dovecot, user: &str, pass: &str) -> Result<BTreeMap<String, Vec<DumpedMessage>>> {
     let mut session = login(server, user, pass).await?;
     let mut out = BTreeMap::new();
-    let list: Vec<_> = session
-        .list(Some(""), Some("*"))
-        .await?
-        .try_collect()
-        .await
-        .context("LIST")?;
+    let list: Vec<_> = session.list(Some(""), Some("*")).await?.try_collect().await.context("LIST")?;
     for name in &list {
         let unselectable = name.attributes().iter().any(|a| {
             matches!(a, NameAttribute::NoSelect)
@@ -260,10 +198,7 @@ pub async fn dump(
             continue;
         }
         let decoded = utf7_imap::decode_utf7_imap(name.name().to_string());
-        let mailbox = session
-            .examine(name.name())
-            .await
-            .with_context(|| format!("EXAMINE {decoded:?}"))?;
+        let mailbox = session.examine(name.name()).await.with_context(|| format!("EXAMINE {decoded:?}"))?;
         let mut messages = Vec::new();
         if mailbox.exists > 0 {
             let fetched: Vec<_> = session
@@ -274,14 +209,8 @@ pub async fn dump(
                 .with_context(|| format!("UID FETCH in {decoded:?}"))?;
             for f in &fetched {
                 messages.push(DumpedMessage {
-                    uid: f
-                        .uid
-                        .ok_or_else(|| anyhow!("FETCH without UID in {decoded:?}"))?,
-                    flags: f
-                        .flags()
-                        .filter(|flag| *flag != Flag::Recent)
-                        .map(|flag| flag_name(&flag))
-                        .collect(),
+                    uid: f.uid.ok_or_else(|| anyhow!("FETCH without UID in {decoded:?}"))?,
+                    flags: f.flags().filter(|flag| *flag != Flag::Recent).map(|flag| flag_name(&flag)).collect(),
                     internal_date: f
                         .internal_date()
                         .map(|d| d.format("%d-%b-%Y %H:%M:%S %z").to_string())

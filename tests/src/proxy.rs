@@ -23,15 +23,11 @@ impl DelayProxy {
     /// Forward 127.0.0.1:`port` to `target`, adding `one_way` in each direction (so the round
     /// trip grows by twice that). Runs on its own thread, so it works with any test runtime.
     pub fn start(target: SocketAddr, one_way: Duration) -> Result<DelayProxy> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the delay proxy")?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the delay proxy")?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (tx, rx) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(std_listener) else {
@@ -45,11 +41,7 @@ impl DelayProxy {
             // Dropping the runtime cancels every connection task.
             runtime.shutdown_background();
         });
-        Ok(DelayProxy {
-            port,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(DelayProxy { port, shutdown: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -81,11 +73,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration)
 
 /// Copy one direction: a reader stamps each chunk with its due time, a writer releases it
 /// then. Chunks overlap in flight, as on a real link (latency, not bandwidth).
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
+async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -93,10 +81,7 @@ async fn pipe(
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx
-                        .send((Instant::now() + delay, buf[..n].to_vec()))
-                        .is_err()
-                    {
+                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }

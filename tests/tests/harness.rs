@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mailhaul_tests::{
-    corpus, imap, DelayProxy, Dovecot, DovecotOptions, Layout, SampleMessage, SeedMessage,
-};
+use mailhaul_tests::{corpus, imap, DelayProxy, Dovecot, DovecotOptions, Layout, SampleMessage, SeedMessage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_seed_and_dump_round_trip() {
@@ -18,15 +16,9 @@ async fn two_servers_seed_and_dump_round_trip() {
     let nested = vec![SeedMessage::new(SampleMessage::new("nested", 1).build())
         .flags(&["\\Answered", "$Custom"])
         .date("02-Jan-2006 15:04:05 +0000")];
-    imap::seed(&a, "alice", "pw-a", "INBOX", &inbox)
-        .await
-        .unwrap();
-    imap::seed(&a, "alice", "pw-a", "Projects/2019/Q1", &nested)
-        .await
-        .unwrap();
-    imap::seed(&a, "alice", "pw-a", "Migración/Año", &inbox[..2])
-        .await
-        .unwrap();
+    imap::seed(&a, "alice", "pw-a", "INBOX", &inbox).await.unwrap();
+    imap::seed(&a, "alice", "pw-a", "Projects/2019/Q1", &nested).await.unwrap();
+    imap::seed(&a, "alice", "pw-a", "Migración/Año", &inbox[..2]).await.unwrap();
 
     let dump = imap::dump(&a, "alice", "pw-a").await.unwrap();
     let names: Vec<&str> = dump.keys().map(String::as_str).collect();
@@ -51,11 +43,7 @@ async fn two_servers_seed_and_dump_round_trip() {
     let got = &dump["INBOX"];
     assert_eq!(got.len(), 12);
     for (seeded, dumped) in inbox.iter().zip(got) {
-        assert_eq!(
-            dumped.body, seeded.raw,
-            "body bytes differ for uid {}",
-            dumped.uid
-        );
+        assert_eq!(dumped.body, seeded.raw, "body bytes differ for uid {}", dumped.uid);
         assert_eq!(Some(&dumped.internal_date), seeded.internal_date.as_ref());
         let want: std::collections::BTreeSet<String> = seeded.flags.iter().cloned().collect();
         assert_eq!(dumped.flags, want);
@@ -63,10 +51,7 @@ async fn two_servers_seed_and_dump_round_trip() {
     assert!(got[2].flags.contains("\\Seen") && got[6].flags.contains("$Label1"));
     let q1 = &dump["Projects/2019/Q1"];
     assert_eq!(q1[0].internal_date, "02-Jan-2006 15:04:05 +0000");
-    assert_eq!(
-        q1[0].flags,
-        ["$Custom", "\\Answered"].map(String::from).into()
-    );
+    assert_eq!(q1[0].flags, ["$Custom", "\\Answered"].map(String::from).into());
     assert_eq!(dump["Migración/Año"].len(), 2);
     assert!(dump["Projects"].is_empty());
 
@@ -79,41 +64,21 @@ async fn two_servers_seed_and_dump_round_trip() {
     let mut session = imap::login(&a, "alice", "pw-a").await.unwrap();
     let raw: Vec<String> = {
         use futures::TryStreamExt;
-        let names: Vec<_> = session
-            .list(Some(""), Some("Migr*"))
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let names: Vec<_> = session.list(Some(""), Some("Migr*")).await.unwrap().try_collect().await.unwrap();
         names.iter().map(|n| n.name().to_string()).collect()
     };
-    assert!(
-        raw.contains(&"Migraci&APM-n/A&APE-o".to_string()),
-        "{raw:?}"
-    );
+    assert!(raw.contains(&"Migraci&APM-n/A&APE-o".to_string()), "{raw:?}");
     session.logout().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_user_logs_in_as_the_user() {
     let server = Dovecot::start(
-        DovecotOptions::with_users(&[("user1", "secret1"), ("user2", "secret2")])
-            .master("admin", "adminpass"),
+        DovecotOptions::with_users(&[("user1", "secret1"), ("user2", "secret2")]).master("admin", "adminpass"),
     )
     .unwrap();
-    imap::seed(
-        &server,
-        "user1",
-        "secret1",
-        "INBOX",
-        &corpus::mailbox("m", 3),
-    )
-    .await
-    .unwrap();
-    let as_master = imap::dump(&server, "user1*admin", "adminpass")
-        .await
-        .unwrap();
+    imap::seed(&server, "user1", "secret1", "INBOX", &corpus::mailbox("m", 3)).await.unwrap();
+    let as_master = imap::dump(&server, "user1*admin", "adminpass").await.unwrap();
     assert_eq!(as_master["INBOX"].len(), 3, "{}", server.log());
     // The master password does not work without the separator, nor for unknown users.
     // Concurrently: Dovecot holds each refused connection for seconds.
@@ -136,26 +101,16 @@ async fn tls_port_presents_a_certificate_signed_by_cert_path() {
     // Verification is real: another server's CA does not vouch for this one.
     let other = Dovecot::start(DovecotOptions::with_users(&[("u", "p")])).unwrap();
     let config = imap::tls_config(&other.cert_path).unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.imaps_port))
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.imaps_port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let handshake = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await;
-    assert!(
-        handshake.is_err(),
-        "a foreign CA must not verify this server"
-    );
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await;
+    assert!(handshake.is_err(), "a foreign CA must not verify this server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlook_layout_dot_separator_and_no_literal_plus() {
     let server = Dovecot::start(
-        DovecotOptions::with_users(&[("u", "p")])
-            .layout(Layout::Outlook)
-            .separator('.')
-            .literal_plus(false),
+        DovecotOptions::with_users(&[("u", "p")]).layout(Layout::Outlook).separator('.').literal_plus(false),
     )
     .unwrap();
     let mut session = imap::login(&server, "u", "p").await.unwrap();
@@ -164,66 +119,30 @@ async fn outlook_layout_dot_separator_and_no_literal_plus() {
     assert!(caps.has_str("UIDPLUS") && caps.has_str("SPECIAL-USE"));
     let folders = imap::folders(&mut session).await.unwrap();
     session.logout().await.unwrap();
-    let sent = folders
-        .iter()
-        .find(|f| f.name == "Sent Items")
-        .expect("Sent Items exists");
-    assert!(
-        sent.attributes.iter().any(|a| a == "\\Sent"),
-        "{:?}",
-        sent.attributes
-    );
+    let sent = folders.iter().find(|f| f.name == "Sent Items").expect("Sent Items exists");
+    assert!(sent.attributes.iter().any(|a| a == "\\Sent"), "{:?}", sent.attributes);
     for name in ["Deleted Items", "Junk Email", "Drafts", "Archive"] {
-        assert!(
-            folders.iter().any(|f| f.name == name),
-            "{name} missing: {folders:?}"
-        );
+        assert!(folders.iter().any(|f| f.name == name), "{name} missing: {folders:?}");
     }
 
     // '.' is the separator: a dotted name nests, and the plain APPEND path works.
-    imap::seed(
-        &server,
-        "u",
-        "p",
-        "Clients.Acme",
-        &corpus::mailbox("acme", 2),
-    )
-    .await
-    .unwrap();
+    imap::seed(&server, "u", "p", "Clients.Acme", &corpus::mailbox("acme", 2)).await.unwrap();
     let dump = imap::dump(&server, "u", "p").await.unwrap();
-    assert!(
-        dump.contains_key("Clients") && dump["Clients.Acme"].len() == 2,
-        "{:?}",
-        dump.keys()
-    );
+    assert!(dump.contains_key("Clients") && dump["Clients.Acme"].len() == 2, "{:?}", dump.keys());
 
     // The default server does announce LITERAL+.
-    let plain =
-        Dovecot::start(DovecotOptions::with_users(&[("u", "p")]).layout(Layout::None)).unwrap();
+    let plain = Dovecot::start(DovecotOptions::with_users(&[("u", "p")]).layout(Layout::None)).unwrap();
     let mut session = imap::login(&plain, "u", "p").await.unwrap();
     assert!(session.capabilities().await.unwrap().has_str("LITERAL+"));
     session.logout().await.unwrap();
-    assert_eq!(
-        imap::dump(&plain, "u", "p")
-            .await
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["INBOX"]
-    );
+    assert_eq!(imap::dump(&plain, "u", "p").await.unwrap().keys().collect::<Vec<_>>(), ["INBOX"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_proxy_adds_round_trip_time() {
     let server = Dovecot::start(DovecotOptions::with_users(&[("u", "p")])).unwrap();
-    let proxy = DelayProxy::start(
-        ([127, 0, 0, 1], server.imap_port).into(),
-        Duration::from_millis(25),
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
-        .await
-        .unwrap();
+    let proxy = DelayProxy::start(([127, 0, 0, 1], server.imap_port).into(), Duration::from_millis(25)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
     let mut client = async_imap::Client::new(tcp);
     client.read_response().await.unwrap().unwrap();
     let mut session = client.login("u", "p").await.map_err(|(e, _)| e).unwrap();
@@ -244,9 +163,7 @@ fn dropping_the_server_stops_it() {
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
             // A zombie reaped later by init still has a /proc entry; it must not be running.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z"))
-                .unwrap_or(true)
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
         }
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());

@@ -35,9 +35,8 @@ pub struct Caps {
 impl Caps {
     fn from_list(names: Vec<String>) -> Caps {
         let has = |want: &str| names.iter().any(|n| n.eq_ignore_ascii_case(want));
-        let append_limit = names
-            .iter()
-            .find_map(|n| n.to_ascii_uppercase().strip_prefix("APPENDLIMIT=").and_then(|v| v.parse().ok()));
+        let append_limit =
+            names.iter().find_map(|n| n.to_ascii_uppercase().strip_prefix("APPENDLIMIT=").and_then(|v| v.parse().ok()));
         Caps {
             literal_plus: has("LITERAL+"),
             literal_minus: has("LITERAL-"),
@@ -66,10 +65,11 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
         Security::Starttls => {
             let mut client = async_imap::Client::new(tcp);
             read_greeting(&mut client, side, &label).await?;
-            client
-                .run_command_and_check_ok("STARTTLS", None)
-                .await
-                .map_err(|e| CopyError::Tls { side, server: label.clone(), detail: format!("STARTTLS refused: {e}") })?;
+            client.run_command_and_check_ok("STARTTLS", None).await.map_err(|e| CopyError::Tls {
+                side,
+                server: label.clone(),
+                detail: format!("STARTTLS refused: {e}"),
+            })?;
             Box::new(tls_wrap(client.into_inner(), server, side).await?)
         }
     };
@@ -109,7 +109,9 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
 async fn read_greeting<T: Io>(client: &mut async_imap::Client<T>, side: Side, label: &str) -> Result<(), CopyError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, client.read_response()).await {
         Ok(Ok(Some(_))) => Ok(()),
-        Ok(Ok(None)) => Err(CopyError::ConnectionLost { side, server: label.into(), detail: "closed before greeting".into() }),
+        Ok(Ok(None)) => {
+            Err(CopyError::ConnectionLost { side, server: label.into(), detail: "closed before greeting".into() })
+        }
         Ok(Err(e)) => Err(CopyError::ConnectionLost { side, server: label.into(), detail: e.to_string() }),
         Err(_) => Err(CopyError::Connect { side, server: label.into(), detail: "no greeting within 30 s".into() }),
     }
@@ -154,7 +156,9 @@ fn login_error(err: ImapError, side: Side, label: &str, user: &str, host: &str) 
 pub fn classify(err: ImapError, side: Side, label: &str) -> CopyError {
     match err {
         ImapError::Io(e) => CopyError::ConnectionLost { side, server: label.into(), detail: e.to_string() },
-        ImapError::ConnectionLost => CopyError::ConnectionLost { side, server: label.into(), detail: "connection closed".into() },
+        ImapError::ConnectionLost => {
+            CopyError::ConnectionLost { side, server: label.into(), detail: "connection closed".into() }
+        }
         ImapError::No(reply) | ImapError::Bad(reply) => {
             let reply = server_text(&reply);
             match throttle_hint(&reply) {
@@ -202,10 +206,9 @@ fn unescape_debug(text: &str) -> String {
             Some('0') => out.push('\0'),
             Some('u') => {
                 let rest = chars.as_str();
-                let decoded = rest
-                    .strip_prefix('{')
-                    .and_then(|r| r.split_once('}'))
-                    .and_then(|(hex, _)| u32::from_str_radix(hex, 16).ok().and_then(char::from_u32).map(|ch| (ch, hex.len() + 2)));
+                let decoded = rest.strip_prefix('{').and_then(|r| r.split_once('}')).and_then(|(hex, _)| {
+                    u32::from_str_radix(hex, 16).ok().and_then(char::from_u32).map(|ch| (ch, hex.len() + 2))
+                });
                 match decoded {
                     Some((ch, used)) => {
                         out.push(ch);
@@ -233,10 +236,7 @@ pub fn throttle_hint(reply: &str) -> Option<Option<Duration>> {
     }
     // Some servers say "try again in N seconds"; take the first number followed by "second".
     let words: Vec<&str> = upper.split_whitespace().collect();
-    let seconds = words
-        .windows(2)
-        .find(|w| w[1].starts_with("SEC"))
-        .and_then(|w| w[0].parse::<u64>().ok());
+    let seconds = words.windows(2).find(|w| w[1].starts_with("SEC")).and_then(|w| w[0].parse::<u64>().ok());
     Some(seconds.map(Duration::from_secs))
 }
 
@@ -253,7 +253,9 @@ async fn tls_wrap(
     match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(tls_err(e.to_string())),
-        Ok(Err(e)) => Err(CopyError::ConnectionLost { side, server: label.clone(), detail: format!("TLS handshake: {e}") }),
+        Ok(Err(e)) => {
+            Err(CopyError::ConnectionLost { side, server: label.clone(), detail: format!("TLS handshake: {e}") })
+        }
         Err(_) => Err(CopyError::Connect { side, server: label.clone(), detail: "TLS handshake timed out".into() }),
     }
 }
@@ -333,24 +335,46 @@ mod tests {
 
     #[test]
     fn throttle_replies_are_recognised() {
-        assert_eq!(throttle_hint("[THROTTLED] Request is throttled. Try again in 30 seconds"), Some(Some(Duration::from_secs(30))));
+        assert_eq!(
+            throttle_hint("[THROTTLED] Request is throttled. Try again in 30 seconds"),
+            Some(Some(Duration::from_secs(30)))
+        );
         assert_eq!(throttle_hint("[UNAVAILABLE] Internal error"), Some(None));
         assert_eq!(throttle_hint("[AUTHENTICATIONFAILED] Authentication failed."), None);
     }
 
     #[test]
     fn server_words_are_taken_from_async_imap_errors() {
-        assert_eq!(server_text(r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#), "[AUTHENTICATIONFAILED] Authentication failed.");
-        assert_eq!(server_text(r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: \"Sent\"") }"#), "Mailbox doesn't exist: \"Sent\"");
+        assert_eq!(
+            server_text(r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(
+            server_text(r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: \"Sent\"") }"#),
+            "Mailbox doesn't exist: \"Sent\""
+        );
         assert_eq!(server_text(r#"code: Some(TryCreate), info: Some("no such folder")"#), "[TRYCREATE] no such folder");
         assert_eq!(server_text("plain words"), "plain words");
-        assert_eq!(server_text(r#"code: None, info: Some("Try\u{a0}again\tin 3 s \\o/")"#), "Try\u{a0}again\tin 3 s \\o/");
-        assert_eq!(throttle_hint(&server_text(r#"code: None, info: Some("[THROTTLED]\u{a0}Try\u{a0}again\u{a0}in\u{a0}3\u{a0}seconds")"#)), Some(Some(Duration::from_secs(3))));
+        assert_eq!(
+            server_text(r#"code: None, info: Some("Try\u{a0}again\tin 3 s \\o/")"#),
+            "Try\u{a0}again\tin 3 s \\o/"
+        );
+        assert_eq!(
+            throttle_hint(&server_text(
+                r#"code: None, info: Some("[THROTTLED]\u{a0}Try\u{a0}again\u{a0}in\u{a0}3\u{a0}seconds")"#
+            )),
+            Some(Some(Duration::from_secs(3)))
+        );
     }
 
     #[test]
     fn capabilities_are_read() {
-        let caps = Caps::from_list(vec!["IMAP4rev1".into(), "LITERAL+".into(), "APPENDLIMIT=35651584".into(), "UIDPLUS".into()]);
+        let caps = Caps::from_list(vec![
+            "IMAP4rev1".into(),
+            "LITERAL+".into(),
+            "APPENDLIMIT=35651584".into(),
+            "UIDPLUS".into(),
+        ]);
         assert!(caps.literal_plus && caps.uidplus && !caps.literal_minus);
         assert_eq!(caps.append_limit, Some(35651584));
     }

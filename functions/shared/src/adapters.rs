@@ -90,7 +90,13 @@ impl JobQueue for SqsQueue {
                 return Err(PortError::new(
                     "sqs",
                     "SendMessageBatch",
-                    format!("{queue_url}: {} of {} messages refused, e.g. {}: {}", out.failed().len(), chunk.len(), failed.code(), failed.message().unwrap_or("")),
+                    format!(
+                        "{queue_url}: {} of {} messages refused, e.g. {}: {}",
+                        out.failed().len(),
+                        chunk.len(),
+                        failed.code(),
+                        failed.message().unwrap_or("")
+                    ),
                 ));
             }
         }
@@ -173,13 +179,8 @@ impl Notifier for EventsAndTopic {
             .detail_type(detail_type)
             .detail(detail.to_string())
             .build();
-        let out = self
-            .events
-            .put_events()
-            .entries(entry)
-            .send()
-            .await
-            .map_err(|e| sdk_err("events", "PutEvents", bus, e))?;
+        let out =
+            self.events.put_events().entries(entry).send().await.map_err(|e| sdk_err("events", "PutEvents", bus, e))?;
         if out.failed_entry_count() > 0 {
             let why = out.entries().first().and_then(|e| e.error_message()).unwrap_or("refused");
             return Err(PortError::new("events", "PutEvents", format!("{bus}: {detail_type}: {why}")));

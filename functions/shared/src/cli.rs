@@ -32,8 +32,17 @@ pub enum CliError {
 
 /// Uploads `csv` (and `settings`, as its sidecar, first) to `s3://bucket/incoming/` and returns
 /// the batch id the upload function will give it.
-pub async fn submit(sdk: &aws_config::SdkConfig, bucket: &str, csv: &Path, settings: Option<&Path>) -> Result<String, CliError> {
-    let name = csv.file_name().and_then(|n| n.to_str()).filter(|n| n.to_ascii_lowercase().ends_with(".csv")).ok_or_else(|| CliError::NotCsv(csv.into()))?;
+pub async fn submit(
+    sdk: &aws_config::SdkConfig,
+    bucket: &str,
+    csv: &Path,
+    settings: Option<&Path>,
+) -> Result<String, CliError> {
+    let name = csv
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.to_ascii_lowercase().ends_with(".csv"))
+        .ok_or_else(|| CliError::NotCsv(csv.into()))?;
     let bytes = std::fs::read(csv).map_err(|source| CliError::Read { path: csv.into(), source })?;
     let key = format!("incoming/{name}");
     let objects = S3Objects { client: s3_client(sdk) };
@@ -71,7 +80,12 @@ pub async fn live_report(sdk: &aws_config::SdkConfig, table: &str, batch: &str) 
 
 /// Downloads `reports/<batch>/` (report.csv, report.json, failed.csv, or the validation
 /// report of a rejected file) into `dir`; returns the files written.
-pub async fn download_report(sdk: &aws_config::SdkConfig, bucket: &str, batch: &str, dir: &Path) -> Result<Vec<PathBuf>, CliError> {
+pub async fn download_report(
+    sdk: &aws_config::SdkConfig,
+    bucket: &str,
+    batch: &str,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, CliError> {
     let objects = S3Objects { client: s3_client(sdk) };
     std::fs::create_dir_all(dir).map_err(|source| CliError::Write { path: dir.into(), source })?;
     let mut written = Vec::new();

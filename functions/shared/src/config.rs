@@ -46,7 +46,9 @@ impl Config {
     /// Reads settings through `var` (tests pass a map).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |k: &str| var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let need = |k: &str| get(k).ok_or_else(|| ConfigError(format!("environment variable {k} is not set (the SAM template sets it)")));
+        let need = |k: &str| {
+            get(k).ok_or_else(|| ConfigError(format!("environment variable {k} is not set (the SAM template sets it)")))
+        };
         let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
             match get(k) {
                 None => Ok(default),
@@ -61,7 +63,8 @@ impl Config {
                 t.insert("host".into(), toml::Value::String(h));
             }
             if let Some(p) = get(&format!("MAILHAUL_{up}_PORT")) {
-                let port: i64 = p.parse().map_err(|_| ConfigError(format!("MAILHAUL_{up}_PORT={p:?} is not a port number")))?;
+                let port: i64 =
+                    p.parse().map_err(|_| ConfigError(format!("MAILHAUL_{up}_PORT={p:?} is not a port number")))?;
                 t.insert("port".into(), toml::Value::Integer(port));
             }
             if let Some(s) = get(&format!("MAILHAUL_{up}_SECURITY")) {
@@ -70,7 +73,9 @@ impl Config {
             defaults.insert(side.into(), toml::Value::Table(t));
         }
         if let Some(n) = get("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST") {
-            let n: i64 = n.parse().map_err(|_| ConfigError(format!("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST={n:?} is not a whole number")))?;
+            let n: i64 = n.parse().map_err(|_| {
+                ConfigError(format!("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST={n:?} is not a whole number"))
+            })?;
             defaults.insert("max_connections_per_source_host".into(), toml::Value::Integer(n));
         }
         Ok(Config {

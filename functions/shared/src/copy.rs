@@ -73,10 +73,15 @@ fn epoch(t: SystemTime) -> i64 {
 }
 
 /// Handles one delivery of a job.
-pub async fn process_message(svc: &Services, message: &SqsMessage, deadline: SystemTime) -> Result<JobOutcome, JobError> {
+pub async fn process_message(
+    svc: &Services,
+    message: &SqsMessage,
+    deadline: SystemTime,
+) -> Result<JobOutcome, JobError> {
     let body = message.body.as_deref().ok_or_else(|| JobError::BadMessage("no body".into()))?;
     let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
-    let receive_count: u32 = message.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let receive_count: u32 =
+        message.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
     let owner = format!("{}/{}", message.message_id.as_deref().unwrap_or("-"), uuid::Uuid::new_v4());
     // Held past the deadline by a minute so a slow checkpoint write cannot be overtaken.
     let until = epoch(deadline) + 60;
@@ -87,7 +92,8 @@ pub async fn process_message(svc: &Services, message: &SqsMessage, deadline: Sys
             requeue(svc, &job, svc.config.busy_delay_seconds).await?;
             return Ok(JobOutcome::Busy { what: "another delivery is copying this mailbox".into() });
         }
-        let result = with_lease(svc, &job, &owner, until, receive_count, message.receipt_handle.as_deref(), deadline).await;
+        let result =
+            with_lease(svc, &job, &owner, until, receive_count, message.receipt_handle.as_deref(), deadline).await;
         if let Err(e) = svc.table.release_lease(&mailbox, &owner).await {
             warn!(error = %e, "could not release the mailbox lease; it expires by itself");
         }
@@ -104,7 +110,12 @@ fn source_host(job: &JobMessage) -> String {
 
 async fn requeue(svc: &Services, job: &JobMessage, delay_seconds: u32) -> Result<(), JobError> {
     let body = serde_json::to_string(job).map_err(|e| JobError::BadMessage(e.to_string()))?;
-    svc.queue.send(&svc.config.jobs_queue_url, vec![OutMessage { body, delay_seconds: delay_seconds.min(MAX_DELAY_SECONDS) }]).await?;
+    svc.queue
+        .send(
+            &svc.config.jobs_queue_url,
+            vec![OutMessage { body, delay_seconds: delay_seconds.min(MAX_DELAY_SECONDS) }],
+        )
+        .await?;
     Ok(())
 }
 
@@ -137,7 +148,9 @@ async fn with_lease(
     let host = source_host(job);
     let Some(slot) = svc.table.acquire_slot(&host, job.max_connections_per_source_host, owner, until).await? else {
         requeue(svc, job, svc.config.busy_delay_seconds).await?;
-        return Ok(JobOutcome::Busy { what: format!("all {} connection slots of {host} are in use", job.max_connections_per_source_host) });
+        return Ok(JobOutcome::Busy {
+            what: format!("all {} connection slots of {host} are in use", job.max_connections_per_source_host),
+        });
     };
     let result = copy_pass(svc, job, &mut record, receive_count, receipt_handle, deadline).await;
     if let Err(e) = svc.table.release_slot(&host, slot, owner).await {
@@ -156,7 +169,8 @@ impl ProgressSink for LogProgress {
 
 async fn fill_passwords(svc: &Services, job: &mut JobMessage) -> Result<bool, JobError> {
     let Some(secret) = svc.secrets.get(&job.secret).await? else { return Ok(false) };
-    let chunk: SecretChunk = serde_json::from_str(secret.expose()).map_err(|_| JobError::Copy(format!("secret {} is not readable", job.secret)))?;
+    let chunk: SecretChunk = serde_json::from_str(secret.expose())
+        .map_err(|_| JobError::Copy(format!("secret {} is not readable", job.secret)))?;
     let Some(p) = chunk.get(&job.job.mailbox) else { return Ok(false) };
     job.job.source.login.password = Secret::new(p.source.clone());
     job.job.destination.login.password = Secret::new(p.destination.clone());
@@ -174,7 +188,15 @@ async fn copy_pass(
     let mut job_with_passwords = job.clone();
     if !fill_passwords(svc, &mut job_with_passwords).await? {
         let reason = format!("the passwords of {} are no longer in Secrets Manager ({})", job.job.mailbox, job.secret);
-        finish(svc, job, record, MailboxStatus::Failed, Some(reason.clone()), Some("upload the CSV again to retry this mailbox".into())).await?;
+        finish(
+            svc,
+            job,
+            record,
+            MailboxStatus::Failed,
+            Some(reason.clone()),
+            Some("upload the CSV again to retry this mailbox".into()),
+        )
+        .await?;
         return Ok(JobOutcome::Failed { reason });
     }
     let checkpoints = svc.table.checkpoints(&job.batch);
@@ -189,7 +211,8 @@ async fn copy_pass(
     timebox.deadline = Some(tokio::time::Instant::now() + budget);
     let started = Instant::now();
     // Boxed: the engine's future is deep enough to overflow the compiler's layout recursion.
-    let result = Box::pin(copy_mailbox(&job_with_passwords.job, &job.options, &checkpoints, &LogProgress, &timebox)).await;
+    let result =
+        Box::pin(copy_mailbox(&job_with_passwords.job, &job.options, &checkpoints, &LogProgress, &timebox)).await;
     drop(job_with_passwords);
     record.seconds += started.elapsed().as_secs_f64();
     record.passes += 1;
@@ -207,7 +230,10 @@ async fn copy_pass(
             Ok(JobOutcome::Continued)
         }
         Err(e @ CopyError::Throttled { .. }) => {
-            let delay = e.retry_after().map(|d| d.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32).unwrap_or(svc.config.throttle_delay_seconds);
+            let delay = e
+                .retry_after()
+                .map(|d| d.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32)
+                .unwrap_or(svc.config.throttle_delay_seconds);
             warn!(error = %e, delay, "throttled: queued again instead of sleeping on paid time");
             record.error = Some(e.to_string());
             record.hint = Some(e.hint());
@@ -290,7 +316,8 @@ pub async fn finish(
 async fn maybe_finalize(svc: &Services, batch: &str) -> Result<(), JobError> {
     let Some(state) = svc.table.batch_state(batch).await? else { return Ok(()) };
     if state.done + state.failed >= state.total && svc.table.claim_finalize(batch).await? {
-        let body = serde_json::to_string(&FinalizeMessage { batch: batch.to_string() }).map_err(|e| JobError::BadMessage(e.to_string()))?;
+        let body = serde_json::to_string(&FinalizeMessage { batch: batch.to_string() })
+            .map_err(|e| JobError::BadMessage(e.to_string()))?;
         svc.queue.send(&svc.config.finalize_queue_url, vec![OutMessage { body, delay_seconds: 0 }]).await?;
         info!(batch, done = state.done, failed = state.failed, "last mailbox final: finalize queued");
     }

@@ -100,8 +100,12 @@ impl Table {
 
     /// Creates the table (tests and local setups; the stack creates it on AWS).
     pub async fn create(&self) -> Result<(), StoreError> {
-        use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-        let attr = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let attr = |name: &str| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+        };
         let ks = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
         self.client
             .create_table()
@@ -157,7 +161,8 @@ impl Table {
 
     /// A conditional put; `Ok(false)` when the condition did not hold.
     async fn put_if(&self, item: Item, condition: &str, values: Item, what: &str) -> Result<bool, StoreError> {
-        let mut req = self.client.put_item().table_name(&self.name).set_item(Some(item)).condition_expression(condition);
+        let mut req =
+            self.client.put_item().table_name(&self.name).set_item(Some(item)).condition_expression(condition);
         if !values.is_empty() {
             req = req.set_expression_attribute_values(Some(values));
         }
@@ -187,7 +192,15 @@ impl Table {
     }
 
     /// A conditional update; `Ok(false)` when the condition did not hold.
-    async fn update_if(&self, k: Item, update: &str, condition: Option<&str>, names: HashMap<String, String>, values: Item, what: &str) -> Result<bool, StoreError> {
+    async fn update_if(
+        &self,
+        k: Item,
+        update: &str,
+        condition: Option<&str>,
+        names: HashMap<String, String>,
+        values: Item,
+        what: &str,
+    ) -> Result<bool, StoreError> {
         let mut req = self.client.update_item().table_name(&self.name).set_key(Some(k)).update_expression(update);
         if let Some(c) = condition {
             req = req.condition_expression(c);
@@ -240,23 +253,39 @@ impl Table {
             messages_copied: get_n(&item, "messages_copied"),
             bytes_copied: get_n(&item, "bytes_copied"),
             secrets,
-            finished_at: get_s(&item, "finished_at").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+            finished_at: get_s(&item, "finished_at")
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
         }))
     }
 
     /// Sets the batch's `state`.
     pub async fn set_batch_state(&self, batch: &str, state: &str) -> Result<(), StoreError> {
         let names = HashMap::from([("#st".to_string(), "state".to_string())]);
-        self.update_if(key(batch_pk(batch), "META"), "SET #st = :s", None, names, HashMap::from([(":s".into(), s(state))]), batch)
-            .await?;
+        self.update_if(
+            key(batch_pk(batch), "META"),
+            "SET #st = :s",
+            None,
+            names,
+            HashMap::from([(":s".into(), s(state))]),
+            batch,
+        )
+        .await?;
         Ok(())
     }
 
     /// Records the names of the batch's secrets (finalize deletes them).
     pub async fn set_secrets(&self, batch: &str, names: &[String]) -> Result<(), StoreError> {
         let v = to_json(&names)?;
-        self.update_if(key(batch_pk(batch), "META"), "SET secret_names = :v", None, HashMap::new(), HashMap::from([(":v".into(), v)]), batch)
-            .await?;
+        self.update_if(
+            key(batch_pk(batch), "META"),
+            "SET secret_names = :v",
+            None,
+            HashMap::new(),
+            HashMap::from([(":v".into(), v)]),
+            batch,
+        )
+        .await?;
         Ok(())
     }
 
@@ -295,7 +324,12 @@ impl Table {
         let mut item = key(format!("ACTIVE#{mailbox}"), "ACTIVE");
         item.insert("batch_id".into(), s(batch));
         let ok = self
-            .put_if(item, "attribute_not_exists(pk) OR batch_id = :b", HashMap::from([(":b".into(), s(batch))]), mailbox)
+            .put_if(
+                item,
+                "attribute_not_exists(pk) OR batch_id = :b",
+                HashMap::from([(":b".into(), s(batch))]),
+                mailbox,
+            )
             .await?;
         if ok {
             return Ok(None);
@@ -306,8 +340,13 @@ impl Table {
 
     /// Releases `batch`'s claim on `mailbox` (no-op when another batch holds it).
     pub async fn release_mailbox(&self, mailbox: &str, batch: &str) -> Result<(), StoreError> {
-        self.delete_if(key(format!("ACTIVE#{mailbox}"), "ACTIVE"), "batch_id = :b", HashMap::from([(":b".into(), s(batch))]), mailbox)
-            .await?;
+        self.delete_if(
+            key(format!("ACTIVE#{mailbox}"), "ACTIVE"),
+            "batch_id = :b",
+            HashMap::from([(":b".into(), s(batch))]),
+            mailbox,
+        )
+        .await?;
         Ok(())
     }
 
@@ -346,7 +385,13 @@ impl Table {
 
     /// Saves a final record and counts it in the batch, atomically and once: false when the
     /// mailbox was already final (a duplicate delivery finishing late).
-    pub async fn finish_mailbox(&self, batch: &str, record: &MailboxRecord, messages: u64, bytes: u64) -> Result<bool, StoreError> {
+    pub async fn finish_mailbox(
+        &self,
+        batch: &str,
+        record: &MailboxRecord,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<bool, StoreError> {
         let what = &record.mailbox;
         let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", what, e);
         let counter = if record.status == MailboxStatus::Done { "done" } else { "failed" };
@@ -436,7 +481,13 @@ impl Table {
 
     /// Takes one of the `cap` connection slots of `host` until `until`: the slot number,
     /// or `None` when all are held.
-    pub async fn acquire_slot(&self, host: &str, cap: usize, owner: &str, until: i64) -> Result<Option<usize>, StoreError> {
+    pub async fn acquire_slot(
+        &self,
+        host: &str,
+        cap: usize,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<usize>, StoreError> {
         let cap = cap.max(1);
         // Start at an owner-dependent slot so concurrent callers do not all fight over slot 0.
         let start = owner.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize)) % cap;
@@ -457,7 +508,12 @@ impl Table {
     /// How many slots of `host` are held now (for tests and status).
     pub async fn slots_held(&self, host: &str) -> Result<usize, StoreError> {
         let now = now_epoch();
-        Ok(self.query(&format!("SLOT#{host}"), "").await?.iter().filter(|i| get_n(i, "expires_at") as i64 >= now).count())
+        Ok(self
+            .query(&format!("SLOT#{host}"), "")
+            .await?
+            .iter()
+            .filter(|i| get_n(i, "expires_at") as i64 >= now)
+            .count())
     }
 
     /// The [`BatchStore`] of one batch.
@@ -490,10 +546,25 @@ impl BatchStore for DynamoBatchStore {
     }
 
     async fn put_mailbox(&self, record: &MailboxRecord) -> Result<(), StoreError> {
-        let names = HashMap::from([("#d".to_string(), "data".to_string()), ("#st".to_string(), "status".to_string()), ("#r".to_string(), "row".to_string())]);
-        let values = HashMap::from([(":d".into(), to_json(record)?), (":st".into(), s(record.status.as_str())), (":r".into(), n(record.row))]);
+        let names = HashMap::from([
+            ("#d".to_string(), "data".to_string()),
+            ("#st".to_string(), "status".to_string()),
+            ("#r".to_string(), "row".to_string()),
+        ]);
+        let values = HashMap::from([
+            (":d".into(), to_json(record)?),
+            (":st".into(), s(record.status.as_str())),
+            (":r".into(), n(record.row)),
+        ]);
         self.table
-            .update_if(key(batch_pk(&self.batch), mailbox_sk(&record.mailbox)), "SET #d = :d, #st = :st, #r = :r", None, names, values, &record.mailbox)
+            .update_if(
+                key(batch_pk(&self.batch), mailbox_sk(&record.mailbox)),
+                "SET #d = :d, #st = :st, #r = :r",
+                None,
+                names,
+                values,
+                &record.mailbox,
+            )
             .await?;
         Ok(())
     }
@@ -504,7 +575,8 @@ impl BatchStore for DynamoBatchStore {
 
     async fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError> {
         let items = self.table.query(&batch_pk(&self.batch), "MBX#").await?;
-        let mut records = items.iter().map(|i| from_json::<MailboxRecord>(i, &self.batch)).collect::<Result<Vec<_>, _>>()?;
+        let mut records =
+            items.iter().map(|i| from_json::<MailboxRecord>(i, &self.batch)).collect::<Result<Vec<_>, _>>()?;
         records.sort_by_key(|r| r.row);
         Ok(records)
     }

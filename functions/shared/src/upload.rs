@@ -12,7 +12,9 @@ use mailhaul_common::Secret;
 use tracing::{info, warn};
 
 use crate::config::Services;
-use crate::messages::{batch_id, decode_s3_key, BatchRejected, JobMessage, SecretChunk, StoredPasswords, BATCH_REJECTED};
+use crate::messages::{
+    batch_id, decode_s3_key, BatchRejected, JobMessage, SecretChunk, StoredPasswords, BATCH_REJECTED,
+};
 use crate::ports::OutMessage;
 
 /// Bytes of JSON per secret chunk: under Secrets Manager's 64 KB limit with room to spare.
@@ -83,7 +85,8 @@ pub fn batch_settings(defaults: &toml::Table, sidecar: Option<&str>, sidecar_nam
         merge(&mut table, over);
     }
     let text = toml::to_string(&table).map_err(|e| format!("settings: {e}"))?;
-    let mut settings = Settings::from_toml_str(&text).map_err(|e| format!("{e} (in the stack defaults or {sidecar_name})"))?;
+    let mut settings =
+        Settings::from_toml_str(&text).map_err(|e| format!("{e} (in the stack defaults or {sidecar_name})"))?;
     settings.resolve_secrets(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     Ok(settings)
 }
@@ -108,7 +111,9 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => {
-            let v = invalid_batch(file_problem(format!("settings file {sidecar_name} is not UTF-8 text: save it as UTF-8")));
+            let v = invalid_batch(file_problem(format!(
+                "settings file {sidecar_name} is not UTF-8 text: save it as UTF-8"
+            )));
             return reject(svc, bucket, key, &batch, v).await;
         }
     };
@@ -121,7 +126,8 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
         return reject(svc, bucket, key, &batch, validated).await;
     }
     let jobs: Vec<&MailboxJob> = validated.valid_jobs();
-    let meta = BatchMeta { id: batch.clone(), headers: validated.headers.clone(), total: jobs.len(), created_at: Utc::now() };
+    let meta =
+        BatchMeta { id: batch.clone(), headers: validated.headers.clone(), total: jobs.len(), created_at: Utc::now() };
     if !svc.table.create_batch(&meta, key).await? {
         let state = svc.table.batch_state(&batch).await?.map(|s| s.state).unwrap_or_default();
         // "submitting": an earlier try died half-way; "rejected": a conflicting batch may be over.
@@ -184,7 +190,8 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
             source: job.source.login.password.expose().to_string(),
             destination: job.destination.login.password.expose().to_string(),
         };
-        let entry_size = serde_json::to_string(&entry).map_err(|e| UploadError::Other(e.to_string()))?.len() + job.mailbox.len() + 4;
+        let entry_size =
+            serde_json::to_string(&entry).map_err(|e| UploadError::Other(e.to_string()))?.len() + job.mailbox.len() + 4;
         if size + entry_size > SECRET_CHUNK_BYTES && !chunks.last().is_some_and(|c| c.is_empty()) {
             chunks.push(SecretChunk::new());
             size = 2;
@@ -229,7 +236,13 @@ fn invalid_batch(problem: Problem) -> ValidatedBatch {
 }
 
 /// Writes the validation report, announces the rejection and deletes the CSV (it holds passwords).
-async fn reject(svc: &Services, bucket: &str, key: &str, batch: &str, validated: ValidatedBatch) -> Result<UploadOutcome, UploadError> {
+async fn reject(
+    svc: &Services,
+    bucket: &str,
+    key: &str,
+    batch: &str,
+    validated: ValidatedBatch,
+) -> Result<UploadOutcome, UploadError> {
     let json_key = format!("reports/{batch}/validation.json");
     let txt_key = format!("reports/{batch}/validation.txt");
     let json = serde_json::to_vec_pretty(&validated.to_json()).map_err(|e| UploadError::Other(e.to_string()))?;
@@ -264,8 +277,15 @@ mod tests {
 
     #[test]
     fn sidecar_overrides_stack_defaults() {
-        let defaults: toml::Table = toml::from_str("[source]\nhost = \"a.example\"\nport = 993\n[destination]\nhost = \"b.example\"\n").unwrap();
-        let s = batch_settings(&defaults, Some("[source]\nport = 143\nsecurity = \"plain\"\n[copy]\nskip_duplicates = false\n"), "x.toml").unwrap();
+        let defaults: toml::Table =
+            toml::from_str("[source]\nhost = \"a.example\"\nport = 993\n[destination]\nhost = \"b.example\"\n")
+                .unwrap();
+        let s = batch_settings(
+            &defaults,
+            Some("[source]\nport = 143\nsecurity = \"plain\"\n[copy]\nskip_duplicates = false\n"),
+            "x.toml",
+        )
+        .unwrap();
         assert_eq!(s.source.host.as_deref(), Some("a.example"));
         assert_eq!(s.source.port, Some(143));
         assert!(!s.copy.skip_duplicates);

@@ -100,7 +100,11 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<(String, String)
         .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
         .send()
         .await?;
-    let arn = attrs.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)).cloned().context("queue arn")?;
+    let arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .context("queue arn")?;
     Ok((url, arn))
 }
 
@@ -122,7 +126,10 @@ impl Stack {
         let (s3_events_url, s3_events_arn) = queue(&sqs, "s3-events").await?;
         let (events_url, events_arn) = queue(&sqs, "bus-events").await?;
         // S3 → SQS notification for incoming/*.csv, as the stack wires S3 → the upload Lambda.
-        use aws_sdk_s3::types::{Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter};
+        use aws_sdk_s3::types::{
+            Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+            QueueConfiguration, S3KeyFilter,
+        };
         let filter = NotificationConfigurationFilter::builder()
             .key(
                 S3KeyFilter::builder()
@@ -135,7 +142,13 @@ impl Stack {
             .bucket(&bucket)
             .notification_configuration(
                 NotificationConfiguration::builder()
-                    .queue_configurations(QueueConfiguration::builder().queue_arn(&s3_events_arn).events(Event::S3ObjectCreated).filter(filter).build()?)
+                    .queue_configurations(
+                        QueueConfiguration::builder()
+                            .queue_arn(&s3_events_arn)
+                            .events(Event::S3ObjectCreated)
+                            .filter(filter)
+                            .build()?,
+                    )
                     .build(),
             )
             .send()
@@ -181,10 +194,25 @@ impl Stack {
     }
 
     /// Puts the CSV (and sidecar), then feeds the S3 notification moto delivered to upload.
-    async fn upload(&mut self, name: &str, csv: &str, sidecar: &str) -> Result<Vec<mailhaul_aws::upload::UploadOutcome>> {
+    async fn upload(
+        &mut self,
+        name: &str,
+        csv: &str,
+        sidecar: &str,
+    ) -> Result<Vec<mailhaul_aws::upload::UploadOutcome>> {
         let s3 = mailhaul_aws::config::s3_client(&self.sdk);
-        s3.put_object().bucket(&self.bucket).key(format!("incoming/{name}.toml")).body(sidecar.as_bytes().to_vec().into()).send().await?;
-        s3.put_object().bucket(&self.bucket).key(format!("incoming/{name}.csv")).body(csv.as_bytes().to_vec().into()).send().await?;
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key(format!("incoming/{name}.toml"))
+            .body(sidecar.as_bytes().to_vec().into())
+            .send()
+            .await?;
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key(format!("incoming/{name}.csv"))
+            .body(csv.as_bytes().to_vec().into())
+            .send()
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             for m in self.receive(&self.s3_events_url.clone(), 1).await? {
@@ -209,7 +237,10 @@ impl Stack {
                     }
                 }
                 let event: S3Event = serde_json::from_value(value).context("S3 event from moto")?;
-                let out = mailhaul_aws::upload::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let out =
+                    mailhaul_aws::upload::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 return Ok(out);
             }
             if Instant::now() > deadline {
@@ -237,14 +268,20 @@ impl Stack {
                 s.message_id = m.message_id;
                 s.receipt_handle = m.receipt_handle;
                 s.body = m.body;
-                s.attributes = m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect();
+                s.attributes =
+                    m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect();
                 s
             })
             .collect())
     }
 
     async fn delete(&self, url: &str, m: &SqsMessage) -> Result<()> {
-        self.sqs().delete_message().queue_url(url).receipt_handle(m.receipt_handle.clone().unwrap_or_default()).send().await?;
+        self.sqs()
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+            .send()
+            .await?;
         Ok(())
     }
 
@@ -266,7 +303,9 @@ impl Stack {
                 self.bodies.push(m.body.clone().unwrap_or_default());
                 let mut event = SqsEvent::default();
                 event.records = vec![m.clone()];
-                let resp = mailhaul_aws::copy::handle(&self.svc, LambdaEvent::new(event, ctx(copy_deadline))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let resp = mailhaul_aws::copy::handle(&self.svc, LambdaEvent::new(event, ctx(copy_deadline)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 invocations += 1;
                 if resp.batch_item_failures.is_empty() {
                     self.delete(&jobs, &m).await?;
@@ -276,7 +315,10 @@ impl Stack {
                 self.bodies.push(m.body.clone().unwrap_or_default());
                 let mut event = SqsEvent::default();
                 event.records = vec![m.clone()];
-                let resp = mailhaul_aws::finalize::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let resp =
+                    mailhaul_aws::finalize::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 if resp.batch_item_failures.is_empty() {
                     self.delete(&fin, &m).await?;
                 }
@@ -390,8 +432,10 @@ const WRONG: &str = "Wrong-Carol-pw-0077";
 #[tokio::test]
 async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
     let logs = capture_logs();
-    let src = Dovecot::start(DovecotOptions::with_users(&[("alice", SRC_ALICE), ("bob", SRC_BOB), ("carol", SRC_CAROL)]))?;
-    let dst = Dovecot::start(DovecotOptions::with_users(&[("alice", DST_ALICE), ("bob", DST_BOB), ("carol", DST_CAROL)]))?;
+    let src =
+        Dovecot::start(DovecotOptions::with_users(&[("alice", SRC_ALICE), ("bob", SRC_BOB), ("carol", SRC_CAROL)]))?;
+    let dst =
+        Dovecot::start(DovecotOptions::with_users(&[("alice", DST_ALICE), ("bob", DST_BOB), ("carol", DST_CAROL)]))?;
     seed(&src, "alice", SRC_ALICE, "INBOX", &corpus::mailbox("alice-in", 30)).await?;
     seed(&src, "alice", SRC_ALICE, "Projects/2024", &corpus::mailbox("alice-proj", 12)).await?;
     seed(&src, "bob", SRC_BOB, "INBOX", &corpus::mailbox("bob-in", 25)).await?;
@@ -406,8 +450,15 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
         [mailhaul_aws::upload::UploadOutcome::Submitted { batch, mailboxes: 3 }] => batch.clone(),
         other => bail!("upload: {other:?}"),
     };
-    assert_eq!(batch, mailhaul_aws::messages::batch_id("incoming/spring batch.csv", csv.as_bytes()), "the CLI computes the same id");
-    assert!(stack.object("incoming/spring batch.csv").await?.is_none(), "the CSV is deleted once the passwords are in Secrets Manager");
+    assert_eq!(
+        batch,
+        mailhaul_aws::messages::batch_id("incoming/spring batch.csv", csv.as_bytes()),
+        "the CLI computes the same id"
+    );
+    assert!(
+        stack.object("incoming/spring batch.csv").await?.is_none(),
+        "the CSV is deleted once the passwords are in Secrets Manager"
+    );
     let secrets_during = stack.secret_names().await?;
     assert_eq!(secrets_during.len(), 1, "3 rows fit one secret chunk: {secrets_during:?}");
 
@@ -438,11 +489,14 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
     assert!(contents(&dst, "carol", DST_CAROL).await?.is_empty(), "carol's login failed: nothing copied");
 
     // Reports in S3, same formats as a local run.
-    let report_csv = String::from_utf8(stack.object(&format!("reports/{batch}/report.csv")).await?.context("report.csv")?)?;
+    let report_csv =
+        String::from_utf8(stack.object(&format!("reports/{batch}/report.csv")).await?.context("report.csv")?)?;
     assert!(report_csv.lines().count() >= 4, "{report_csv}");
-    let report_json: serde_json::Value = serde_json::from_slice(&stack.object(&format!("reports/{batch}/report.json")).await?.context("report.json")?)?;
+    let report_json: serde_json::Value =
+        serde_json::from_slice(&stack.object(&format!("reports/{batch}/report.json")).await?.context("report.json")?)?;
     assert_eq!(report_json["batch"], batch.as_str());
-    let failed_csv = String::from_utf8(stack.object(&format!("reports/{batch}/failed.csv")).await?.context("failed.csv")?)?;
+    let failed_csv =
+        String::from_utf8(stack.object(&format!("reports/{batch}/failed.csv")).await?.context("failed.csv")?)?;
     assert!(failed_csv.contains("carol") && !failed_csv.contains("alice"), "{failed_csv}");
 
     // Events through the EventBridge rule.
@@ -457,7 +511,8 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
 
     // Secrets deleted; no password anywhere.
     assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
-    let mut haystacks = vec![("sqs", stack.bodies.join("\n")), ("dynamodb", stack.table_dump().await?), ("logs", logs.text())];
+    let mut haystacks =
+        vec![("sqs", stack.bodies.join("\n")), ("dynamodb", stack.table_dump().await?), ("logs", logs.text())];
     for (key, body) in stack.all_objects().await? {
         haystacks.push(("s3", format!("{key}: {}", String::from_utf8_lossy(&body))));
     }
@@ -484,9 +539,12 @@ async fn an_invalid_csv_is_rejected_with_a_report() -> Result<()> {
         [mailhaul_aws::upload::UploadOutcome::Rejected { batch, errors }] if *errors > 0 => batch.clone(),
         other => bail!("upload: {other:?}"),
     };
-    let json: serde_json::Value = serde_json::from_slice(&stack.object(&format!("reports/{batch}/validation.json")).await?.context("validation.json")?)?;
+    let json: serde_json::Value = serde_json::from_slice(
+        &stack.object(&format!("reports/{batch}/validation.json")).await?.context("validation.json")?,
+    )?;
     assert!(json.to_string().contains("destination_user"), "{json}");
-    let txt = String::from_utf8(stack.object(&format!("reports/{batch}/validation.txt")).await?.context("validation.txt")?)?;
+    let txt =
+        String::from_utf8(stack.object(&format!("reports/{batch}/validation.txt")).await?.context("validation.txt")?)?;
     assert!(!txt.is_empty());
     let events = stack.events().await?;
     let rejected = events.iter().find(|(t, _)| t == "BatchRejected").context("BatchRejected delivered")?;
@@ -544,11 +602,13 @@ async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Re
     capture_logs();
     // Dovecot refuses frank's (correct) login as a busy provider does, with a backoff hint.
     let src = Dovecot::start(
-        DovecotOptions::with_users(&[("frank", "pw-frank-src")]).passdb_extra("frank", &format!("nologin reason={}", BUSY_REPLY.replace(' ', "\u{a0}"))),
+        DovecotOptions::with_users(&[("frank", "pw-frank-src")])
+            .passdb_extra("frank", &format!("nologin reason={}", BUSY_REPLY.replace(' ', "\u{a0}"))),
     )?;
     let dst = Dovecot::start(DovecotOptions::with_users(&[("frank", "pw-frank-dst")]))?;
     let mut stack = Stack::start().await?;
-    let csv = "source_user,source_password,destination_user,destination_password\nfrank,pw-frank-src,frank,pw-frank-dst\n";
+    let csv =
+        "source_user,source_password,destination_user,destination_password\nfrank,pw-frank-src,frank,pw-frank-dst\n";
     let batch = match stack.upload("busy", csv, &sidecar(&src, &dst, 5)).await?.as_slice() {
         [mailhaul_aws::upload::UploadOutcome::Submitted { batch, .. }] => batch.clone(),
         other => bail!("upload: {other:?}"),
@@ -560,8 +620,14 @@ async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Re
     // The real handler, as Lambda calls it: the delivery succeeds (no batch item failure).
     let mut event = SqsEvent::default();
     event.records = vec![message.clone()];
-    let resp = mailhaul_aws::copy::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(30)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert!(resp.batch_item_failures.is_empty(), "a throttled job is not a failed delivery: {:?}", resp.batch_item_failures);
+    let resp = mailhaul_aws::copy::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(30))))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        resp.batch_item_failures.is_empty(),
+        "a throttled job is not a failed delivery: {:?}",
+        resp.batch_item_failures
+    );
     stack.delete(&jobs_url, &message).await?;
     let sent_at = Instant::now();
 
@@ -575,7 +641,10 @@ async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Re
 
     // The job is back on the queue, invisible for the server's 3 s, then delivered.
     let early = stack.receive(&jobs_url, 1).await?;
-    assert!(early.is_empty() || sent_at.elapsed() >= Duration::from_millis(2500), "the job came back before the server's delay: {early:?}");
+    assert!(
+        early.is_empty() || sent_at.elapsed() >= Duration::from_millis(2500),
+        "the job came back before the server's delay: {early:?}"
+    );
     let mut again = None;
     while again.is_none() && sent_at.elapsed() < Duration::from_secs(15) {
         again = stack.receive(&jobs_url, 1).await?.pop();
@@ -625,7 +694,12 @@ async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_complete
     sqs.send_message().queue_url(&dlq_url).message_body(hugo.body.clone().unwrap_or_default()).send().await?;
     stack.delete(&jobs_url, &hugo).await?;
     // Gina's job goes back to be copied by drain() below.
-    sqs.change_message_visibility().queue_url(&jobs_url).receipt_handle(gina.receipt_handle.clone().unwrap_or_default()).visibility_timeout(0).send().await?;
+    sqs.change_message_visibility()
+        .queue_url(&jobs_url)
+        .receipt_handle(gina.receipt_handle.clone().unwrap_or_default())
+        .visibility_timeout(0)
+        .send()
+        .await?;
 
     // Gina finishes; the batch waits for hugo.
     let err = stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(20)).await;
@@ -638,7 +712,9 @@ async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_complete
     assert_eq!(dead.len(), 1);
     let mut event = SqsEvent::default();
     event.records = dead.clone();
-    let resp = mailhaul_aws::finalize::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60)))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp = mailhaul_aws::finalize::handle(&stack.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(resp.batch_item_failures.is_empty(), "{:?}", resp.batch_item_failures);
     stack.delete(&dlq_url, &dead[0]).await?;
 
@@ -654,10 +730,14 @@ async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_complete
     stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(30)).await?;
     let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
     assert_eq!((state.total, state.done, state.failed, state.state.as_str()), (2, 1, 1, "completed"));
-    let failed_csv = String::from_utf8(stack.object(&format!("reports/{batch}/failed.csv")).await?.context("failed.csv")?)?;
+    let failed_csv =
+        String::from_utf8(stack.object(&format!("reports/{batch}/failed.csv")).await?.context("failed.csv")?)?;
     assert!(failed_csv.contains("hugo") && !failed_csv.contains("gina"), "{failed_csv}");
     let events = stack.events().await?;
-    let hugo_done = events.iter().find(|(t, d)| t == "MailboxCompleted" && d["mailbox"] == "hugo").context("MailboxCompleted for hugo")?;
+    let hugo_done = events
+        .iter()
+        .find(|(t, d)| t == "MailboxCompleted" && d["mailbox"] == "hugo")
+        .context("MailboxCompleted for hugo")?;
     assert_eq!(hugo_done.1["status"], "failed");
     assert!(events.iter().any(|(t, _)| t == "BatchCompleted"), "{events:?}");
     assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");

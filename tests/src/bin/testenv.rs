@@ -10,15 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mailhaul_tests::dovecot::stop_pid;
-use mailhaul_tests::{
-    corpus, imap, DelayProxy, Dovecot, DovecotOptions, Layout, SampleMessage, SeedMessage,
-};
+use mailhaul_tests::{corpus, imap, DelayProxy, Dovecot, DovecotOptions, Layout, SampleMessage, SeedMessage};
 
 #[derive(Parser)]
-#[command(
-    name = "mailhaul-testenv",
-    about = "Local source and destination IMAP servers for trying mailhaul"
-)]
+#[command(name = "mailhaul-testenv", about = "Local source and destination IMAP servers for trying mailhaul")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,12 +48,7 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up {
-            dir,
-            users,
-            messages,
-            latency_ms,
-        } => up(&dir, users, messages, latency_ms).await,
+        Command::Up { dir, users, messages, latency_ms } => up(&dir, users, messages, latency_ms).await,
         Command::Down { dir } => down(&dir),
     };
     if let Err(e) = result {
@@ -74,9 +64,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
         bail!("--users must be at least 1");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     if let Some(pid) = live_testenv(&dir) {
         bail!(
             "a testenv (pid {pid}) is already running in {}; stop it with: mailhaul-testenv down --dir {}",
@@ -94,9 +82,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
     std::fs::write(dir.join(PID_FILE), std::process::id().to_string())?;
 
     let accounts = |prefix: &str| -> Vec<(String, String)> {
-        (1..=users)
-            .map(|i| (format!("user{i}"), format!("{prefix}-pass-{i}")))
-            .collect()
+        (1..=users).map(|i| (format!("user{i}"), format!("{prefix}-pass-{i}"))).collect()
     };
     let source = Dovecot::start(DovecotOptions {
         users: accounts("src"),
@@ -143,10 +129,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
          destination_host,destination_port,destination_security,destination_user,destination_password\n",
     );
     for ((su, sp), (du, dp)) in source.users.iter().zip(&destination.users) {
-        writeln!(
-            csv,
-            "127.0.0.1,{src_port},tls,{su},{sp},127.0.0.1,{dst_port},tls,{du},{dp}"
-        )?;
+        writeln!(csv, "127.0.0.1,{src_port},tls,{su},{sp},127.0.0.1,{dst_port},tls,{du},{dp}")?;
     }
     std::fs::write(dir.join("batch.csv.tmp"), csv)?;
     let toml = format!(
@@ -174,10 +157,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
     println!("  seeded:      {total} messages over {users} mailboxes");
     println!("  batch:       {}", dir.join("batch.csv").display());
     println!("  config:      {}", dir.join("mailhaul.toml").display());
-    println!(
-        "Stop with Ctrl-C, SIGTERM, or: mailhaul-testenv down --dir {}",
-        dir.display()
-    );
+    println!("Stop with Ctrl-C, SIGTERM, or: mailhaul-testenv down --dir {}", dir.display());
 
     wait_for_stop().await?;
     eprintln!("mailhaul-testenv: stopping servers");
@@ -202,35 +182,16 @@ async fn wait_for_stop() -> Result<()> {
 fn sample_account(user: &str, messages: u32) -> Vec<(String, Vec<SeedMessage>)> {
     let part = (messages / 4).max(1);
     let old = |n: u32| {
-        let date = chrono::DateTime::parse_from_rfc3339("2004-02-29T23:15:00+02:00")
-            .unwrap_or_default()
+        let date = chrono::DateTime::parse_from_rfc3339("2004-02-29T23:15:00+02:00").unwrap_or_default()
             + chrono::Duration::days(i64::from(n) * 30);
-        SampleMessage::new(&format!("{user}-archive"), n)
-            .date(date)
-            .seed()
-            .flags(&["\\Seen"])
+        SampleMessage::new(&format!("{user}-archive"), n).date(date).seed().flags(&["\\Seen"])
     };
     vec![
-        (
-            "INBOX".into(),
-            corpus::mailbox(&format!("{user}-inbox"), messages),
-        ),
-        (
-            "Sent Items".into(),
-            corpus::mailbox(&format!("{user}-sent"), (messages / 2).max(1)),
-        ),
-        (
-            "Projects/2019/Q1".into(),
-            corpus::mailbox(&format!("{user}-q1"), part),
-        ),
-        (
-            "Projects/Alpha".into(),
-            corpus::mailbox(&format!("{user}-alpha"), part),
-        ),
-        (
-            "Société/Réunions".into(),
-            corpus::mailbox(&format!("{user}-reunions"), part),
-        ),
+        ("INBOX".into(), corpus::mailbox(&format!("{user}-inbox"), messages)),
+        ("Sent Items".into(), corpus::mailbox(&format!("{user}-sent"), (messages / 2).max(1))),
+        ("Projects/2019/Q1".into(), corpus::mailbox(&format!("{user}-q1"), part)),
+        ("Projects/Alpha".into(), corpus::mailbox(&format!("{user}-alpha"), part)),
+        ("Société/Réunions".into(), corpus::mailbox(&format!("{user}-reunions"), part)),
         ("Old Mail 2004".into(), (1..=part).map(old).collect()),
     ]
 }
@@ -243,14 +204,9 @@ fn toml_string(path: &Path) -> String {
 
 /// The pid of a running testenv recorded in DIR, if it is still alive.
 fn live_testenv(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    (pid != std::process::id() && String::from_utf8_lossy(&cmdline).contains("testenv"))
-        .then_some(pid)
+    (pid != std::process::id() && String::from_utf8_lossy(&cmdline).contains("testenv")).then_some(pid)
 }
 
 fn down(dir: &Path) -> Result<()> {
@@ -273,10 +229,7 @@ fn down(dir: &Path) -> Result<()> {
     }
     for side in ["source", "destination"] {
         let pid_file = dir.join(side).join("run").join("master.pid");
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
             if stop_pid(pid, Duration::from_secs(10)) {
                 stopped.push(format!("{side} dovecot {pid}"));
             }
