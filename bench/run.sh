@@ -69,8 +69,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ "$BUILD" = 1 ]; then
-    log "cargo build --release -p mailhaul -p mailhaul-tests"
-    cargo build --release -p mailhaul -p mailhaul-tests
+    log "cargo build --release --no-default-features -p mailhaul -p mailhaul-tests"
+    cargo build --release --no-default-features -p mailhaul -p mailhaul-tests
 fi
 MAILHAUL="$ROOT/target/release/mailhaul"
 TESTENV="$ROOT/target/release/mailhaul-testenv"

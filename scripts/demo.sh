@@ -9,8 +9,8 @@ cd "$ROOT"
 
 bash scripts/setup.sh --imap-only
 
-echo "demo: building (cargo build --release -p mailhaul -p mailhaul-tests)" >&2
-cargo build --release -p mailhaul -p mailhaul-tests
+echo "demo: building (cargo build --release --no-default-features -p mailhaul -p mailhaul-tests)" >&2
+cargo build --release --no-default-features -p mailhaul -p mailhaul-tests
 
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/mailhaul-demo.XXXXXX")"
 TESTENV="$ROOT/target/release/mailhaul-testenv"

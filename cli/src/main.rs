@@ -1,6 +1,10 @@
 //! `mailhaul`: validate a batch CSV, run it locally on embedded state, and read its state;
 //! or submit it to a deployed AWS stack and follow it there.
 
+#[cfg(feature = "aws")]
+mod aws;
+#[cfg(not(feature = "aws"))]
+#[path = "aws_off.rs"]
 mod aws;
 mod progress;
 mod run;

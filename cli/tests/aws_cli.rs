@@ -1,5 +1,6 @@
 //! `mailhaul submit`, `status BATCH --table` and `report BATCH --bucket` against a stack on
 //! the moto server: the real binary, the real upload handler and finalize in between.
+#![cfg(feature = "aws")]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
