@@ -3,7 +3,9 @@
 use std::path::Path;
 
 fn unavailable() -> anyhow::Result<u8> {
-    anyhow::bail!("this mailhaul was built without AWS support: build it with the default features (cargo build -p mailhaul)")
+    anyhow::bail!(
+        "this mailhaul was built without AWS support: build it with the default features (cargo build -p mailhaul)"
+    )
 }
 
 pub async fn submit(_csv: &Path, _bucket: &str, _config: Option<&Path>) -> anyhow::Result<u8> {

@@ -634,3 +634,20 @@ pipelining = false
         assert!(plain.has_master());
     }
 }
+
+#[cfg(test)]
+mod readme_example {
+    use super::*;
+
+    /// The settings example in the README stays valid.
+    #[test]
+    fn readme_settings_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in the README") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("end of the toml block");
+        let settings = Settings::from_toml_str(&readme[start..end]).expect("README example parses");
+        assert_eq!(settings.destination.admin_user.as_deref(), Some("admin"));
+        assert_eq!(settings.copy.folder_map.get("Old Stuff/2019").map(String::as_str), Some("Archive/2019"));
+        assert_eq!(settings.copy.max_message_size, 35 * 1024 * 1024);
+    }
+}
