@@ -263,3 +263,42 @@ async fn refused_message_is_recorded_and_the_folder_goes_on() {
         .expect("again");
     assert_eq!(again.this_pass.refused + again.this_pass.copied, 0);
 }
+
+/// TLS is verified by default; STARTTLS and plain work when configured; the opt-out is explicit.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_starttls_plain_and_certificate_checks() {
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("tls", 3)).await.expect("seed");
+    let options = CopyOptions::default();
+    let store = SqliteStore::in_memory().expect("store");
+
+    // No CA for the test server's certificate: refused, permanently, with a hint.
+    let mut unverified = job(&source, &destination);
+    unverified.source.server.ca_file = None;
+    let error = copy_mailbox(&unverified, &options, &store, &NoProgress, &TimeBox::unlimited())
+        .await
+        .expect_err("an unknown certificate must be refused");
+    assert!(matches!(error, mailhaul_common::error::CopyError::Tls { .. }), "{error}");
+    assert!(!error.is_retryable());
+    assert!(error.hint().contains("ca_file"), "{}", error.hint());
+
+    // The explicit per-side opt-out accepts it.
+    unverified.source.server.accept_invalid_certs = true;
+    // STARTTLS on the destination's plain port, verified with its CA.
+    unverified.destination.server.port = destination.imap_port;
+    unverified.destination.server.security = Security::Starttls;
+    let outcome = copy_mailbox(&unverified, &options, &store, &NoProgress, &TimeBox::unlimited())
+        .await
+        .expect("opt-out + STARTTLS");
+    assert_eq!(outcome.this_pass.copied, 3);
+
+    // Plain IMAP, only because it is configured, finds everything there already.
+    let mut plain = job(&source, &destination);
+    plain.source.server.port = source.imap_port;
+    plain.source.server.security = Security::Plain;
+    let outcome = copy_mailbox(&plain, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("plain");
+    assert_eq!(outcome.this_pass.copied, 0);
+    assert_eq!(dump(&destination, "alice", "pw").await.expect("dump")["INBOX"].len(), 3);
+}
