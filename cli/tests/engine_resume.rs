@@ -141,6 +141,15 @@ async fn stop_deadline_and_resume(literals: Literals) {
         v
     };
     assert_eq!(flags(&destination_dump), flags(&source_dump), "flags and dates kept");
+    {
+        use mailhaul_common::ports::CheckpointStore;
+        let checkpoints = store.load_folders("alice").await.expect("checkpoints");
+        assert_eq!(checkpoints.len(), 2);
+        for cp in &checkpoints {
+            assert!(cp.complete && cp.in_flight.is_none() && cp.uid_validity > 0, "{cp:?}");
+            assert!(cp.highest_modseq.is_some(), "HIGHESTMODSEQ recorded (Dovecot has CONDSTORE): {cp:?}");
+        }
+    }
 
     // 4. State lost: a fresh store finds every message already there and copies none.
     let fresh = SqliteStore::in_memory().expect("store");

@@ -82,7 +82,14 @@ pub async fn copy_mailbox(
     progress: &dyn ProgressSink,
     timebox: &TimeBox,
 ) -> Result<MailboxOutcome, CopyError> {
-    let (source, _) = connect(&job.source, Side::Source).await?;
+    let (mut source, source_caps) = connect(&job.source, Side::Source).await?;
+    if source_caps.condstore {
+        // EXAMINE then reports HIGHESTMODSEQ, recorded in the checkpoint. Read-only still.
+        let label = label(&job.source.server);
+        timed(source.run_command_and_check_ok("ENABLE CONDSTORE"))
+            .await
+            .map_err(|e| classify(e, Side::Source, &label))?;
+    }
     let (destination, caps) = connect(&job.destination, Side::Destination).await?;
     let mut copier = Copier {
         job,
@@ -230,6 +237,7 @@ impl Copier<'_> {
         })?;
         let uid_validity = source_box.uid_validity.unwrap_or(0);
         let uid_next = source_box.uid_next.unwrap_or(0);
+        let highest_modseq = source_box.highest_modseq;
 
         let mut cp = match checkpoint {
             Some(cp) if cp.uid_validity == uid_validity => cp,
@@ -244,6 +252,11 @@ impl Copier<'_> {
             None => fresh_checkpoint(folder, &destination_raw, uid_validity),
         };
         cp.destination_folder = destination_raw.clone();
+        if cp.highest_modseq.is_some() && highest_modseq.is_some() && cp.highest_modseq != highest_modseq {
+            // Flags changed or messages were removed on the source since the last pass.
+            // Copies already made keep the flags they had then (see README: delta passes).
+            tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, "source folder changed since the last pass (HIGHESTMODSEQ)");
+        }
         if cp.complete && cp.uid_next == uid_next && cp.in_flight.is_none() && existing.contains(&destination_raw) {
             return Ok(Ok(())); // nothing arrived since the last pass
         }
@@ -427,6 +440,7 @@ impl Copier<'_> {
         cp.in_flight = None;
         cp.complete = true;
         cp.uid_next = uid_next;
+        cp.highest_modseq = highest_modseq;
         if let Some(last) = candidates.last() {
             cp.last_uid = cp.last_uid.max(last.uid);
         }
