@@ -5,7 +5,7 @@ use aws_lambda_events::event::s3::S3Event;
 use chrono::Utc;
 use lambda_runtime::LambdaEvent;
 use mailhaul_common::batch::{validate_batch, Problem, Severity, ValidatedBatch};
-use mailhaul_common::model::{MailboxJob, MailboxStatus};
+use mailhaul_common::model::MailboxJob;
 use mailhaul_common::ports::{BatchMeta, MailboxRecord};
 use mailhaul_common::settings::Settings;
 use mailhaul_common::Secret;
@@ -165,19 +165,7 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
     }
 
     for row in &validated.rows {
-        let record = MailboxRecord {
-            mailbox: row.mailbox.clone(),
-            row: row.row,
-            source_user: row.source_user.clone(),
-            cells: row.cells.clone(),
-            status: MailboxStatus::Pending,
-            error: None,
-            hint: None,
-            started_at: None,
-            finished_at: None,
-            seconds: 0.0,
-            passes: 0,
-        };
+        let record = MailboxRecord::pending(&row.mailbox, row.row, &row.source_user, row.cells.clone());
         svc.table.create_mailbox(&batch, &record).await?;
     }
 
