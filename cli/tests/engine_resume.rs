@@ -311,3 +311,51 @@ async fn tls_starttls_plain_and_certificate_checks() {
     assert_eq!(outcome.this_pass.copied, 0);
     assert_eq!(dump(&destination, "alice", "pw").await.expect("dump")["INBOX"].len(), 3);
 }
+
+/// cPanel/Courier-style servers keep every folder under `INBOX.`: from a plain server to such
+/// a one and back, folders land under the right names.
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_prefixed_servers_on_either_side() {
+    let users = [("alice", "pw")];
+    let plain = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::Outlook)).expect("plain");
+    let prefixed =
+        Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::Standard).separator('.').inbox_prefix())
+            .expect("prefixed");
+    let back = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::Standard)).expect("back");
+    seed(&plain, "alice", "pw", "INBOX", &corpus::mailbox("in", 2)).await.expect("seed");
+    seed(&plain, "alice", "pw", "Sent Items", &corpus::mailbox("sent", 2)).await.expect("seed");
+    seed(&plain, "alice", "pw", "Work/2024", &corpus::mailbox("work", 3)).await.expect("seed");
+
+    let options = CopyOptions::default();
+    let to_prefixed = job(&plain, &prefixed);
+    let outcome = copy_mailbox(
+        &to_prefixed,
+        &options,
+        &SqliteStore::in_memory().expect("store"),
+        &NoProgress,
+        &TimeBox::unlimited(),
+    )
+    .await
+    .expect("to prefixed");
+    assert_eq!(outcome.this_pass.copied, 7);
+    let there = dump(&prefixed, "alice", "pw").await.expect("dump");
+    assert_eq!(there["INBOX"].len(), 2);
+    assert_eq!(there["INBOX.Sent"].len(), 2, "{:?}", there.keys());
+    assert_eq!(there["INBOX.Work.2024"].len(), 3, "{:?}", there.keys());
+
+    let from_prefixed = job(&prefixed, &back);
+    let outcome = copy_mailbox(
+        &from_prefixed,
+        &options,
+        &SqliteStore::in_memory().expect("store"),
+        &NoProgress,
+        &TimeBox::unlimited(),
+    )
+    .await
+    .expect("from prefixed");
+    assert_eq!(outcome.this_pass.copied, 7);
+    let back_dump = dump(&back, "alice", "pw").await.expect("dump");
+    assert_eq!(back_dump["Sent"].len(), 2, "{:?}", back_dump.keys());
+    assert_eq!(back_dump["Work/2024"].len(), 3, "{:?}", back_dump.keys());
+    assert!(!back_dump.keys().any(|k| k.starts_with("INBOX/")), "no INBOX level carried over: {:?}", back_dump.keys());
+}

@@ -168,9 +168,15 @@ impl Copier<'_> {
         let source_folders = timed(list(&mut self.source, &reference)).await.map_err(|e| self.src_err(e))?;
         let destination_folders = timed(list(&mut self.destination, "")).await.map_err(|e| self.dst_err(e))?;
         let layout = destination_layout(&destination_folders);
+        // Folders of an INBOX-prefixed source (INBOX.Sent) are top-level folders in disguise.
+        let source_prefix = folders::detect_prefix(&source_folders);
+        let source_root = match (&self.job.user_root, source_prefix.first()) {
+            (Some(root), _) => Some(root.clone()),
+            (None, Some(prefix)) => Some(prefix.clone()),
+            (None, None) => None,
+        };
         let mut existing: BTreeSet<String> = destination_folders.iter().map(|f| f.raw.clone()).collect();
-        let (plans, excluded) =
-            folders::plan_folders(&source_folders, &layout, self.options, self.job.user_root.as_deref());
+        let (plans, excluded) = folders::plan_folders(&source_folders, &layout, self.options, source_root.as_deref());
         for skip in &excluded {
             tracing::info!(mailbox = %self.job.mailbox, folder = %skip.source_display, reason = %skip.reason, "folder not copied");
         }
@@ -762,7 +768,7 @@ fn destination_layout(folders: &[ListedFolder]) -> DestinationLayout {
             by_role.entry(*role).or_insert_with(|| folder.segments(None));
         }
     }
-    DestinationLayout { delimiter, by_role }
+    DestinationLayout { delimiter, prefix: folders::detect_prefix(folders), by_role }
 }
 
 async fn fetch_metas(session: &mut Session, range: &str) -> Result<Vec<MessageMeta>, async_imap::error::Error> {

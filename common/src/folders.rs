@@ -80,8 +80,9 @@ impl ListedFolder {
         let mut name = decoded.as_str();
         if let (Some(root), Some(delim)) = (root, self.delimiter) {
             let root = root.trim_matches(delim).trim_matches('/');
-            if let Some(rest) = name.strip_prefix(root) {
-                name = rest.trim_start_matches(delim);
+            // Only a whole leading level counts: root "INBOX" strips "INBOX.Sent", not "INBOXES".
+            if let Some(rest) = name.strip_prefix(root).and_then(|rest| rest.strip_prefix(delim)) {
+                name = rest;
             }
         }
         match self.delimiter {
@@ -129,6 +130,9 @@ pub struct Excluded {
 #[derive(Clone, Debug, Default)]
 pub struct DestinationLayout {
     pub delimiter: char,
+    /// Levels every personal folder lives under (`["INBOX"]` on Courier and cPanel-style
+    /// servers whose folders are all `INBOX.Name`); empty elsewhere.
+    pub prefix: Vec<String>,
     /// Existing destination folders by role (decoded, `/`-joined levels).
     pub by_role: BTreeMap<Role, Vec<String>>,
 }
@@ -173,15 +177,23 @@ pub fn plan_folders(
             continue;
         }
 
+        let under_prefix = |levels: Vec<String>| -> Vec<String> {
+            let is_inbox = levels.len() == 1 && levels[0].eq_ignore_ascii_case("INBOX");
+            if is_inbox || destination.prefix.is_empty() {
+                levels
+            } else {
+                destination.prefix.iter().cloned().chain(levels).collect()
+            }
+        };
         let mapped: Vec<String> = if let Some(target) = options.folder_map.get(&display) {
-            target.split('/').map(str::to_string).collect()
+            under_prefix(target.split('/').map(str::to_string).collect())
         } else if let Some(role) = role {
             match destination.by_role.get(&role) {
                 Some(existing) => existing.clone(),
-                None => vec![role.default_name().to_string()],
+                None => under_prefix(vec![role.default_name().to_string()]),
             }
         } else {
-            segments.clone()
+            under_prefix(segments.clone())
         };
 
         // A level holding the destination's delimiter would become extra levels there:
@@ -212,6 +224,24 @@ pub fn plan_folders(
     (plans, excluded)
 }
 
+/// The personal-namespace prefix of a server whose folders all live under INBOX
+/// (`INBOX.Sent`, `INBOX.Trash`: Courier, many cPanel hosts), as its levels (`["INBOX"]`).
+/// Without NAMESPACE parsing in async-imap, this is read off the folder list: every
+/// selectable folder but INBOX itself sits under `INBOX<delimiter>`.
+pub fn detect_prefix(folders: &[ListedFolder]) -> Vec<String> {
+    let others: Vec<&ListedFolder> =
+        folders.iter().filter(|f| !f.noselect && !f.raw.eq_ignore_ascii_case("INBOX")).collect();
+    let under_inbox = |f: &&ListedFolder| {
+        f.delimiter
+            .is_some_and(|d| f.raw.len() > 6 && f.raw[..5].eq_ignore_ascii_case("INBOX") && f.raw[5..].starts_with(d))
+    };
+    if !others.is_empty() && others.iter().all(under_inbox) {
+        vec!["INBOX".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The parents a destination folder needs, shortest first (`a`, `a/b` for `a/b/c`).
 pub fn parents(levels: &[String]) -> Vec<Vec<String>> {
     (1..levels.len()).map(|n| levels[..n].to_vec()).collect()
@@ -233,7 +263,30 @@ mod tests {
         let mut by_role = BTreeMap::new();
         by_role.insert(Role::Sent, vec!["Sent".to_string()]);
         by_role.insert(Role::Trash, vec!["Trash".to_string()]);
-        DestinationLayout { delimiter, by_role }
+        DestinationLayout { delimiter, prefix: Vec::new(), by_role }
+    }
+
+    #[test]
+    fn inbox_prefixed_servers() {
+        let cpanel =
+            [listed("INBOX", '.', &[]), listed("INBOX.Sent", '.', &[Role::Sent]), listed("INBOX.Work.2024", '.', &[])];
+        assert_eq!(detect_prefix(&cpanel), vec!["INBOX".to_string()]);
+        let plain = [listed("INBOX", '/', &[]), listed("INBOX/Receipts", '/', &[]), listed("Sent", '/', &[])];
+        assert!(detect_prefix(&plain).is_empty());
+        assert!(detect_prefix(&[listed("INBOX", '.', &[])]).is_empty(), "INBOX alone tells nothing");
+        assert!(detect_prefix(&[listed("INBOX", '.', &[]), listed("INBOXES", '.', &[])]).is_empty());
+
+        // From a prefixed source to a prefixed destination: levels below INBOX map across.
+        let mut dest = layout('.');
+        dest.prefix = vec!["INBOX".into()];
+        dest.by_role.insert(Role::Sent, vec!["INBOX".into(), "Sent".into()]);
+        let (plans, _) = plan_folders(&cpanel, &dest, &CopyOptions::default(), Some("INBOX."));
+        let names: Vec<String> = plans.iter().map(|p| p.destination_raw('.')).collect();
+        assert_eq!(names, vec!["INBOX", "INBOX.Sent", "INBOX.Work.2024"]);
+        // From a prefixed source to a plain one: the INBOX level goes.
+        let (plans, _) = plan_folders(&cpanel, &layout('/'), &CopyOptions::default(), Some("INBOX."));
+        let names: Vec<String> = plans.iter().map(|p| p.destination_raw('/')).collect();
+        assert_eq!(names, vec!["INBOX", "Sent", "Work/2024"]);
     }
 
     fn map_one(folder: ListedFolder, options: &CopyOptions, dest: &DestinationLayout) -> Option<FolderPlan> {

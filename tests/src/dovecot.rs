@@ -61,6 +61,8 @@ pub struct DovecotOptions {
     pub literal_plus: bool,
     /// With `literal_plus` false: announce LITERAL- instead (as Gmail does).
     pub literal_minus: bool,
+    /// Every folder lives under `INBOX<separator>` (Courier, many cPanel hosts).
+    pub inbox_prefix: bool,
     /// Refuse APPENDs larger than this (Dovecot size syntax, e.g. `100k`).
     pub max_mail_size: Option<String>,
     /// Keep the instance in this directory (created if missing, never deleted) instead of a
@@ -81,6 +83,7 @@ impl Default for DovecotOptions {
             literal_plus: true,
             literal_minus: false,
             max_mail_size: None,
+            inbox_prefix: false,
             dir: None,
             passdb_extra: Vec::new(),
         }
@@ -118,6 +121,12 @@ impl DovecotOptions {
     /// login is refused with `NO [UNAVAILABLE] reason`, as a throttling server does.
     pub fn passdb_extra(mut self, user: &str, fields: &str) -> Self {
         self.passdb_extra.push((user.to_string(), fields.to_string()));
+        self
+    }
+
+    /// Put every folder under `INBOX<separator>`, as Courier and many cPanel hosts do.
+    pub fn inbox_prefix(mut self) -> Self {
+        self.inbox_prefix = true;
         self
     }
 
@@ -528,6 +537,9 @@ service imap-login {{
         writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}{minus}").ok();
     }
     writeln!(c, "namespace inbox {{\n  inbox = yes\n  separator = {}", opts.separator).ok();
+    if opts.inbox_prefix {
+        writeln!(c, "  prefix = INBOX{}", opts.separator).ok();
+    }
     for (name, special) in opts.special_use_layout.folders() {
         writeln!(c, "  mailbox \"{name}\" {{\n    auto = subscribe\n    special_use = {special}\n  }}").ok();
     }
