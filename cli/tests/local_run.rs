@@ -285,3 +285,58 @@ fn exists(path: &Path) -> bool {
 fn seed_many(tag: &str, count: u32) -> Vec<SeedMessage> {
     (1..=count).map(|n| SampleMessage::new(tag, n).body_size(4000).seed()).collect()
 }
+
+/// A server that keeps saying "busy, try again in 1 second": retried a bounded number of
+/// times with its own delay, then reported as failed with the server's words and a hint,
+/// while the other mailbox of the batch is done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttling_server_is_retried_a_bounded_number_of_times() {
+    let busy = "[THROTTLED] Too many logins. Try again in 1 seconds";
+    let users = [("gina", "gina-pw"), ("hal", "hal-pw")];
+    // passwd-file splits extra fields on spaces: no-break spaces keep the reply one field.
+    let source = Dovecot::start(
+        DovecotOptions::with_users(&users)
+            .layout(Layout::None)
+            .passdb_extra("gina", &format!("nologin reason={}", busy.replace(' ', "\u{a0}"))),
+    )
+    .expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    seed(&source, "hal", "hal-pw", "INBOX", &[SampleMessage::new("hal", 1).seed()]).await.expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("batch.csv");
+    let row = |user: &str, pw: &str| {
+        format!(
+            "127.0.0.1,{},plain,{user},{pw},127.0.0.1,{},plain,{user},{pw}\n",
+            source.imap_port, destination.imap_port
+        )
+    };
+    std::fs::write(
+        &csv,
+        format!(
+            "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password\n{}{}",
+            row("gina", "gina-pw"),
+            row("hal", "hal-pw")
+        ),
+    )
+    .expect("csv");
+    let started = std::time::Instant::now();
+    let output = Command::new(BIN)
+        .arg("run")
+        .arg(&csv)
+        .arg("--report-dir")
+        .arg(dir.path().join("report"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.matches("retrying in 1s").count() >= 3, "retried with the server's delay");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "bounded");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report/report.json")).expect("report")).expect("json");
+    let gina = &report["mailboxes"][0];
+    assert_eq!(gina["status"], "failed");
+    assert!(gina["error"].as_str().unwrap_or("").contains("THROTTLED"), "{gina}");
+    assert!(gina["hint"].as_str().unwrap_or("").contains("run again"), "{gina}");
+    assert_eq!(report["mailboxes"][1]["status"], "done");
+}
