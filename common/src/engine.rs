@@ -167,9 +167,10 @@ impl Copier<'_> {
         let reference = self.job.user_root.clone().unwrap_or_default();
         let source_folders = timed(list(&mut self.source, &reference)).await.map_err(|e| self.src_err(e))?;
         let destination_folders = timed(list(&mut self.destination, "")).await.map_err(|e| self.dst_err(e))?;
-        let layout = destination_layout(&destination_folders);
+        let mut layout = destination_layout(&destination_folders);
+        layout.prefix = folders::prefix_levels(self.options.destination_prefix.as_deref(), &destination_folders);
         // Folders of an INBOX-prefixed source (INBOX.Sent) are top-level folders in disguise.
-        let source_prefix = folders::detect_prefix(&source_folders);
+        let source_prefix = folders::prefix_levels(self.options.source_prefix.as_deref(), &source_folders);
         let source_root = match (&self.job.user_root, source_prefix.first()) {
             (Some(root), _) => Some(root.clone()),
             (None, Some(prefix)) => Some(prefix.clone()),
@@ -768,7 +769,7 @@ fn destination_layout(folders: &[ListedFolder]) -> DestinationLayout {
             by_role.entry(*role).or_insert_with(|| folder.segments(None));
         }
     }
-    DestinationLayout { delimiter, prefix: folders::detect_prefix(folders), by_role }
+    DestinationLayout { delimiter, prefix: Vec::new(), by_role }
 }
 
 async fn fetch_metas(session: &mut Session, range: &str) -> Result<Vec<MessageMeta>, async_imap::error::Error> {

@@ -242,6 +242,15 @@ pub fn detect_prefix(folders: &[ListedFolder]) -> Vec<String> {
     }
 }
 
+/// The prefix levels of one side: the configured prefix (`"INBOX."`; `""` for none), or the
+/// one [`detect_prefix`] reads off the folder list.
+pub fn prefix_levels(configured: Option<&str>, folders: &[ListedFolder]) -> Vec<String> {
+    match configured {
+        Some(prefix) => prefix.split(['.', '/']).filter(|level| !level.is_empty()).map(str::to_string).collect(),
+        None => detect_prefix(folders),
+    }
+}
+
 /// The parents a destination folder needs, shortest first (`a`, `a/b` for `a/b/c`).
 pub fn parents(levels: &[String]) -> Vec<Vec<String>> {
     (1..levels.len()).map(|n| levels[..n].to_vec()).collect()
@@ -264,6 +273,15 @@ mod tests {
         by_role.insert(Role::Sent, vec!["Sent".to_string()]);
         by_role.insert(Role::Trash, vec!["Trash".to_string()]);
         DestinationLayout { delimiter, prefix: Vec::new(), by_role }
+    }
+
+    #[test]
+    fn configured_prefix_wins() {
+        let only_inbox = [listed("INBOX", '.', &[])];
+        assert_eq!(prefix_levels(Some("INBOX."), &only_inbox), vec!["INBOX".to_string()]);
+        let cpanel = [listed("INBOX", '.', &[]), listed("INBOX.Sent", '.', &[])];
+        assert!(prefix_levels(Some(""), &cpanel).is_empty());
+        assert_eq!(prefix_levels(None, &cpanel), vec!["INBOX".to_string()]);
     }
 
     #[test]

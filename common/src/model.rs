@@ -135,6 +135,12 @@ pub struct CopyOptions {
     pub batch_bytes: u64,
     /// Bound on messages fetched per round trip.
     pub batch_messages: usize,
+    /// Personal-namespace prefix of each side (`INBOX.` on cPanel/Courier); `None` detects
+    /// it from the folder list, `Some("")` forces none.
+    #[serde(default)]
+    pub source_prefix: Option<String>,
+    #[serde(default)]
+    pub destination_prefix: Option<String>,
 }
 
 impl Default for CopyOptions {
@@ -150,6 +156,8 @@ impl Default for CopyOptions {
             pipelining: true,
             batch_bytes: 8 * 1024 * 1024,
             batch_messages: 200,
+            source_prefix: None,
+            destination_prefix: None,
         }
     }
 }

@@ -225,6 +225,8 @@ struct CopyFile {
     pipelining: Option<bool>,
     batch_bytes: Option<toml::Value>,
     batch_messages: Option<usize>,
+    source_prefix: Option<String>,
+    destination_prefix: Option<String>,
 }
 
 /// Parses a size: an integer number of bytes, or a string such as `"35MB"`, `"512 KB"`,
@@ -373,6 +375,8 @@ impl Settings {
         if let Some(v) = c.batch_messages {
             copy.batch_messages = v.max(1);
         }
+        copy.source_prefix = c.source_prefix;
+        copy.destination_prefix = c.destination_prefix;
         Ok(settings)
     }
 
