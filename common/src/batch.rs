@@ -323,6 +323,7 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         }
     };
     out.headers = header.iter().map(|h| String::from_utf8_lossy(h).trim().to_string()).collect();
+    let header_width = out.headers.len();
     // Spreadsheets often end the header with empty cells (`...,Password,,`): not columns.
     while out.headers.len() > 1 && out.headers.last().is_some_and(String::is_empty) {
         out.headers.pop();
@@ -447,9 +448,11 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
             // Spreadsheets leave rows of empty cells (`,,,`) behind: not a mailbox.
             continue;
         }
-        // Trailing empty cells past the header (a stray comma at the end) are harmless.
-        while raw.len() > out.headers.len() && raw.last().is_some_and(|c| c.trim_ascii().is_empty()) {
-            raw.pop();
+        // Rows padded like the header (`...,Password,,`) lose the padding. Any other extra
+        // cell is an error, even an empty one: `pa,ss,` may be an unquoted comma in a
+        // password, and shifting cells would move part of it into another column.
+        if raw.len() == header_width && raw[out.headers.len()..].iter().all(|c| c.trim_ascii().is_empty()) {
+            raw.truncate(out.headers.len());
         }
         if raw.len() != out.headers.len() {
             row_problems.push(Problem {
@@ -837,6 +840,14 @@ impl RowCtx<'_> {
         let user = self.required("username", "the source login (or an admin form such as user*admin)");
         let password = self.password("password");
         let user_root = Some(self.text("userroot")).filter(|s| !s.is_empty());
+        if user_root.as_deref().is_some_and(|root| !root.starts_with('/')) {
+            // Also catches `pa,ss` written without quotes, whose second half lands here.
+            self.problem(
+                "userroot",
+                Severity::Error,
+                "UserRoot must be a folder path such as /users/alberta; if the password contains a comma, put it in double quotes",
+            );
+        }
         let source_server = self.source_server(settings, None, None, None, false);
         let destination_server = self.destination_server(settings, None, None, None, false);
         let source_login = match &user {
@@ -1232,6 +1243,19 @@ admin_password_env = "DST_ADMIN"
     }
 
     #[test]
+    fn an_unquoted_comma_in_a_password_never_becomes_a_user_root() {
+        let b = v("EmailAddress,UserName,Password,UserRoot\na@x.example,alice,pa,ss\nb@x.example,bob,pw,/users/bob\n");
+        assert!(
+            has(&b, Some(1), Some("UserRoot"), Severity::Error, "UserRoot must be a folder path"),
+            "{:?}",
+            messages(&b)
+        );
+        assert!(b.rows[0].job.is_none());
+        assert_eq!(b.valid_jobs().len(), 1);
+        assert_eq!(b.valid_jobs()[0].user_root.as_deref(), Some("/users/bob"));
+    }
+
+    #[test]
     fn rows_with_other_column_counts() {
         let b = v("EmailAddress,UserName,Password\n\
                    a@x.example,alice,pa,ss\n\
@@ -1245,11 +1269,13 @@ admin_password_env = "DST_ADMIN"
             messages(&b)
         );
         assert!(has(&b, Some(2), None, Severity::Error, "row 2 (line 3): has 2 columns"), "{:?}", messages(&b));
-        // A trailing empty cell is harmless; a row of empty cells is skipped.
-        assert!(b.errors_for(3).is_empty());
+        // A trailing empty cell is not dropped (it may be half of an unquoted password);
+        // a row of empty cells is skipped.
+        assert!(has(&b, Some(3), None, Severity::Error, "row 3 (line 4): has 4 columns"), "{:?}", messages(&b));
+        assert_eq!(b.rows[2].cells, vec!["", "", "", ""]);
         assert_eq!(b.rows.iter().map(|r| r.row).collect::<Vec<_>>(), vec![1, 2, 3, 5]);
         assert_eq!(b.rows[3].line, 6);
-        assert_eq!(b.valid_jobs().len(), 2);
+        assert_eq!(b.valid_jobs().len(), 1);
         // The misaligned row's cells are all blanked: which one is the password is unknown.
         assert_eq!(b.rows[0].cells, vec!["", "", "", ""]);
         assert_eq!(b.rows[0].mailbox, "");

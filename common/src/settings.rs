@@ -229,6 +229,13 @@ struct CopyFile {
     destination_prefix: Option<String>,
 }
 
+/// True for a plausible environment variable name (`MAILHAUL_DEST_ADMIN`).
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Parses a size: an integer number of bytes, or a string such as `"35MB"`, `"512 KB"`,
 /// `"1GB"` (binary multiples: 1 KB = 1024 bytes, like the default of 35 MB).
 pub fn parse_size(text: &str) -> Option<u64> {
@@ -387,7 +394,17 @@ impl Settings {
             if let Some(var) = side.admin_password_env.as_deref() {
                 match env(var) {
                     Some(value) if !value.is_empty() => side.admin_password = Secret::new(value),
-                    _ => return Err(SettingsError::MissingEnv { side: name, var: var.to_string() }),
+                    // Echo the name only if it looks like one: someone may have pasted the
+                    // password itself here.
+                    _ if is_env_name(var) => {
+                        return Err(SettingsError::MissingEnv { side: name, var: var.to_string() })
+                    }
+                    _ => {
+                        return Err(SettingsError::Invalid {
+                            key: format!("[{name}] admin_password_env"),
+                            message: "the value is not an environment variable name (letters, digits, _): put the password in an environment variable and give its name here".into(),
+                        })
+                    }
                 }
             }
         }
@@ -642,6 +659,15 @@ pipelining = false
 #[cfg(test)]
 mod readme_example {
     use super::*;
+
+    #[test]
+    fn a_password_pasted_as_env_name_is_not_echoed() {
+        let mut s = Settings::from_toml_str("[destination]\nadmin_password_env = \"s3cr3t pass!\"\n").expect("parses");
+        let error = s.resolve_secrets(|_| None).expect_err("not a variable name").to_string();
+        assert!(!error.contains("s3cr3t"), "{error}");
+        let mut s = Settings::from_toml_str("[destination]\nadmin_password_env = \"MH_ADMIN\"\n").expect("parses");
+        assert!(s.resolve_secrets(|_| None).expect_err("unset").to_string().contains("MH_ADMIN"));
+    }
 
     /// The settings example in the README stays valid.
     #[test]
