@@ -88,10 +88,13 @@ pub const EXIT_CANNOT_RUN: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // set_global_default, not init(): init() would also route the `log` crate into our output,
+    // and async-imap logs every command it sends at trace level, LOGIN and its password included.
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAILHAUL_LOG").unwrap_or_else(|_| "warn".into()))
-        .init();
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -321,6 +321,7 @@ async fn a_throttling_server_is_retried_a_bounded_number_of_times() {
     .expect("csv");
     let started = std::time::Instant::now();
     let output = Command::new(BIN)
+        .env("MAILHAUL_LOG", "trace") // the most verbose logs still carry no password
         .arg("run")
         .arg(&csv)
         .arg("--report-dir")
@@ -331,6 +332,7 @@ async fn a_throttling_server_is_retried_a_bounded_number_of_times() {
     eprintln!("{stderr}");
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.matches("retrying in 1s").count() >= 3, "retried with the server's delay");
+    assert!(!stderr.contains("hal-pw") && !stderr.contains("gina-pw"), "a password reached the trace log");
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "bounded");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report/report.json")).expect("report")).expect("json");
