@@ -359,3 +359,35 @@ async fn inbox_prefixed_servers_on_either_side() {
     assert_eq!(back_dump["Work/2024"].len(), 3, "{:?}", back_dump.keys());
     assert!(!back_dump.keys().any(|k| k.starts_with("INBOX/")), "no INBOX level carried over: {:?}", back_dump.keys());
 }
+
+/// A full destination is not a message refusal: the copy stops there, unsettled, with a hint,
+/// and no message is listed as refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_destination_stops_the_mailbox_without_refusing_messages() {
+    use mailhaul_common::error::CopyError;
+    use mailhaul_common::ports::CheckpointStore;
+
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None).storage_quota("40k"))
+        .expect("destination");
+    let messages: Vec<_> =
+        (1..=12).map(|n| mailhaul_tests::corpus::SampleMessage::new("q", n).body_size(8_000).seed()).collect();
+    seed(&source, "alice", "pw", "INBOX", &messages).await.expect("seed");
+
+    let store = SqliteStore::in_memory().expect("store");
+    let error =
+        copy_mailbox(&job(&source, &destination), &CopyOptions::default(), &store, &NoProgress, &TimeBox::unlimited())
+            .await
+            .expect_err("the destination fills up");
+    assert!(matches!(error, CopyError::OverQuota { .. }), "{error}");
+    assert!(!error.is_retryable());
+    assert!(error.hint().contains("quota"), "{}", error.hint());
+    assert!(store.skipped("alice").await.expect("skipped").is_empty(), "nothing recorded as refused");
+    let checkpoint = &store.load_folders("alice").await.expect("checkpoints")[0];
+    let landed = dump(&destination, "alice", "pw").await.expect("dump")["INBOX"].len() as u32;
+    assert!(landed > 0 && landed < 12, "{landed}");
+    assert_eq!(checkpoint.last_uid, landed, "the checkpoint stops at the last stored message");
+    assert!(checkpoint.in_flight.is_some_and(|(lo, _)| lo == landed + 1), "{checkpoint:?}");
+    assert!(!checkpoint.complete);
+}

@@ -100,6 +100,9 @@ pub async fn copy_mailbox(
         source,
         destination,
         literal_mode: literal_mode(&caps, options),
+        // A message over the destination's APPENDLIMIT would only be refused: skip it as too big.
+        max_size: caps.append_limit.map_or(options.max_message_size, |limit| limit.min(options.max_message_size)),
+        abandoned: false,
         tag_seq: 0,
         batches_confirmed: 0,
         started_in_time: timebox.deadline.is_none_or(|d| tokio::time::Instant::now() < d),
@@ -107,9 +110,13 @@ pub async fn copy_mailbox(
         destination_label: label(&job.destination.server),
     };
     let result = copier.run().await;
-    // Be polite, but a failed LOGOUT changes nothing.
-    let _ = copier.source.logout().await;
-    let _ = copier.destination.logout().await;
+    // Be polite, but a failed LOGOUT changes nothing, and after an abandoned batch (a literal
+    // half sent) or a broken connection the sessions are simply dropped.
+    if !copier.abandoned && result.is_ok() {
+        let polite = std::time::Duration::from_secs(5);
+        let _ = tokio::time::timeout(polite, copier.source.logout()).await;
+        let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
+    }
     result
 }
 
@@ -134,6 +141,10 @@ struct Copier<'a> {
     source: Session,
     destination: Session,
     literal_mode: LiteralMode,
+    /// max_message_size, lowered to the destination's APPENDLIMIT.
+    max_size: u64,
+    /// A batch was abandoned mid-command: the sessions are in an unknown state.
+    abandoned: bool,
     tag_seq: u64,
     batches_confirmed: u64,
     started_in_time: bool,
@@ -233,7 +244,14 @@ impl Copier<'_> {
         existing: &mut BTreeSet<String>,
         pass: &mut FolderCounts,
     ) -> Result<Result<(), Stopped>, CopyError> {
-        let destination_raw = folder.destination_raw(layout.delimiter);
+        // A folder keeps the destination of its earlier passes while that folder exists, even
+        // if the mapping would now pick another (a \Sent folder appeared, a prefix was set).
+        let destination_raw = match &checkpoint {
+            Some(cp) if !cp.destination_folder.is_empty() && existing.contains(&cp.destination_folder) => {
+                cp.destination_folder.clone()
+            }
+            _ => folder.destination_raw(layout.delimiter),
+        };
         let source_box = timed(self.source.examine(&folder.source_raw)).await.map_err(|e| match e {
             async_imap::error::Error::No(reply) => CopyError::Folder {
                 side: Side::Source,
@@ -243,6 +261,7 @@ impl Copier<'_> {
             other => self.src_err(other),
         })?;
         let uid_validity = source_box.uid_validity.unwrap_or(0);
+        // 0 = not reported: such a folder is never taken as unchanged.
         let uid_next = source_box.uid_next.unwrap_or(0);
         let highest_modseq = source_box.highest_modseq;
 
@@ -264,7 +283,8 @@ impl Copier<'_> {
             // Copies already made keep the flags they had then (see README: delta passes).
             tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, "source folder changed since the last pass (HIGHESTMODSEQ)");
         }
-        if cp.complete && cp.uid_next == uid_next && cp.in_flight.is_none() && existing.contains(&destination_raw) {
+        let unchanged = uid_next != 0 && uid_validity != 0 && cp.uid_next == uid_next;
+        if cp.complete && unchanged && cp.in_flight.is_none() && existing.contains(&destination_raw) {
             return Ok(Ok(())); // nothing arrived since the last pass
         }
 
@@ -296,9 +316,7 @@ impl Copier<'_> {
         } else {
             let (source_counts, destination_counts) = if dedupe_needed {
                 let mut source_counts: HashMap<String, u64> = HashMap::new();
-                for meta in
-                    metas.iter().filter(|m| plan::eligible(m, self.options.max_message_size, self.options.since))
-                {
+                for meta in metas.iter().filter(|m| plan::eligible(m, self.max_size, self.options.since)) {
                     *source_counts.entry(meta.key.clone()).or_default() += 1;
                 }
                 let destination_counts = if dest_box.exists == 0 {
@@ -315,14 +333,9 @@ impl Copier<'_> {
                 (HashMap::new(), HashMap::new())
             };
             let skip_all = self.options.skip_duplicates;
-            plan::decide(
-                &candidates,
-                &source_counts,
-                &destination_counts,
-                self.options.max_message_size,
-                self.options.since,
-                |uid| skip_all || in_flight.is_some_and(|(lo, hi)| (lo..=hi).contains(&uid)),
-            )
+            plan::decide(&candidates, &source_counts, &destination_counts, self.max_size, self.options.since, |uid| {
+                skip_all || in_flight.is_some_and(|(lo, hi)| (lo..=hi).contains(&uid))
+            })
         };
         let to_copy_bytes: u64 =
             candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.size).sum();
@@ -383,6 +396,7 @@ impl Copier<'_> {
                     both = async { tokio::join!(append, prefetch) } => both,
                     _ = stopped(timebox) => {
                         // Abandon mid-batch: the in-flight mark stays, the next pass reconciles.
+                        self.abandoned = true;
                         return Ok(Err(Stopped::TimeUp));
                     }
                 }
@@ -409,7 +423,7 @@ impl Copier<'_> {
                                     reason: SkipReason::TooBig,
                                     detail: format!(
                                         "{} bytes is over the {} byte limit (max_message_size)",
-                                        meta.size, self.options.max_message_size
+                                        meta.size, self.max_size
                                     ),
                                 },
                             )
@@ -428,8 +442,8 @@ impl Copier<'_> {
                     cp.in_flight = if in_flight.is_some_and(|(_, hi)| hi > last) { in_flight } else { None };
                 }
                 Some(uid) => {
-                    cp.last_uid = uid - 1;
-                    cp.in_flight = Some((uid, last));
+                    cp.last_uid = uid.saturating_sub(1);
+                    cp.in_flight = Some((uid, in_flight.map_or(last, |(_, hi)| hi.max(last))));
                 }
             }
             self.store.save_folder(&self.job.mailbox, &cp).await?;
@@ -507,7 +521,12 @@ impl Copier<'_> {
             let not_copied = checkpoints
                 .get(&folder.source_raw)
                 .map_or(0, |c| c.counts.skipped_too_big + c.counts.refused + c.counts.skipped_by_date);
-            let entry = expected.entry(folder.destination_raw(layout.delimiter)).or_default();
+            let destination = checkpoints
+                .get(&folder.source_raw)
+                .map(|c| c.destination_folder.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| folder.destination_raw(layout.delimiter));
+            let entry = expected.entry(destination).or_default();
             entry.0 += source_count;
             entry.1 += not_copied;
             entry.2.push(folder.source_raw.clone());
@@ -597,32 +616,47 @@ async fn append_fetched(
                 result.counts.copied += 1;
                 result.counts.bytes += size;
             }
-            Some(Appended::Refused(reply)) if throttle_hint(&reply).is_none() => {
-                result.counts.refused += 1;
-                result.refused.push(SkippedMessage {
-                    folder: folder.source_display.clone(),
-                    uid: *uid,
-                    size,
-                    message_id: meta_by_uid.get(uid).and_then(|m| m.message_id.clone()),
-                    reason: SkipReason::Refused,
-                    detail: reply,
-                });
-            }
-            Some(Appended::Refused(reply)) => {
-                result.unconfirmed_from = Some(*uid);
-                if result.error.is_none() {
-                    result.error = Some(CopyError::Throttled {
-                        side: Side::Destination,
-                        server: destination_label.to_string(),
-                        retry_after: throttle_hint(&reply).flatten(),
+            Some(Appended::Refused(reply)) => match mailbox_level_refusal(&reply, destination_label) {
+                // This message only (too big, unparsable, ...): recorded, the folder goes on.
+                None => {
+                    result.counts.refused += 1;
+                    result.refused.push(SkippedMessage {
+                        folder: folder.source_display.clone(),
+                        uid: *uid,
+                        size,
+                        message_id: meta_by_uid.get(uid).and_then(|m| m.message_id.clone()),
+                        reason: SkipReason::Refused,
                         detail: reply,
                     });
                 }
-            }
+                // Busy, over quota, folder gone: nothing from here on is settled.
+                Some(error) => {
+                    result.unconfirmed_from = Some(*uid);
+                    result.error.get_or_insert(error);
+                }
+            },
             None => result.unconfirmed_from = Some(*uid),
         }
     }
     result
+}
+
+/// A refused APPEND that says nothing about the message itself but about the mailbox or the
+/// server (RFC 5530 codes): stop the batch there instead of recording the message as refused.
+fn mailbox_level_refusal(reply: &str, server: &str) -> Option<CopyError> {
+    let server = server.to_string();
+    let side = Side::Destination;
+    if let Some(retry_after) = throttle_hint(reply) {
+        return Some(CopyError::Throttled { side, server, detail: reply.to_string(), retry_after });
+    }
+    let upper = reply.to_ascii_uppercase();
+    if upper.contains("[OVERQUOTA]") {
+        return Some(CopyError::OverQuota { server, detail: reply.to_string() });
+    }
+    ["[TRYCREATE]", "[SERVERBUG]", "[NONEXISTENT]"]
+        .iter()
+        .any(|code| upper.contains(code))
+        .then(|| CopyError::ServerError { side, server, detail: reply.to_string() })
 }
 
 /// Longest a server may take to answer one command before the connection counts as lost.
@@ -780,7 +814,7 @@ async fn fetch_metas(session: &mut Session, range: &str) -> Result<Vec<MessageMe
         .filter_map(|f| {
             let uid = f.uid?;
             let size = u64::from(f.size.unwrap_or(0));
-            let (message_id, key) = plan::identity(f.header().unwrap_or_default(), size);
+            let (message_id, key) = plan::identity(f.header().unwrap_or_default());
             Some(MessageMeta { uid, size, message_id, key, date: f.internal_date().map(|d| d.date_naive()) })
         })
         .collect();

@@ -35,6 +35,10 @@ pub enum CopyError {
     Folder { side: Side, folder: String, detail: String },
     #[error("{side} {server}: unexpected reply: {detail}")]
     Protocol { side: Side, server: String, detail: String },
+    #[error("destination {server}: mailbox full: {detail}")]
+    OverQuota { server: String, detail: String },
+    #[error("{side} {server}: the server failed a command: {detail}")]
+    ServerError { side: Side, server: String, detail: String },
     #[error(transparent)]
     Store(#[from] crate::ports::StoreError),
 }
@@ -68,6 +72,10 @@ impl CopyError {
             CopyError::ConnectionLost { .. } | CopyError::Throttled { .. } => "transient: run again to resume where it stopped".into(),
             CopyError::Folder { .. } => "rename or exclude the folder, or map it with [copy.folder_map]".into(),
             CopyError::Protocol { .. } => "run again; if it persists, report it with the log".into(),
+            CopyError::OverQuota { .. } => {
+                "the destination mailbox is full: raise its quota, then run again (copying resumes where it stopped)".into()
+            }
+            CopyError::ServerError { .. } => "run again to resume where it stopped; if it repeats, check the server's log".into(),
             CopyError::Store(_) => "check the state file or table is writable, then run again".into(),
         }
     }

@@ -232,8 +232,12 @@ pub fn detect_prefix(folders: &[ListedFolder]) -> Vec<String> {
     let others: Vec<&ListedFolder> =
         folders.iter().filter(|f| !f.noselect && !f.raw.eq_ignore_ascii_case("INBOX")).collect();
     let under_inbox = |f: &&ListedFolder| {
-        f.delimiter
-            .is_some_and(|d| f.raw.len() > 6 && f.raw[..5].eq_ignore_ascii_case("INBOX") && f.raw[5..].starts_with(d))
+        // Byte-safe: a server may send raw UTF-8 names where byte 5 is inside a character.
+        let (head, tail) = (f.raw.get(..5), f.raw.get(5..));
+        f.delimiter.is_some_and(|d| {
+            head.is_some_and(|h| h.eq_ignore_ascii_case("INBOX"))
+                && tail.is_some_and(|t| t.len() > 1 && t.starts_with(d))
+        })
     };
     if !others.is_empty() && others.iter().all(under_inbox) {
         vec!["INBOX".to_string()]
@@ -293,6 +297,10 @@ mod tests {
         assert!(detect_prefix(&plain).is_empty());
         assert!(detect_prefix(&[listed("INBOX", '.', &[])]).is_empty(), "INBOX alone tells nothing");
         assert!(detect_prefix(&[listed("INBOX", '.', &[]), listed("INBOXES", '.', &[])]).is_empty());
+        assert!(
+            detect_prefix(&[listed("INBOX", '.', &[]), listed("Entwürfe", '.', &[])]).is_empty(),
+            "no panic on UTF-8"
+        );
 
         // From a prefixed source to a prefixed destination: levels below INBOX map across.
         let mut dest = layout('.');

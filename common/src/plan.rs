@@ -11,7 +11,7 @@ pub struct MessageMeta {
     pub uid: u32,
     pub size: u64,
     pub message_id: Option<String>,
-    /// Identity for duplicate detection: (Message-ID, size), or a header hash and size.
+    /// Identity for duplicate detection: the Message-ID, or a hash of identifying headers.
     pub key: String,
     /// The day of INTERNALDATE, for `since`.
     pub date: Option<chrono::NaiveDate>,
@@ -43,7 +43,7 @@ pub fn uid_set(uids: &[u32]) -> String {
 
 /// Parse the header fields fetched with `BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)]`
 /// into (Message-ID, duplicate key). Field order and folding do not change the key.
-pub fn identity(header_fields: &[u8], size: u64) -> (Option<String>, String) {
+pub fn identity(header_fields: &[u8]) -> (Option<String>, String) {
     let text = String::from_utf8_lossy(header_fields);
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.split("\r\n").flat_map(|l| l.split('\n')) {
@@ -58,8 +58,11 @@ pub fn identity(header_fields: &[u8], size: u64) -> (Option<String>, String) {
     }
     let message_id =
         fields.iter().find(|(name, value)| name == "message-id" && !value.is_empty()).map(|(_, value)| value.clone());
+    // Not the size: servers that re-render MIME on APPEND (Exchange) report another
+    // RFC822.SIZE for the same message, and a key that never matches there would let an
+    // interrupted batch land twice. Multiplicity still keeps genuine twins apart.
     let key = match &message_id {
-        Some(id) => format!("id:{id}:{size}"),
+        Some(id) => format!("id:{id}"),
         None => {
             fields.sort();
             let mut hash = Sha256::new();
@@ -69,7 +72,7 @@ pub fn identity(header_fields: &[u8], size: u64) -> (Option<String>, String) {
                 hash.update(value.as_bytes());
                 hash.update(b"\n");
             }
-            format!("hdr:{}:{size}", hex::encode(&hash.finalize()[..12]))
+            format!("hdr:{}", hex::encode(&hash.finalize()[..12]))
         }
     };
     (message_id, key)
@@ -172,15 +175,17 @@ mod tests {
 
     #[test]
     fn identity_uses_message_id_else_a_stable_header_hash() {
-        let (id, key) = identity(b"Message-ID: <a@b>\r\nSubject: x\r\n\r\n", 10);
+        let (id, key) = identity(b"Message-ID: <a@b>\r\nSubject: x\r\n\r\n");
         assert_eq!(id.as_deref(), Some("<a@b>"));
-        assert_eq!(key, "id:<a@b>:10");
-        let (id, one) = identity(b"Subject: hello\r\n world\r\nFrom: a@b\r\n\r\n", 10);
-        let (_, two) = identity(b"FROM: a@b\r\nSubject: hello world\r\n\r\n", 10);
+        assert_eq!(key, "id:<a@b>");
+        let (_, rerendered) = identity(b"Message-ID: <a@b>\r\n\r\n");
+        assert_eq!(rerendered, key, "the Message-ID decides, whatever else the server re-renders");
+        let (id, one) = identity(b"Subject: hello\r\n world\r\nFrom: a@b\r\n\r\n");
+        let (_, two) = identity(b"FROM: a@b\r\nSubject: hello world\r\n\r\n");
         assert!(id.is_none());
         assert_eq!(one, two);
-        let (_, other_size) = identity(b"FROM: a@b\r\nSubject: hello world\r\n\r\n", 11);
-        assert_ne!(one, other_size);
+        let (_, other) = identity(b"FROM: a@b\r\nSubject: hello there\r\n\r\n");
+        assert_ne!(one, other);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct DovecotOptions {
     pub inbox_prefix: bool,
     /// Refuse APPENDs larger than this (Dovecot size syntax, e.g. `100k`).
     pub max_mail_size: Option<String>,
+    /// Storage quota per user (Dovecot size syntax, e.g. `60k`): APPENDs past it get NO [OVERQUOTA].
+    pub storage_quota: Option<String>,
     /// Keep the instance in this directory (created if missing, never deleted) instead of a
     /// temp directory: used by `mailhaul-testenv`, whose servers outlive a single process.
     pub dir: Option<PathBuf>,
@@ -83,6 +85,7 @@ impl Default for DovecotOptions {
             literal_plus: true,
             literal_minus: false,
             max_mail_size: None,
+            storage_quota: None,
             inbox_prefix: false,
             dir: None,
             passdb_extra: Vec::new(),
@@ -127,6 +130,12 @@ impl DovecotOptions {
     /// Put every folder under `INBOX<separator>`, as Courier and many cPanel hosts do.
     pub fn inbox_prefix(mut self) -> Self {
         self.inbox_prefix = true;
+        self
+    }
+
+    /// A storage quota per user (e.g. `60k`).
+    pub fn storage_quota(mut self, size: &str) -> Self {
+        self.storage_quota = Some(size.to_string());
         self
     }
 
@@ -522,14 +531,17 @@ service imap-login {{
             "auth_master_user_separator = *\npassdb {{\n  driver = passwd-file\n  args = {d}/masters\n  master = yes\n  pass = yes\n}}\n"
         ));
     }
-    if let Some(size) = &opts.max_mail_size {
-        // The quota plugin refuses larger APPENDs with a tagged NO: a destination that
-        // refuses one message while taking the rest.
-        writeln!(
-            c,
-            "mail_plugins = $mail_plugins quota\nplugin {{\n  quota = maildir:User quota\n  quota_max_mail_size = {size}\n}}"
-        )
-        .ok();
+    if opts.max_mail_size.is_some() || opts.storage_quota.is_some() {
+        // The quota plugin: quota_max_mail_size refuses one larger APPEND while taking the
+        // rest; a storage quota answers NO [OVERQUOTA] once the mailbox is full.
+        c.push_str("mail_plugins = $mail_plugins quota\nplugin {\n  quota = maildir:User quota\n");
+        if let Some(size) = &opts.max_mail_size {
+            writeln!(c, "  quota_max_mail_size = {size}").ok();
+        }
+        if let Some(storage) = &opts.storage_quota {
+            writeln!(c, "  quota_rule = *:storage={storage}").ok();
+        }
+        c.push_str("}\n");
     }
     if !opts.literal_plus {
         // LITERAL- (RFC 7888, as Gmail): non-synchronizing literals up to 4096 bytes only.
