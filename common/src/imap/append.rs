@@ -96,7 +96,7 @@ pub async fn append_batch(
         let stream = session.get_mut();
         write(stream, command.as_bytes(), &known).await?;
         if !non_sync {
-            stream.flush().await.map_err(|e| broken(&known, e))?;
+            flush(stream, &known).await?;
             // The server either asks for the literal or refuses the command outright.
             let asked = read_until(session, &mut pending, &mut known, Some(&tag)).await?;
             if !asked {
@@ -107,7 +107,7 @@ pub async fn append_batch(
         write(stream, message.body, &known).await?;
         write(stream, b"\r\n", &known).await?;
     }
-    session.get_mut().flush().await.map_err(|e| broken(&known, e))?;
+    flush(session.get_mut(), &known).await?;
     while !pending.is_empty() {
         read_until(session, &mut pending, &mut known, None).await?;
     }
@@ -119,7 +119,18 @@ async fn write(
     bytes: &[u8],
     known: &[Option<Appended>],
 ) -> Result<(), AppendBroken> {
-    stream.write_all(bytes).await.map_err(|e| broken(known, e))
+    // A server that stops reading must not stall us forever (the Lambda would time out).
+    match tokio::time::timeout(REPLY_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(written) => written.map_err(|e| broken(known, e)),
+        Err(_) => Err(broken(known, "the server stopped reading for 180 s")),
+    }
+}
+
+async fn flush(stream: &mut Box<dyn super::conn::Io>, known: &[Option<Appended>]) -> Result<(), AppendBroken> {
+    match tokio::time::timeout(REPLY_TIMEOUT, stream.flush()).await {
+        Ok(flushed) => flushed.map_err(|e| broken(known, e)),
+        Err(_) => Err(broken(known, "the server stopped reading for 180 s")),
+    }
 }
 
 fn broken(known: &[Option<Appended>], e: impl std::fmt::Display) -> AppendBroken {

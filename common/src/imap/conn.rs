@@ -86,15 +86,23 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
                 authc: login.user.clone(),
                 password: login.password.expose().to_string(),
             };
-            client.authenticate("PLAIN", auth).await
+            tokio::time::timeout(CONNECT_TIMEOUT, client.authenticate("PLAIN", auth)).await
         }
-        (AuthMechanism::Login, _) => client.login(&login.user, login.password.expose()).await,
+        (AuthMechanism::Login, _) => {
+            tokio::time::timeout(CONNECT_TIMEOUT, client.login(&login.user, login.password.expose())).await
+        }
     };
+    let no_answer =
+        || CopyError::ConnectionLost { side, server: label.clone(), detail: "no answer to login within 30 s".into() };
+    let result = result.map_err(|_| no_answer())?;
     let mut session = match result {
         Ok(session) => session,
         Err((err, _)) => return Err(login_error(err, side, &label, &login.user, &server.host)),
     };
-    let caps = session.capabilities().await.map_err(|e| classify(e, side, &label))?;
+    let caps = tokio::time::timeout(CONNECT_TIMEOUT, session.capabilities())
+        .await
+        .map_err(|_| no_answer())?
+        .map_err(|e| classify(e, side, &label))?;
     let names = caps
         .iter()
         .map(|c| match c {
