@@ -1,5 +1,5 @@
 //! Test support for mailhaul: throwaway real Dovecot servers, an IMAP seeding/dumping client,
-//! a deterministic message corpus and a latency-adding TCP proxy.
+//! a deterministic message corpus, a latency-adding TCP proxy and a moto server (AWS APIs).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -14,6 +14,7 @@
 pub mod corpus;
 pub mod dovecot;
 pub mod imap;
+pub mod moto;
 pub mod proxy;
 
 pub use corpus::SampleMessage;

@@ -5,8 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,45 +18,7 @@ use mailhaul_aws::Services;
 use mailhaul_tests::corpus;
 use mailhaul_tests::dovecot::{Dovecot, DovecotOptions};
 use mailhaul_tests::imap::{dump, seed};
-
-/// A moto server on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Result<Moto> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = tempfile::NamedTempFile::new()?.into_temp_path().keep()?;
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("moto_server not found: pip install \"moto[server]\"")?;
-        let mut moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("moto_server did not listen on {port} within 30 s");
-            }
-            if let Some(status) = moto.child.try_wait()? {
-                bail!("moto_server exited early: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(moto)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use mailhaul_tests::moto::Moto;
 
 /// A buffer that collects every log line the handlers write.
 #[derive(Clone, Default)]
