@@ -593,6 +593,19 @@ impl DynamoCheckpoints {
     fn pk(&self, mailbox: &str) -> String {
         format!("CKPT#{}#{mailbox}", self.batch)
     }
+
+    /// Write one item of this mailbox's checkpoint partition.
+    async fn put(&self, item: HashMap<String, AttributeValue>, mailbox: &str) -> Result<(), StoreError> {
+        self.table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| err("PutItem", mailbox, e))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -605,30 +618,14 @@ impl CheckpointStore for DynamoCheckpoints {
     async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
         let mut item = key(self.pk(mailbox), format!("F#{}", checkpoint.source_folder));
         item.insert("data".into(), to_json(checkpoint)?);
-        self.table
-            .client
-            .put_item()
-            .table_name(&self.table.name)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| err("PutItem", mailbox, e))?;
-        Ok(())
+        self.put(item, mailbox).await
     }
 
     async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError> {
         let sk = format!("S#{}#{:010}#{}", message.folder, message.uid, message.reason.as_str());
         let mut item = key(self.pk(mailbox), sk);
         item.insert("data".into(), to_json(message)?);
-        self.table
-            .client
-            .put_item()
-            .table_name(&self.table.name)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| err("PutItem", mailbox, e))?;
-        Ok(())
+        self.put(item, mailbox).await
     }
 
     async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError> {
