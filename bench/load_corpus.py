@@ -2,7 +2,7 @@
 """Benchmark corpus for mailhaul: load a deterministic corpus into an IMAP server, or count
 what a mailbox holds.
 
-  load_corpus.py load  --port P --ca CA --user U --messages N [--seed S]
+  load_corpus.py load  --port P --ca CA --user U --messages N [--seed S] [--multiappend N]
   load_corpus.py count --port P --ca CA --user U
 
 The password is read from the environment variable named by --password-env (default
@@ -182,17 +182,16 @@ class Conn:
         return self.wait([tag])[tag]
 
 
-def load(args):
+def login(args):
     conn = Conn(args.host, args.port, args.ca)
     status, line = conn.simple(f"LOGIN {quote(args.user)} {quote(password(args))}")
     if status != "OK":
         sys.exit(f"load_corpus.py: login as {args.user} failed: {line}")
-    for name, _ in FOLDERS:
-        if name != "INBOX":
-            conn.simple(f"CREATE {quote(name)}")  # NO [ALREADYEXISTS] is fine
-    started = time.monotonic()
-    total_bytes = 0
-    per_folder = {}
+    return conn
+
+
+def send_single(conn, corpus):
+    """Pipelined single APPENDs (LITERAL+), up to 50 messages / 8 MB in flight."""
     batch, batch_bytes, chunks = [], 0, []
 
     def flush():
@@ -205,8 +204,7 @@ def load(args):
                 sys.exit(f"load_corpus.py: APPEND failed: {line}")
         batch, batch_bytes, chunks = [], 0, []
 
-    for i in range(args.messages):
-        folder, flags, date, raw = message(args.seed, i)
+    for i, (folder, flags, date, raw) in enumerate(corpus):
         tag = conn.next_tag()
         chunks.append(
             f"{tag} APPEND {quote(folder)} ({' '.join(flags)}) \"{date}\" {{{len(raw)}+}}\r\n".encode()
@@ -215,20 +213,123 @@ def load(args):
         )
         batch.append(tag)
         batch_bytes += len(raw)
-        total_bytes += len(raw)
-        per_folder[folder] = per_folder.get(folder, 0) + 1
         if len(batch) >= 50 or batch_bytes >= 8 << 20:
             flush()
         if (i + 1) % 1000 == 0:
-            print(f"load_corpus.py: {i + 1}/{args.messages} messages", file=sys.stderr, flush=True)
+            print(f"load_corpus.py: {i + 1}/{len(corpus)} messages", file=sys.stderr, flush=True)
     flush()
-    conn.simple("LOGOUT")
+
+
+def send_multi(conn, corpus, most):
+    """MULTIAPPEND (RFC 3502): consecutive messages of one folder, up to `most` a command or
+    32 MB, one command (one server transaction) each, waited for in turn."""
+    i = 0
+    while i < len(corpus):
+        folder = corpus[i][0]
+        tag = conn.next_tag()
+        parts = [f"{tag} APPEND {quote(folder)}".encode()]
+        size = 0
+        while i < len(corpus) and corpus[i][0] == folder and len(parts) <= most and size < 32 << 20:
+            _, flags, date, raw = corpus[i]
+            parts.append(f" ({' '.join(flags)}) \"{date}\" {{{len(raw)}+}}\r\n".encode() + raw)
+            size += len(raw)
+            i += 1
+        conn.sock.sendall(b"".join(parts) + b"\r\n")
+        status, line = conn.wait([tag])[tag]
+        if status != "OK":
+            sys.exit(f"load_corpus.py: MULTIAPPEND failed: {line}")
+
+
+def load(args):
+    """load: the corpus, generated first so only the sending is timed (`seconds`): with
+    --multiappend N as MULTIAPPEND batches of up to N messages, else as pipelined single
+    APPENDs. Into an empty mailbox this is the destination's ceiling for an IMAP client."""
+    corpus = [message(args.seed, i) for i in range(args.messages)]
+    conn = login(args)
+    for name, _ in FOLDERS:
+        if name != "INBOX":
+            conn.simple(f"CREATE {quote(name)}")  # NO [ALREADYEXISTS] is fine
+    started = time.monotonic()
+    if args.multiappend:
+        send_multi(conn, corpus, args.multiappend)
+    else:
+        send_single(conn, corpus)
     elapsed = time.monotonic() - started
+    conn.simple("LOGOUT")
+    per_folder = {}
+    for folder, _, _, _ in corpus:
+        per_folder[folder] = per_folder.get(folder, 0) + 1
     print(
         json.dumps(
-            {"messages": args.messages, "bytes": total_bytes, "folders": per_folder, "seconds": round(elapsed, 1)}
+            {
+                "messages": args.messages,
+                "bytes": sum(len(raw) for _, _, _, raw in corpus),
+                "folders": per_folder,
+                "seconds": round(elapsed, 2),
+                "multiappend": args.multiappend,
+            }
         )
     )
+
+
+def load_small(args):
+    """--small FOLDER: N small (~1 KB) messages into one folder, MULTIAPPEND batches of 500
+    (one transaction each: single APPENDs into a big maildir folder slow down with its size)."""
+    conn = login(args)
+    folder = args.small
+    if folder != "INBOX":
+        conn.simple(f"CREATE {quote(folder)}")  # NO [ALREADYEXISTS] is fine
+    started = time.monotonic()
+    total_bytes = 0
+    first = args.start
+    while first < args.start + args.messages:
+        last = min(first + 500, args.start + args.messages)
+        tag = conn.next_tag()
+        parts = [f"{tag} APPEND {quote(folder)}".encode()]
+        for i in range(first, last):
+            rng = random.Random(f"mailhaul-small-{args.seed}-{i}")
+            raw = (
+                f"Message-ID: <small.{args.seed}.{i}@corpus.mailhaul.test>\r\n"
+                f"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: a{i % 50}@example.org\r\n"
+                f"To: b@example.com\r\nSubject: Small message {i}\r\n\r\n" + text_body(rng, 700)
+            ).encode()
+            flags = "(\\Seen)" if i % 3 else "()"
+            parts.append(f" {flags} {{{len(raw)}+}}\r\n".encode() + raw)
+            total_bytes += len(raw)
+        command = b"".join(parts) + b"\r\n"
+        for attempt in range(3):
+            conn.sock.sendall(command)
+            status, line = conn.wait([tag])[tag]
+            if status == "OK":
+                break
+            # Dovecot under load can fail a transaction ([SERVERBUG]); nothing was stored.
+            print(f"load_corpus.py: MULTIAPPEND refused ({line}), again", file=sys.stderr, flush=True)
+            tag = conn.next_tag()
+            parts[0] = f"{tag} APPEND {quote(folder)}".encode()
+            command = b"".join(parts) + b"\r\n"
+        if status != "OK":
+            sys.exit(f"load_corpus.py: MULTIAPPEND failed: {line}")
+        first = last
+        if (first - args.start) % 10000 == 0:
+            print(f"load_corpus.py: {first - args.start}/{args.messages} messages", file=sys.stderr, flush=True)
+    conn.simple("LOGOUT")
+    print(json.dumps({"messages": args.messages, "bytes": total_bytes, "seconds": round(time.monotonic() - started, 1)}))
+
+
+def change_flags(args):
+    """flags --small FOLDER --messages N: flag N messages spread over the folder (as a user would)."""
+    conn = Conn(args.host, args.port, args.ca)
+    status, line = conn.simple(f"LOGIN {quote(args.user)} {quote(password(args))}")
+    if status != "OK":
+        sys.exit(f"load_corpus.py: login as {args.user} failed: {line}")
+    conn.simple(f"SELECT {quote(args.small)}")
+    rng = random.Random(f"mailhaul-flags-{args.seed}")
+    uids = sorted(rng.sample(range(1, args.start + 1), args.messages))
+    status, line = conn.simple(f"UID STORE {','.join(map(str, uids))} +FLAGS.SILENT (\\Flagged)")
+    if status != "OK":
+        sys.exit(f"load_corpus.py: STORE failed: {line}")
+    conn.simple("LOGOUT")
+    print(json.dumps({"flagged": len(uids)}))
 
 
 # --------------------------------------------------------------------------- count
@@ -288,7 +389,7 @@ def count(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["load", "count"])
+    p.add_argument("command", choices=["load", "count", "flags"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="IMAPS port")
     p.add_argument("--ca", required=True, help="PEM of the CA that signed the server certificate")
@@ -296,9 +397,18 @@ def main():
     p.add_argument("--password-env", default="BENCH_PASS")
     p.add_argument("--messages", type=int, default=5000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--small", metavar="FOLDER", help="load: small messages into FOLDER (MULTIAPPEND); flags: the folder")
+    p.add_argument("--multiappend", type=int, default=0, metavar="N",
+                   help="load: MULTIAPPEND batches of up to N messages instead of single APPENDs")
+    p.add_argument("--start", type=int, default=0, help="--small: number of the first message (flags: UIDs 1..START)")
     args = p.parse_args()
     try:
-        load(args) if args.command == "load" else count(args)
+        if args.command == "flags":
+            change_flags(args)
+        elif args.command == "load":
+            load_small(args) if args.small else load(args)
+        else:
+            count(args)
     except (OSError, RuntimeError, imaplib.IMAP4.error) as e:
         sys.exit(f"load_corpus.py: {args.command} on 127.0.0.1:{args.port} as {args.user}: {e}")
 

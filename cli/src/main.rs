@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write report.csv, report.json and failed.csv: from a local state file (--state), or
+    /// Write report.html, report.csv, report.json and failed.csv: from a local state file (--state), or
     /// download them from the stack's bucket (BATCH --bucket).
     Report {
         /// Batch id printed by `mailhaul submit` (with --bucket).
@@ -85,6 +85,9 @@ enum Command {
 pub const EXIT_DONE: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 1;
 pub const EXIT_CANNOT_RUN: u8 = 2;
+/// Every mailbox done, but the report lists messages that could not be copied (refused by
+/// the destination, unreadable on the source, over the size limit).
+pub const EXIT_DONE_MESSAGES_LEFT: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

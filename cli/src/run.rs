@@ -2,6 +2,7 @@
 //!
 //! Every valid row runs on a worker pool; a second run resumes what was cut off and is a
 //! delta pass for what finished. Passwords come from the CSV at run time and stay in memory.
+//! One run at a time per state file: a run holds an OS lock on `<state>.lock` until it ends.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use mailhaul_common::batch::validate_batch;
-use mailhaul_common::engine::{copy_mailbox, CopyStatus, TimeBox};
+use mailhaul_common::engine::{copy_mailbox, TimeBox};
+use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
 use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security};
 use mailhaul_common::ports::{BatchMeta, BatchStore, MailboxRecord};
 use mailhaul_common::report::build_report;
@@ -20,7 +22,7 @@ use mailhaul_common::sqlite::SqliteStore;
 use tokio::sync::{watch, Semaphore};
 
 use crate::progress::Progress;
-use crate::{EXIT_CANNOT_RUN, EXIT_DONE, EXIT_SOME_FAILED};
+use crate::{EXIT_CANNOT_RUN, EXIT_DONE, EXIT_DONE_MESSAGES_LEFT, EXIT_SOME_FAILED};
 
 /// Retries of a mailbox after a transient error (connection lost, throttled) in one run.
 const MAX_ATTEMPTS: u32 = 6;
@@ -133,6 +135,48 @@ fn default_state_path(csv: &Path) -> PathBuf {
     csv.with_file_name(format!("{stem}.mailhaul.sqlite"))
 }
 
+/// The lock file beside a state file: `state.sqlite` → `state.sqlite.lock`.
+fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Take the state file for this process: an exclusive advisory lock (flock) on its sibling
+/// lock file, which the OS releases when the process ends however it ends (`kill -9` too), so
+/// a stale lock never blocks a later run. Two runs on one state file would copy the same
+/// mailboxes twice. The lock file is left in place: deleting it would let a third run lock a
+/// new file while the second still holds the old one. It holds the holder's pid, for the
+/// message.
+fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    let lock = lock_path(state);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .with_context(|| format!("cannot open the lock file {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lock).ok().and_then(|text| text.trim().parse::<u32>().ok());
+            let holder = holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+            anyhow::bail!(
+                "the state file {} is in use by another mailhaul run{holder}: wait for it to finish or stop it, \
+                 then run again (or give this run its own --state)",
+                state.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock.display()));
+        }
+    }
+    file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id())).ok();
+    Ok(file)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut settings = load_settings(args.config.as_deref())?;
     apply_flags(&mut settings, &args)?;
@@ -147,6 +191,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
 
     let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&args.csv));
+    // Held until this function returns: the whole run, report included.
+    let _state_lock = lock_state(&state_path)?;
     let store = Arc::new(SqliteStore::open(&state_path)?);
     let batch_id = args.csv.file_stem().and_then(|s| s.to_str()).unwrap_or("batch").to_string();
     store
@@ -164,6 +210,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     for row in &batch.rows {
         let key = if row.job.is_some() && keys_used.insert(row.mailbox.to_ascii_lowercase()) {
             row.mailbox.clone()
+        } else if row.mailbox.is_empty() {
+            // A row whose cells cannot be told apart shows none of them.
+            format!("row {}", row.row)
         } else {
             format!("row {}: {}", row.row, row.mailbox)
         };
@@ -208,18 +257,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let progress = Arc::new(Progress::new());
     let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
     let mut per_host: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    // Each mailbox holds one slot of its source host per pair of connections it opens.
+    let host_cap = settings.max_connections_per_source_host.max(1);
+    settings.copy.connections_per_mailbox = settings.copy.connections_per_mailbox.clamp(1, host_cap);
+    let pairs = settings.copy.connections_per_mailbox as u32;
     let settings = Arc::new(settings);
     let mut tasks = tokio::task::JoinSet::new();
     for job in jobs {
         let host_slots = per_host
             .entry(job.source.server.host.to_ascii_lowercase())
-            .or_insert_with(|| Arc::new(Semaphore::new(settings.max_connections_per_source_host.max(1))))
+            .or_insert_with(|| Arc::new(Semaphore::new(host_cap)))
             .clone();
         let (workers, store, progress, settings, timebox) =
             (workers.clone(), store.clone(), progress.clone(), settings.clone(), timebox.clone());
         tasks.spawn(async move {
             let Ok(_worker) = workers.acquire_owned().await else { return Ok(()) };
-            let Ok(_slot) = host_slots.acquire_owned().await else { return Ok(()) };
+            let Ok(_slots) = host_slots.acquire_many_owned(pairs).await else { return Ok(()) };
             run_mailbox(&job, &settings, &store, &progress, &timebox).await
         });
     }
@@ -236,7 +289,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         eprintln!("wrote {}", path.display());
     }
     eprintln!("state: {}", state_path.display());
-    Ok(if report.mailboxes.iter().all(|m| m.status == MailboxStatus::Done) { EXIT_DONE } else { EXIT_SOME_FAILED })
+    let t = &report.totals;
+    Ok(if report.mailboxes.iter().any(|m| m.status != MailboxStatus::Done) {
+        EXIT_SOME_FAILED
+    } else if t.refused + t.unreadable + t.skipped_too_big > 0 {
+        EXIT_DONE_MESSAGES_LEFT
+    } else {
+        EXIT_DONE
+    })
 }
 
 /// One mailbox to the end: retries transient errors with backoff, never a failed login.
@@ -252,35 +312,43 @@ async fn run_mailbox(
     record.started_at.get_or_insert_with(Utc::now);
     store.put_mailbox(&record).await?;
     let started = Instant::now();
+    let limits = Limits {
+        max_attempts: MAX_ATTEMPTS,
+        time_boxed: false,
+        retry_delay: None,
+        max_throttled_passes: 0,
+        max_throttled: Duration::ZERO,
+        throttle_delay: Duration::from_secs(60),
+    };
     let mut attempt = 0;
     let (status, error, hint) = loop {
         attempt += 1;
-        match copy_mailbox(job, &settings.copy, store, progress, timebox).await {
-            Ok(outcome) if outcome.status == CopyStatus::Done => {
-                for (source, destination, why) in &outcome.renamed {
+        let result = copy_mailbox(job, &settings.copy, store, progress, timebox).await;
+        let end = match &result {
+            Ok(outcome) => PassEnd::Copied(outcome),
+            Err(e) => PassEnd::Error(e),
+        };
+        let tries = Tries { attempt, stopping: *timebox.stop.borrow(), ..Tries::default() };
+        match next_step(end, tries, &limits) {
+            // A local pass has no deadline; should one ever end early, it is not done.
+            Next::Continue => {
+                progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
+                break (MailboxStatus::Partial, None, None);
+            }
+            Next::Done => {
+                let copied = result.as_ref().map_or(0, |o| o.this_pass.copied);
+                for (source, destination, why) in result.iter().flat_map(|o| &o.renamed) {
                     progress.line(&format!("{}: folder {source:?} copied as {destination:?}: {why}", job.mailbox));
                 }
-                let copied = outcome.this_pass.copied;
-                let mismatched = outcome.verdicts.iter().filter(|(_, v)| !v.ok).count();
-                let verdict = if mismatched == 0 {
-                    "verified".to_string()
-                } else {
-                    format!("{mismatched} folder(s) do not verify")
-                };
-                progress.mailbox_finished(&job.mailbox, &format!("done, {copied} copied this pass, {verdict}"));
+                progress.mailbox_finished(&job.mailbox, &format!("done, {copied} copied this pass, verified"));
                 break (MailboxStatus::Done, None, None);
             }
-            Ok(_) => {
+            Next::Stopped { error, hint } => {
                 progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
-                break (
-                    MailboxStatus::Partial,
-                    Some("stopped before the end".to_string()),
-                    Some("run the same command again to resume".to_string()),
-                );
+                break (MailboxStatus::Partial, Some(error), Some(hint));
             }
-            Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS && !*timebox.stop.borrow() => {
-                let wait =
-                    e.retry_after().unwrap_or(Duration::from_secs(1 << attempt.min(5))).min(Duration::from_secs(120));
+            Next::RetryAfter(wait) | Next::Throttled(wait) => {
+                let e = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
                 progress.line(&format!(
                     "{}: {e}; retrying in {}s (attempt {attempt}/{MAX_ATTEMPTS})",
                     job.mailbox,
@@ -292,11 +360,10 @@ async fn run_mailbox(
                     _ = stop.wait_for(|s| *s) => {}
                 }
             }
-            Err(e) => {
-                progress.mailbox_finished(&job.mailbox, &format!("FAILED: {e}"));
-                let status = if e.is_retryable() { MailboxStatus::Partial } else { MailboxStatus::Failed };
-                let status = if e.is_retryable() && attempt >= MAX_ATTEMPTS { MailboxStatus::Failed } else { status };
-                break (status, Some(e.to_string()), Some(e.hint()));
+            Next::Failed { reason, hint, .. } => {
+                // A copy that does not verify is not done either (exit 1, in failed.csv).
+                progress.mailbox_finished(&job.mailbox, &format!("FAILED: {reason}"));
+                break (MailboxStatus::Failed, Some(reason), Some(hint));
             }
         }
     };

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use mailhaul_common::batch::validate_batch;
 use mailhaul_common::error::Side;
-use mailhaul_common::inspect::{inspect, Inspection};
+use mailhaul_common::inspect::{capabilities_that_matter, inspect, Inspection};
 
 use crate::run::load_settings;
 use crate::{EXIT_DONE, EXIT_SOME_FAILED};
@@ -45,13 +45,32 @@ pub async fn validate(csv: &Path, config: Option<&Path>, json: bool, check: bool
 
 fn describe(result: &Result<Inspection, mailhaul_common::error::CopyError>) -> String {
     match result {
-        Ok(i) => format!(
-            "ok, {} folders, {} messages, {:.1} MB, about {} min to copy at 20 MB/min",
-            i.folders.len(),
-            i.total_messages,
-            i.total_bytes as f64 / 1e6,
-            (i.total_bytes as f64 / 20e6).ceil()
-        ),
+        Ok(i) => {
+            let mut text = format!(
+                "ok, {} folders, {} messages, {:.1} MB, about {} min to copy at 20 MB/min",
+                i.folders.len(),
+                i.total_messages,
+                i.total_bytes as f64 / 1e6,
+                (i.total_bytes as f64 / 20e6).ceil()
+            );
+            let (offered, missing) = capabilities_that_matter(&i.capabilities);
+            text.push_str(&format!("\n  capabilities: {}", offered.join(" ")));
+            if !missing.is_empty() {
+                text.push_str(&format!(" (not offered: {})", missing.join(" ")));
+            }
+            for folder in &i.folders {
+                text.push_str(&format!(
+                    "\n  {}: {} messages, {:.1} MB",
+                    folder.name,
+                    folder.messages,
+                    folder.bytes as f64 / 1e6
+                ));
+            }
+            for quirk in &i.quirks {
+                text.push_str(&format!("\n  note: {quirk}"));
+            }
+            text
+        }
         Err(e) => format!("{e} ({})", e.hint()),
     }
 }

@@ -86,9 +86,9 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
     assert!(svc.objects.get(BUCKET, "incoming/north.csv").await?.is_some(), "the CSV is uploaded");
 
     // The stack's upload function takes it from there.
-    let outcome = mailhaul_aws::upload::process_object(&svc, BUCKET, "incoming/north.csv").await?;
+    let outcome = mailhaul_aws::upload::process_object(&svc, BUCKET, "incoming/north.csv", None).await?;
     assert!(
-        matches!(&outcome, mailhaul_aws::upload::UploadOutcome::Submitted { batch: b, mailboxes: 2 } if *b == batch),
+        matches!(&outcome, mailhaul_aws::upload::UploadOutcome::Submitted { batch: b, mailboxes: 2, .. } if *b == batch),
         "{outcome:?}"
     );
 
@@ -112,12 +112,19 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
         mailhaul(&moto, &["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("still running"), "{}", text(&out).1);
+    // The hosts do not exist: end both mailboxes as a copy function would, then finalize.
+    for item in svc.table.mailbox_items(&batch).await? {
+        let mut record = item.record;
+        record.status = mailhaul_common::model::MailboxStatus::Failed;
+        record.error = Some("connection refused".into());
+        assert!(svc.table.finish_mailbox(&batch, &record, 0, 0).await?);
+    }
     mailhaul_aws::finalize::finalize_batch(&svc, &batch).await?.context("finalized")?;
     let out =
         mailhaul(&moto, &["report", &batch, "--bucket", BUCKET, "--report-dir", reports.to_str().context("path")?])?;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    for name in ["report.csv", "report.json", "failed.csv"] {
+    for name in ["report.html", "report.csv", "report.json", "failed.csv"] {
         assert!(reports.join(name).exists(), "{name} downloaded: {stderr}");
     }
     let report_csv = std::fs::read_to_string(reports.join("report.csv"))?;
@@ -134,7 +141,7 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
         seen.push_str(&o);
         seen.push_str(&e);
     }
-    for name in ["report.csv", "report.json", "failed.csv"] {
+    for name in ["report.html", "report.csv", "report.json", "failed.csv"] {
         seen.push_str(&std::fs::read_to_string(reports.join(name))?);
     }
     assert!(

@@ -2,47 +2,20 @@
 //! process resumed, lost state — every message exactly once, on the pipelined (LITERAL+)
 //! and the plain (synchronizing literal) APPEND paths.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mailhaul_common::engine::{copy_mailbox, CopyStatus, NoProgress, ProgressSink, TimeBox};
-use mailhaul_common::model::{AuthMechanism, CopyOptions, Endpoint, Login, MailboxJob, Security, ServerSpec};
+use mailhaul_common::model::{CopyOptions, Security};
 use mailhaul_common::sqlite::SqliteStore;
-use mailhaul_common::Secret;
 use mailhaul_tests::corpus;
 use mailhaul_tests::dovecot::{Dovecot, DovecotOptions, Layout};
 use mailhaul_tests::imap::{dump, seed, DumpedMessage};
 use tokio::sync::watch;
-
-fn endpoint(server: &Dovecot, user: &str, password: &str) -> Endpoint {
-    Endpoint {
-        server: ServerSpec {
-            host: "127.0.0.1".into(),
-            port: server.imaps_port,
-            security: Security::Tls,
-            ca_file: Some(server.cert_path.clone()),
-            accept_invalid_certs: false,
-        },
-        login: Login {
-            user: user.into(),
-            authz: None,
-            mechanism: AuthMechanism::Login,
-            password: Secret::new(password),
-        },
-    }
-}
-
-fn job(source: &Dovecot, destination: &Dovecot) -> MailboxJob {
-    MailboxJob {
-        row: 1,
-        mailbox: "alice".into(),
-        source: endpoint(source, "alice", "pw"),
-        destination: endpoint(destination, "alice", "pw"),
-        user_root: None,
-    }
-}
 
 /// Raises the stop signal once `after` batches are confirmed.
 struct StopAfter {
@@ -89,10 +62,11 @@ async fn servers(literals: Literals) -> (Dovecot, Dovecot) {
     (source, destination)
 }
 
-async fn stop_deadline_and_resume(literals: Literals) {
+/// `multiappend`: one APPEND per batch (Dovecot, Cyrus) or one per message (Exchange, Gmail).
+async fn stop_deadline_and_resume(literals: Literals, multiappend: bool) {
     let (source, destination) = servers(literals).await;
-    let job = job(&source, &destination);
-    let options = CopyOptions { batch_messages: 4, ..CopyOptions::default() };
+    let job = support::job(&source, &destination);
+    let options = CopyOptions { batch_messages: 4, multiappend, ..CopyOptions::default() };
     let store = SqliteStore::in_memory().expect("store");
 
     // 1. A stop signal after two confirmed batches: returns "more to do", part copied.
@@ -163,18 +137,29 @@ async fn stop_deadline_and_resume(literals: Literals) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_append_resumes_exactly_once() {
-    stop_deadline_and_resume(Literals::Plus).await;
+    stop_deadline_and_resume(Literals::Plus, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multiappend_resumes_exactly_once() {
+    stop_deadline_and_resume(Literals::Plus, true).await;
+}
+
+/// MULTIAPPEND with synchronizing literals: the server asks for each literal of the command.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiappend_with_synchronizing_literals_resumes_exactly_once() {
+    stop_deadline_and_resume(Literals::SyncOnly, true).await;
 }
 
 /// LITERAL- (Gmail): small messages pipelined, larger ones (the 20 KB attachments) synchronizing.
 #[tokio::test(flavor = "multi_thread")]
 async fn literal_minus_append_resumes_exactly_once() {
-    stop_deadline_and_resume(Literals::Minus).await;
+    stop_deadline_and_resume(Literals::Minus, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_append_resumes_exactly_once() {
-    stop_deadline_and_resume(Literals::SyncOnly).await;
+    stop_deadline_and_resume(Literals::SyncOnly, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,9 +235,10 @@ async fn refused_message_is_recorded_and_the_folder_goes_on() {
 
     let store = SqliteStore::in_memory().expect("store");
     let options = CopyOptions::default();
-    let outcome = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
-        .await
-        .expect("copy");
+    let outcome =
+        copy_mailbox(&support::job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
+            .await
+            .expect("copy");
     assert_eq!(outcome.status, CopyStatus::Done);
     assert_eq!(outcome.this_pass.copied, 2);
     assert_eq!(outcome.this_pass.refused, 1);
@@ -267,9 +253,10 @@ async fn refused_message_is_recorded_and_the_folder_goes_on() {
     assert!(outcome.verdicts.iter().all(|(_, v)| v.ok), "refused messages are accounted for: {:?}", outcome.verdicts);
 
     // The next pass does not try it again.
-    let again = copy_mailbox(&job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
-        .await
-        .expect("again");
+    let again =
+        copy_mailbox(&support::job(&source, &destination), &options, &store, &NoProgress, &TimeBox::unlimited())
+            .await
+            .expect("again");
     assert_eq!(again.this_pass.refused + again.this_pass.copied, 0);
 }
 
@@ -284,7 +271,7 @@ async fn tls_starttls_plain_and_certificate_checks() {
     let store = SqliteStore::in_memory().expect("store");
 
     // No CA for the test server's certificate: refused, permanently, with a hint.
-    let mut unverified = job(&source, &destination);
+    let mut unverified = support::job(&source, &destination);
     unverified.source.server.ca_file = None;
     let error = copy_mailbox(&unverified, &options, &store, &NoProgress, &TimeBox::unlimited())
         .await
@@ -304,7 +291,7 @@ async fn tls_starttls_plain_and_certificate_checks() {
     assert_eq!(outcome.this_pass.copied, 3);
 
     // Plain IMAP, only because it is configured, finds everything there already.
-    let mut plain = job(&source, &destination);
+    let mut plain = support::job(&source, &destination);
     plain.source.server.port = source.imap_port;
     plain.source.server.security = Security::Plain;
     let outcome = copy_mailbox(&plain, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("plain");
@@ -327,7 +314,7 @@ async fn inbox_prefixed_servers_on_either_side() {
     seed(&plain, "alice", "pw", "Work/2024", &corpus::mailbox("work", 3)).await.expect("seed");
 
     let options = CopyOptions::default();
-    let to_prefixed = job(&plain, &prefixed);
+    let to_prefixed = support::job(&plain, &prefixed);
     let outcome = copy_mailbox(
         &to_prefixed,
         &options,
@@ -343,7 +330,7 @@ async fn inbox_prefixed_servers_on_either_side() {
     assert_eq!(there["INBOX.Sent"].len(), 2, "{:?}", there.keys());
     assert_eq!(there["INBOX.Work.2024"].len(), 3, "{:?}", there.keys());
 
-    let from_prefixed = job(&prefixed, &back);
+    let from_prefixed = support::job(&prefixed, &back);
     let outcome = copy_mailbox(
         &from_prefixed,
         &options,
@@ -376,10 +363,15 @@ async fn a_full_destination_stops_the_mailbox_without_refusing_messages() {
     seed(&source, "alice", "pw", "INBOX", &messages).await.expect("seed");
 
     let store = SqliteStore::in_memory().expect("store");
-    let error =
-        copy_mailbox(&job(&source, &destination), &CopyOptions::default(), &store, &NoProgress, &TimeBox::unlimited())
-            .await
-            .expect_err("the destination fills up");
+    let error = copy_mailbox(
+        &support::job(&source, &destination),
+        &CopyOptions::default(),
+        &store,
+        &NoProgress,
+        &TimeBox::unlimited(),
+    )
+    .await
+    .expect_err("the destination fills up");
     assert!(matches!(error, CopyError::OverQuota { .. }), "{error}");
     assert!(!error.is_retryable());
     assert!(error.hint().contains("quota"), "{}", error.hint());

@@ -246,11 +246,15 @@ async fn migrates_a_batch_reports_failures_and_delta_passes() {
     assert_eq!(lines.len(), 2, "header and carol: {failed}");
     assert!(lines[1].contains("carol") && !failed.contains("wrong-password"), "{failed}");
 
-    // No password anywhere in what mailhaul wrote.
-    for file in ["state.sqlite", "report/report.csv", "report/report.json", "report/failed.csv"] {
+    // No password anywhere in what mailhaul wrote (in report.html also not HTML-escaped).
+    let html = std::fs::read_to_string(world.path("report/report.html")).expect("report.html");
+    assert!(html.contains("carol") && html.contains("data-standing=\"failed\""), "report.html lists the failed row");
+    for file in ["state.sqlite", "report/report.csv", "report/report.json", "report/report.html", "report/failed.csv"] {
         let bytes = std::fs::read(world.path(file)).unwrap_or_default();
         for secret in ["alice-pw", "admin-pw", "wrong-password", "quoted\" pw"] {
             assert!(!contains(&bytes, secret.as_bytes()), "{secret} found in {file}");
+            let escaped = mailhaul_common::report::html::escape(secret);
+            assert!(!contains(&bytes, escaped.as_bytes()), "{secret} found HTML-escaped in {file}");
         }
     }
     assert!(!String::from_utf8_lossy(&first.stderr).contains("alice-pw"));

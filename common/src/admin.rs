@@ -92,9 +92,9 @@ impl AdminLogin {
     pub fn to_login(&self, password: Secret, mechanism: AuthMechanism) -> Login {
         match (mechanism, &self.admin) {
             (AuthMechanism::Plain, Some(admin)) => {
-                Login { user: admin.clone(), authz: Some(self.user.clone()), mechanism, password }
+                Login { user: admin.clone(), authz: Some(self.user.clone()), mechanism, password, oauth2: None }
             }
-            _ => Login { user: self.raw.clone(), authz: None, mechanism, password },
+            _ => Login { user: self.raw.clone(), authz: None, mechanism, password, oauth2: None },
         }
     }
 }

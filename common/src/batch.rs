@@ -1,6 +1,8 @@
 //! The batch CSV: recognise its form, validate every row at once, and build one
 //! [`MailboxJob`] per valid row. Problems name the row, line and column and never quote a
 //! cell's value, so no password can reach a message, even one typed into the wrong column.
+//! A header cell is repeated only when it is a known column name, and a row's cells are
+//! shown only when they sit under known columns of a sound header with no quote gone astray.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -55,11 +57,16 @@ pub enum Severity {
 pub struct Problem {
     /// 1-based data row (the first row after the header is row 1); `None` for the whole file.
     pub row: Option<usize>,
-    /// The column's header as written in the file.
+    /// The column: its header as written when that is a known column name, else `column N`.
     pub column: Option<String>,
     pub severity: Severity,
     /// Where, what, and what to do; never contains a cell's value.
     pub message: String,
+    /// `Some(rows)` for a problem of the settings rather than of the file or a row (no host,
+    /// no master user): said once for the batch, with how many rows it keeps from running,
+    /// instead of once per row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_rows: Option<usize>,
 }
 
 impl std::fmt::Display for Problem {
@@ -80,8 +87,9 @@ pub struct BatchRow {
     /// 1-based line of the file where the row starts (differs from `row + 1` when a quoted
     /// value spans lines or blank lines are skipped).
     pub line: u64,
-    /// The row's cells with every password cell emptied (all cells, when the row's columns
-    /// do not line up with the header and the password cannot be told apart).
+    /// The row's cells with every password cell and every cell of an unknown column emptied
+    /// (all cells, when the row's columns do not line up with the header, the header is
+    /// broken, or a quoted value in the row does not close properly).
     pub cells: Vec<String>,
     /// The destination mailbox as written, or the best guess (empty when unknown).
     pub mailbox: String,
@@ -95,7 +103,9 @@ pub struct BatchRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidatedBatch {
     pub format: Option<CsvFormat>,
-    /// The header row as written (trimmed).
+    /// The header row: each known column name as written (trimmed), `column N` for any other
+    /// cell, empty for an empty one. Never an unknown cell's text: it may be a row swallowed
+    /// by an unbalanced quote.
     pub headers: Vec<String>,
     pub rows: Vec<BatchRow>,
     /// Every problem, file-level first, then by row.
@@ -128,6 +138,16 @@ impl ValidatedBatch {
         self.problems.iter().filter(move |p| p.row == Some(row))
     }
 
+    /// Problems of the whole file (header, size, encoding).
+    pub fn file_problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.row.is_none() && p.settings_rows.is_none())
+    }
+
+    /// Problems of the settings, each said once for all the rows it stops.
+    pub fn settings_problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.settings_rows.is_some())
+    }
+
     /// A report for people and programs: valid rows, invalid rows with their problems and
     /// emptied password cells, and file-level problems. Holds no password.
     pub fn to_json(&self) -> serde_json::Value {
@@ -156,7 +176,10 @@ impl ValidatedBatch {
             "rows": self.rows.len(),
             "errors": errors,
             "warnings": warnings,
-            "file_problems": self.problems.iter().filter(|p| p.row.is_none()).map(problem).collect::<Vec<_>>(),
+            "file_problems": self.file_problems().map(problem).collect::<Vec<_>>(),
+            "settings": self.settings_problems().map(|p| json!({
+                "severity": p.severity, "message": p.message, "rows": p.settings_rows,
+            })).collect::<Vec<_>>(),
             "valid_rows": valid,
             "invalid_rows": invalid,
         })
@@ -174,7 +197,12 @@ impl ValidatedBatch {
                 (Some(_), true) => "ok",
                 (Some(_), false) => "ok, warning",
             };
-            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" | ");
+            let text = if r.job.is_none() && problems.is_empty() {
+                // Stopped by the settings only: the settings lines below say why, once.
+                "see settings below".to_string()
+            } else {
+                problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" | ")
+            };
             let or_dash = |s: &str| {
                 if s.is_empty() {
                     "-".to_string()
@@ -209,8 +237,12 @@ impl ValidatedBatch {
                 push_line([&l[0], &l[1], &l[2], &l[3], &l[4]]);
             }
         }
-        for p in self.problems.iter().filter(|p| p.row.is_none()) {
+        for p in self.file_problems() {
             out.push_str(&format!("file: {p}\n"));
+        }
+        for p in self.settings_problems() {
+            // The message starts with "settings:" already.
+            out.push_str(&format!("{}\n", p.message));
         }
         let (errors, warnings) = self.counts();
         let valid = self.rows.iter().filter(|r| r.job.is_some()).count();
@@ -267,12 +299,231 @@ const LAYOUTS: [Layout; 3] = [
     },
 ];
 
+impl Layout {
+    /// `name` (lower-case) is one of this form's columns.
+    fn has(&self, name: &str) -> bool {
+        self.required.contains(&name) || self.optional.contains(&name)
+    }
+}
+
+/// The known column name (of any form) that `lower` is, if any.
+fn known_name(lower: &str) -> Option<&'static str> {
+    LAYOUTS.iter().flat_map(|l| l.required.iter().chain(l.optional)).find(|k| **k == lower).copied()
+}
+
+/// A column's name as the forms spell it (`EmailAddress` for `emailaddress`).
+fn spelled_name(key: &'static str) -> &'static str {
+    LAYOUTS
+        .iter()
+        .flat_map(|l| l.spelled.split(','))
+        .map(|s| s.trim_matches(['[', ']']))
+        .find(|s| s.eq_ignore_ascii_case(key))
+        .unwrap_or(key)
+}
+
+/// The known column name an unknown header cell was most likely meant to be: one a typo
+/// or two away, or one that contains it or that it contains (a name split by a comma, or
+/// run into the next). The form's own names win a tie.
+fn closest_known(lower: &str, layout: &Layout) -> Option<&'static str> {
+    if lower.is_empty() || lower.chars().count() > MAX_NAME_CHARS {
+        return None;
+    }
+    let all = LAYOUTS.iter().flat_map(|l| l.required.iter().chain(l.optional));
+    layout
+        .required
+        .iter()
+        .chain(layout.optional)
+        .chain(all)
+        .filter_map(|&k| {
+            let distance = edit_distance(lower, k);
+            let close = distance <= 2 || lower.contains(k) || (lower.len() >= 3 && k.contains(lower));
+            close.then_some((distance, k))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| spelled_name(k))
+}
+
+/// Longest header cell still taken for a column name rather than swallowed data.
+const MAX_NAME_CHARS: usize = 40;
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// What an unknown header cell is like, without a character of it: its length and anything
+/// odd in it.
+fn describe_cell(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim();
+    let count = text.chars().count();
+    let mut parts = vec![format!("{count} character{}", if count == 1 { "" } else { "s" })];
+    if std::str::from_utf8(raw).is_err() {
+        parts.push("not valid UTF-8".into());
+    }
+    if text.contains(['\n', '\r']) {
+        parts.push("contains line breaks".into());
+    } else if text.chars().any(char::is_control) {
+        parts.push("contains control characters".into());
+    }
+    if text.contains('\u{feff}') {
+        parts.push("contains an invisible byte-order mark".into());
+    }
+    if text.contains('"') {
+        parts.push("contains a quote".into());
+    }
+    parts.join(", ")
+}
+
+/// A header cell that no one would name a column: damaged text rather than an extra column.
+fn is_odd_name(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim();
+    std::str::from_utf8(raw).is_err()
+        || text.chars().count() > MAX_NAME_CHARS
+        || text.chars().any(|c| c.is_control() || c == '\u{feff}' || c == '"')
+}
+
+/// How messages name column `i` (0-based): its header (a known name, or `column N` for any
+/// other), or its number when it has no name.
+fn column_label(headers: &[String], i: usize) -> String {
+    match headers.get(i) {
+        Some(h) if !h.is_empty() => h.clone(),
+        _ => format!("column {}", i + 1),
+    }
+}
+
+const QUOTE_HINT: &str = "put a value that contains a comma or a quote in double quotes as a whole (\"a,b\"), write a quote inside it as two (\"\"), and remove stray quotes";
+
+/// A quote out of place: a quoted value that does not end the way one must (on the line it
+/// opened on, right before a comma or the end of the line), or a quote inside a value that
+/// is not quoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct QuoteFault {
+    /// Byte of the opening quote.
+    start: usize,
+    /// 0-based cell of its record.
+    field: usize,
+    /// 1-based line of the opening quote.
+    line: u64,
+    kind: QuoteFaultKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QuoteFaultKind {
+    /// Closed on a later line: it holds line breaks, and whatever rows were between.
+    SpansLines { end_line: u64 },
+    /// Never closed: it runs to the end of the file.
+    Unclosed,
+    /// Text after the closing quote (`"ab"cd`), which the csv reader quietly joins on.
+    TextAfterClose,
+    /// A quote inside a value that does not start with one (`ab"cd`): the csv reader keeps
+    /// it as a character, but it is most often what is left of a quoted value whose opening
+    /// quote or the comma before it was lost, and the cells after it have moved.
+    InsideUnquoted,
+}
+
+impl QuoteFault {
+    /// Where and what, never the value.
+    fn describe(&self, line_offset: u64) -> String {
+        let line = self.line + line_offset;
+        match self.kind {
+            QuoteFaultKind::SpansLines { end_line } => format!(
+                "a quoted value opens on line {line} and closes only on line {}, taking in the line breaks between (an unbalanced quote?)",
+                end_line + line_offset
+            ),
+            QuoteFaultKind::Unclosed => format!(
+                "a quoted value opens on line {line} and is never closed, so the rest of the file is inside it (an unbalanced quote?)"
+            ),
+            QuoteFaultKind::TextAfterClose => {
+                format!("a quoted value opens on line {line} and has text after its closing quote (an unbalanced quote?)")
+            }
+            QuoteFaultKind::InsideUnquoted => {
+                format!("a value on line {line} has a quote inside but does not start with one (an unbalanced quote?)")
+            }
+        }
+    }
+}
+
+/// Every quote out of place in `data`, one at most a value. Reads the bytes by the same
+/// rules as the csv reader (a quote opens a value only as its first byte, `""` inside is
+/// a quote, CR, LF and CRLF end a record), which accepts all of these without a word.
+fn quote_faults(data: &[u8]) -> Vec<QuoteFault> {
+    let mut faults = Vec::new();
+    let (mut i, mut line, mut field, mut at_field_start) = (0usize, 1u64, 0usize, true);
+    // One fault a value is enough.
+    let mut faulted = false;
+    while i < data.len() {
+        if at_field_start && data[i] == b'"' {
+            let (start, start_line) = (i, line);
+            i += 1;
+            let closed = loop {
+                match data.get(i) {
+                    None => break false,
+                    Some(b'"') if data.get(i + 1) == Some(&b'"') => i += 2,
+                    Some(b'"') => {
+                        i += 1;
+                        break true;
+                    }
+                    Some(b) => {
+                        line += u64::from(*b == b'\n');
+                        i += 1;
+                    }
+                }
+            };
+            let kind = if !closed {
+                Some(QuoteFaultKind::Unclosed)
+            } else if line > start_line || data[start..i].contains(&b'\r') {
+                // A lone CR ends a record too.
+                Some(QuoteFaultKind::SpansLines { end_line: line })
+            } else if !matches!(data.get(i), None | Some(b',' | b'\r' | b'\n')) {
+                Some(QuoteFaultKind::TextAfterClose)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                faults.push(QuoteFault { start, field, line: start_line, kind });
+                faulted = true;
+            }
+            at_field_start = false;
+            continue;
+        }
+        match data[i] {
+            b',' => {
+                field += 1;
+                (at_field_start, faulted) = (true, false);
+            }
+            b'\n' | b'\r' => {
+                line += u64::from(data[i] == b'\n');
+                field = 0;
+                (at_field_start, faulted) = (true, false);
+            }
+            b'"' if !faulted => {
+                faults.push(QuoteFault { start: i, field, line, kind: QuoteFaultKind::InsideUnquoted });
+                (at_field_start, faulted) = (false, true);
+            }
+            _ => at_field_start = false,
+        }
+        i += 1;
+    }
+    faults
+}
+
 fn forms_list() -> String {
     LAYOUTS.iter().map(|l| format!("{} ({})", l.format.as_str(), l.spelled)).collect::<Vec<_>>().join("; ")
 }
 
 fn file_error(message: String) -> Problem {
-    Problem { row: None, column: None, severity: Severity::Error, message }
+    Problem { row: None, column: None, severity: Severity::Error, message, settings_rows: None }
 }
 
 fn where_(row: usize, line: u64) -> String {
@@ -312,40 +563,66 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         }
     }
 
+    // Every record with the byte it starts at, so that a quote problem found in the raw
+    // bytes can be pinned to its row.
+    let mut records: Vec<(Option<csv::ByteRecord>, usize)> = Vec::new();
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
-    let mut records = reader.byte_records();
-    let header = match records.next() {
-        Some(Ok(h)) => h,
+    for record in reader.byte_records() {
+        let previous = records.last().map_or(0, |(_, start)| *start);
+        match record {
+            Ok(r) => {
+                let start = r.position().map_or(previous, |p| p.byte() as usize).min(data.len());
+                records.push((Some(r), start));
+            }
+            Err(_) => records.push((None, previous)),
+        }
+    }
+    let mut faults: Vec<Vec<QuoteFault>> = vec![Vec::new(); records.len()];
+    for fault in quote_faults(data) {
+        // The quoted value belongs to the last record that starts at or before it.
+        let k = records.partition_point(|(_, start)| *start <= fault.start).saturating_sub(1);
+        if let Some(f) = faults.get_mut(k) {
+            f.push(fault);
+        }
+    }
+    let mut records = records.into_iter().zip(faults);
+    let (header, header_faults) = match records.next() {
+        Some(((Some(h), _), f)) => (h, f),
         _ => {
             out.problems
                 .push(file_error("the header row cannot be read: save the file as CSV (comma delimited)".into()));
             return out;
         }
     };
-    out.headers = header.iter().map(|h| String::from_utf8_lossy(h).trim().to_string()).collect();
-    let header_width = out.headers.len();
+    let raw_headers: Vec<&[u8]> = header.iter().collect();
+    let written: Vec<String> = raw_headers.iter().map(|h| String::from_utf8_lossy(h).trim().to_string()).collect();
+    let header_width = written.len();
+    let faulty = |i: usize| header_faults.iter().find(|f| f.field == i);
     // Spreadsheets often end the header with empty cells (`...,Password,,`): not columns.
-    while out.headers.len() > 1 && out.headers.last().is_some_and(String::is_empty) {
-        out.headers.pop();
+    let mut named = header_width;
+    while named > 1 && written[named - 1].is_empty() && faulty(named - 1).is_none() {
+        named -= 1;
     }
-    if out.headers.len() == 1 && out.headers[0].contains([';', '\t', '|']) {
+    if named == 1 && written[0].contains([';', '\t', '|']) {
         out.problems.push(not_comma_separated());
         return out;
     }
-    let lower: Vec<String> = out.headers.iter().map(|h| h.to_lowercase()).collect();
+    let lower: Vec<String> = written[..named].iter().map(|h| h.to_ascii_lowercase()).collect();
+    // A header cell is only ever repeated when it is a known column name: anything else may
+    // be a row swallowed by an unbalanced quote, or a password moved there by a lost comma.
+    let known_at: Vec<Option<&'static str>> =
+        (0..named).map(|i| if faulty(i).is_some() { None } else { known_name(&lower[i]) }).collect();
 
     // The form whose column names appear most.
     let best = LAYOUTS
         .iter()
-        .map(|l| {
-            (l, lower.iter().filter(|h| l.required.contains(&h.as_str()) || l.optional.contains(&h.as_str())).count())
-        })
+        .map(|l| (l, known_at.iter().flatten().filter(|k| l.has(k)).count()))
         .max_by_key(|(_, n)| *n)
         .filter(|(_, n)| *n > 0)
         .map(|(l, _)| l);
     let Some(layout) = best else {
         // Do not echo the header row: if it is really a data row, it holds a password.
-        let looks_like_data = out.headers.iter().any(|h| h.contains('@'));
+        let looks_like_data = written.iter().any(|h| h.contains('@'));
         out.problems.push(file_error(if looks_like_data {
             format!(
                 "the first line looks like a mailbox row, not a header: add a header row first, one of: {}",
@@ -354,51 +631,98 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         } else {
             format!("the header row names none of the expected columns: use one of: {}", forms_list())
         }));
-        out.headers.clear();
         return out;
     };
     out.format = Some(layout.format);
+    out.headers = (0..named)
+        .map(|i| match known_at[i] {
+            Some(_) => written[i].clone(),
+            None if written[i].is_empty() => String::new(),
+            None => format!("column {}", i + 1),
+        })
+        .collect();
 
     let mut cols: HashMap<&'static str, usize> = HashMap::new();
     let mut header_ok = true;
-    for (i, name) in lower.iter().enumerate() {
-        let known = layout.required.iter().chain(layout.optional).find(|k| **k == name.as_str());
-        match known {
-            Some(k) if cols.contains_key(k) => {
+    for i in 0..named {
+        let n = i + 1;
+        let form = layout.format.as_str();
+        let columns = layout.spelled;
+        let mut problem = |severity, message| {
+            out.problems.push(Problem {
+                row: None,
+                column: Some(column_label(&out.headers, i)),
+                severity,
+                message,
+                settings_rows: None,
+            })
+        };
+        if let Some(fault) = faulty(i) {
+            header_ok = false;
+            problem(
+                Severity::Error,
+                format!(
+                    "column {n}: not a known column name ({}): {}: fix the quotes of the header row; the {form} form has {columns}",
+                    describe_cell(raw_headers[i]),
+                    fault.describe(line_offset)
+                ),
+            );
+            continue;
+        }
+        match known_at[i] {
+            Some(k) if layout.has(k) && cols.contains_key(k) => {
                 header_ok = false;
-                out.problems.push(Problem {
-                    row: None,
-                    column: Some(out.headers[i].clone()),
-                    severity: Severity::Error,
-                    message: format!("column {} appears twice in the header: keep one", out.headers[i]),
-                });
+                problem(Severity::Error, format!("column {} appears twice in the header: keep one", written[i]));
             }
-            Some(k) => {
+            Some(k) if layout.has(k) => {
                 cols.insert(k, i);
             }
-            None => out.problems.push(Problem {
-                row: None,
-                column: Some(out.headers[i].clone()),
-                severity: Severity::Warning,
-                message: format!(
-                    "column {} (column {}) is not part of the {} form ({}) and is ignored: remove it or check its spelling",
-                    if out.headers[i].is_empty() { "with an empty name" } else { &out.headers[i] },
-                    i + 1,
-                    layout.format.as_str(),
-                    layout.spelled
+            Some(_) => problem(
+                Severity::Warning,
+                format!(
+                    "column {n}, {}, is not part of the {form} form ({columns}) and is ignored: remove it",
+                    written[i]
                 ),
-            }),
+            ),
+            None if written[i].is_empty() => {
+                // Named columns after it would be read one cell off if a comma were lost.
+                header_ok = false;
+                problem(
+                    Severity::Error,
+                    format!(
+                        "column {n} has no name: remove the empty column (a comma too many in the header row?), or name it; the {form} form has {columns}"
+                    ),
+                );
+            }
+            None => {
+                let closest = closest_known(&lower[i], layout);
+                let what = format!("column {n}: not a known column name ({})", describe_cell(raw_headers[i]));
+                match closest {
+                    Some(k) => {
+                        header_ok = false;
+                        problem(
+                            Severity::Error,
+                            format!("{what}; the closest known name is {k}: fix the name in the header row; the {form} form has {columns}"),
+                        );
+                    }
+                    None if is_odd_name(raw_headers[i]) => {
+                        header_ok = false;
+                        problem(Severity::Error, format!("{what}: fix the header row; the {form} form has {columns}"));
+                    }
+                    None => problem(
+                        Severity::Warning,
+                        format!(
+                            "{what}: it is ignored; the {form} form has {columns}: remove the column or fix its name"
+                        ),
+                    ),
+                }
+            }
         }
     }
     for req in layout.required {
         if !cols.contains_key(req) {
             header_ok = false;
-            let spelled = layout
-                .spelled
-                .split(',')
-                .map(|s| s.trim_matches(['[', ']']))
-                .find(|s| s.eq_ignore_ascii_case(req))
-                .unwrap_or(req);
+            let spelled = spelled_name(req);
             out.problems.push(Problem {
                 row: None,
                 column: Some(spelled.to_string()),
@@ -408,32 +732,36 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
                     layout.format.as_str(),
                     layout.spelled
                 ),
+                settings_rows: None,
             });
         }
     }
     let password_cols: Vec<usize> = layout.passwords.iter().filter_map(|p| cols.get(p).copied()).collect();
+    // Only the cells of known columns other than passwords are ever shown.
+    let shown_cols: Vec<bool> =
+        (0..named).map(|i| cols.values().any(|&c| c == i) && !password_cols.contains(&i)).collect();
 
     let mut row_no = 0usize;
     let (mut counted_to, mut line_at) = (0usize, 1u64);
     let mut row_problems: Vec<Problem> = Vec::new();
-    for record in records {
+    // Each settings problem with the number of rows it stops, in the order first met.
+    let mut settings_problems: Vec<(String, usize)> = Vec::new();
+    for ((record, start), row_faults) in records {
         row_no += 1;
-        let record = match record {
-            Ok(r) => r,
-            Err(_) => {
-                // The csv error text could quote data; say where instead.
-                row_problems.push(Problem {
-                    row: Some(row_no),
-                    column: None,
-                    severity: Severity::Error,
-                    message: format!("row {row_no} cannot be read: save the file as CSV (comma delimited)"),
-                });
-                continue;
-            }
+        let Some(record) = record else {
+            // The csv error text could quote data; say where instead.
+            row_problems.push(Problem {
+                row: Some(row_no),
+                column: None,
+                severity: Severity::Error,
+                message: format!("row {row_no} cannot be read: save the file as CSV (comma delimited)"),
+                settings_rows: None,
+            });
+            continue;
         };
         // Lines are counted from the byte offset: csv-core's own line counter misses line
         // breaks inside quoted values.
-        let mut byte = record.position().map_or(0, |p| p.byte()).min(data.len() as u64) as usize;
+        let mut byte = start;
         // After a CRLF the reported start is the `\n`; blank lines before a record count too.
         while byte < data.len() && (data[byte] == b'\n' || data[byte] == b'\r') {
             byte += 1;
@@ -444,40 +772,73 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
         }
         let line = line_at + line_offset;
         let mut raw: Vec<&[u8]> = record.iter().collect();
-        if raw.iter().all(|c| c.trim_ascii().is_empty()) {
+        if raw.iter().all(|c| c.trim_ascii().is_empty()) && row_faults.is_empty() {
             // Spreadsheets leave rows of empty cells (`,,,`) behind: not a mailbox.
             continue;
         }
         // Rows padded like the header (`...,Password,,`) lose the padding. Any other extra
         // cell is an error, even an empty one: `pa,ss,` may be an unquoted comma in a
         // password, and shifting cells would move part of it into another column.
-        if raw.len() == header_width && raw[out.headers.len()..].iter().all(|c| c.trim_ascii().is_empty()) {
-            raw.truncate(out.headers.len());
+        if raw.len() == header_width && raw[named..].iter().all(|c| c.trim_ascii().is_empty()) {
+            raw.truncate(named);
         }
-        if raw.len() != out.headers.len() {
+        // A row whose cells cannot be trusted to sit in their columns shows none of them.
+        let unread = BatchRow {
+            row: row_no,
+            line,
+            cells: vec![String::new(); raw.len()],
+            mailbox: String::new(),
+            source_user: String::new(),
+            job: None,
+        };
+        if !row_faults.is_empty() {
+            for fault in &row_faults {
+                let column = column_label(&out.headers, fault.field);
+                row_problems.push(Problem {
+                    row: Some(row_no),
+                    column: Some(column.clone()),
+                    severity: Severity::Error,
+                    message: format!(
+                        "{}, {column}: {}: {QUOTE_HINT}",
+                        where_(row_no, line),
+                        fault.describe(line_offset)
+                    ),
+                    settings_rows: None,
+                });
+            }
+            out.rows.push(unread);
+            continue;
+        }
+        if raw.len() != named {
             row_problems.push(Problem {
                 row: Some(row_no),
                 column: None,
                 severity: Severity::Error,
                 message: format!(
-                    "{}: has {} columns but the header has {}: put a value that contains a comma in double quotes (\"a,b\"), and write a quote inside it as two (\"\")",
+                    "{}: has {} columns but the header has {named}: {QUOTE_HINT}",
                     where_(row_no, line),
                     raw.len(),
-                    out.headers.len()
                 ),
+                settings_rows: None,
             });
-            out.rows.push(BatchRow {
-                row: row_no,
-                line,
-                cells: vec![String::new(); raw.len()],
-                mailbox: String::new(),
-                source_user: String::new(),
-                job: None,
-            });
+            out.rows.push(unread);
             continue;
         }
-        let mut ctx =
-            RowCtx { row: row_no, line, headers: &out.headers, cols: &cols, cells: Vec::new(), problems: Vec::new() };
+        if !header_ok {
+            // The rows cannot be read without their columns; the header problem says why.
+            out.rows.push(unread);
+            continue;
+        }
+        let mut ctx = RowCtx {
+            row: row_no,
+            line,
+            headers: &out.headers,
+            cols: &cols,
+            cells: Vec::new(),
+            hidden: Vec::new(),
+            problems: Vec::new(),
+            settings_problems: Vec::new(),
+        };
         for (i, cell) in raw.iter().enumerate() {
             match std::str::from_utf8(cell) {
                 Ok(s) => ctx.cells.push(Some(s.to_string())),
@@ -487,35 +848,28 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
                 }
             }
         }
+        let (mailbox, source_user, job) = match layout.format {
+            CsvFormat::Exchange => ctx.exchange(settings),
+            CsvFormat::TrekMail => ctx.trekmail(settings),
+            CsvFormat::Full => ctx.full(settings),
+        };
         let cells: Vec<String> = ctx
             .cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if password_cols.contains(&i) { String::new() } else { c.clone().unwrap_or_default() })
+            .map(|(i, c)| match c {
+                Some(c) if shown_cols[i] && !ctx.hidden.contains(&i) => c.clone(),
+                _ => String::new(),
+            })
             .collect();
-        let (mailbox, source_user, job) = if header_ok {
-            match layout.format {
-                CsvFormat::Exchange => ctx.exchange(settings),
-                CsvFormat::TrekMail => ctx.trekmail(settings),
-                CsvFormat::Full => ctx.full(settings),
-            }
-        } else {
-            // The rows cannot be read without their columns; the header problem says why.
-            let guess = |k: &str| cols.get(k).and_then(|&i| ctx.cells[i].as_deref()).unwrap_or("").trim().to_string();
-            let mailbox = ["emailaddress", "destination_email", "destination_user"]
-                .iter()
-                .map(|k| guess(k))
-                .find(|s| !s.is_empty())
-                .unwrap_or_default();
-            let source_user = ["username", "source_email", "source_user"]
-                .iter()
-                .map(|k| guess(k))
-                .find(|s| !s.is_empty())
-                .unwrap_or_default();
-            (mailbox, source_user, None)
-        };
-        let has_error = ctx.problems.iter().any(|p| p.severity == Severity::Error);
+        let has_error = ctx.problems.iter().any(|p| p.severity == Severity::Error) || !ctx.settings_problems.is_empty();
         row_problems.append(&mut ctx.problems);
+        for text in ctx.settings_problems.drain(..) {
+            match settings_problems.iter_mut().find(|(t, _)| *t == text) {
+                Some((_, rows)) => *rows += 1,
+                None => settings_problems.push((text, 1)),
+            }
+        }
         out.rows.push(BatchRow {
             row: row_no,
             line,
@@ -565,8 +919,24 @@ pub fn validate_batch(bytes: &[u8], settings: &Settings) -> ValidatedBatch {
                     mailbox_col.as_deref().unwrap_or("mailbox"),
                     others.join(", ")
                 ),
+                settings_rows: None,
             });
         }
+    }
+    let total_rows = out.rows.len();
+    for (text, rows) in settings_problems {
+        let affected = match (rows, total_rows) {
+            (1, 1) => "the only row".to_string(),
+            (r, t) if r == t => format!("all {r} rows"),
+            (r, t) => format!("{r} of {t} rows"),
+        };
+        out.problems.push(Problem {
+            row: None,
+            column: None,
+            severity: Severity::Error,
+            message: format!("settings: {text} (affects {affected})"),
+            settings_rows: Some(rows),
+        });
     }
     row_problems.sort_by_key(|p| p.row);
     out.problems.append(&mut row_problems);
@@ -605,17 +975,24 @@ struct RowCtx<'a> {
     cols: &'a HashMap<&'static str, usize>,
     /// `None` where the cell is not UTF-8 (already reported).
     cells: Vec<Option<String>>,
+    /// Cells kept out of the reports because they may hold part of a password.
+    hidden: Vec<usize>,
     problems: Vec<Problem>,
+    /// What the settings lack for this row, whatever its cells say (no host column and no
+    /// host set, no master user for a form without passwords): gathered over the rows and
+    /// said once.
+    settings_problems: Vec<String>,
 }
 
 impl RowCtx<'_> {
     fn problem_at(&mut self, col: usize, severity: Severity, text: &str) {
-        let column = self.headers[col].clone();
+        let column = column_label(self.headers, col);
         self.problems.push(Problem {
             row: Some(self.row),
             message: format!("{}, {column}: {text}", where_(self.row, self.line)),
             column: Some(column),
             severity,
+            settings_rows: None,
         });
     }
 
@@ -632,6 +1009,7 @@ impl RowCtx<'_> {
             column: None,
             severity: Severity::Error,
             message: format!("{}: {text}", where_(self.row, self.line)),
+            settings_rows: None,
         });
     }
 
@@ -643,6 +1021,12 @@ impl RowCtx<'_> {
     /// The trimmed cell, empty when absent.
     fn text(&self, key: &str) -> String {
         self.raw(key).unwrap_or("").trim().to_string()
+    }
+
+    /// The trimmed cell for the mailbox and source user columns of the reports, empty when
+    /// it holds a control character.
+    fn shown(&self, key: &str) -> String {
+        Some(self.text(key)).filter(|v| !v.contains(char::is_control)).unwrap_or_default()
     }
 
     fn is_bad_utf8(&self, key: &str) -> bool {
@@ -775,21 +1159,19 @@ impl RowCtx<'_> {
     }
 
     fn server_error(&mut self, side: &str, detail: &str, in_row: bool) {
-        if detail.starts_with("no host") {
-            if in_row {
-                let key = format!("{side}_host");
-                self.problem(
-                    &key,
-                    Severity::Error,
-                    &format!("no {side} host: set [{side}] host or preset in the settings, or fill {side}_host"),
-                );
-            } else {
-                self.row_error(&format!(
-                    "no {side} host: set [{side}] host or preset in the settings (this CSV form has no host column)"
-                ));
-            }
+        let key = format!("{side}_host");
+        if !detail.starts_with("no host") {
+            self.settings_problems.push(format!("[{side}] {detail}"));
+        } else if in_row && self.cols.contains_key(key.as_str()) {
+            // The row's own host cell can fix it: a problem of this row.
+            self.problem(
+                &key,
+                Severity::Error,
+                &format!("no {side} host: set [{side}] host or preset in the settings, or fill {side}_host"),
+            );
         } else {
-            self.row_error(&format!("[{side}] settings: {detail}"));
+            let fix = if in_row { format!("or add a {key} column") } else { "this CSV form has no host column".into() };
+            self.settings_problems.push(format!("no {side} host: set [{side}] host or preset ({fix})"));
         }
     }
 
@@ -804,30 +1186,41 @@ impl RowCtx<'_> {
         full_form: bool,
     ) -> Option<Login> {
         let side_settings = if side == "source" { &settings.source } else { &settings.destination };
+        // An OAuth2 side needs no password: a cell that holds one anyway is not used.
+        if let Some(login) = side_settings.oauth2_login(user) {
+            if matches!(password, Ok(Some(_))) && self.cols.contains_key(password_key) {
+                let note = format!("not used: the {side} signs in with OAuth2 tokens ([{side}.oauth2])");
+                self.problem(password_key, Severity::Warning, &note);
+            }
+            return Some(login);
+        }
         match password {
             Err(()) => None,
             Ok(Some(pw)) => {
                 if side == "source" {
                     Some(parse_source_login(user, side_settings.auth).to_login(pw, side_settings.auth))
                 } else {
-                    Some(Login { user: user.to_string(), authz: None, mechanism: side_settings.auth, password: pw })
+                    Some(Login {
+                        user: user.to_string(),
+                        authz: None,
+                        mechanism: side_settings.auth,
+                        password: pw,
+                        oauth2: None,
+                    })
                 }
             }
             Ok(None) => match side_settings.master_login(side, user) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    let hint = if side_settings.has_master() {
-                        e
+                    if side_settings.has_master() {
+                        // The master user is set up wrong: no cell of any row can fix that.
+                        self.settings_problems.push(e);
                     } else if self.cols.contains_key(password_key) {
-                        format!("no {side} password: fill {password_key}, or set [{side}] admin_user and admin_password_env (a master user) in the settings")
+                        self.problem(password_key, Severity::Error, &format!("no {side} password: fill {password_key}, or set [{side}] admin_user and admin_password_env (a master user) in the settings"));
                     } else if full_form {
-                        format!("no {side} password: add a {password_key} column, or set [{side}] admin_user and admin_password_env (a master user) in the settings")
+                        self.settings_problems.push(format!("no {side} password: add a {password_key} column, or set [{side}] admin_user and admin_password_env (a master user) in the settings"));
                     } else {
-                        format!("no {side} password: set [{side}] admin_user and admin_password_env (a master user) in the settings, or use the full CSV form with {side}_password")
-                    };
-                    match self.cols.get(password_key) {
-                        Some(_) => self.problem(password_key, Severity::Error, &hint),
-                        None => self.row_error(&hint),
+                        self.settings_problems.push(format!("no {side} password: set [{side}] admin_user and admin_password_env (a master user) in the settings, or use the full CSV form with {side}_password"));
                     }
                     None
                 }
@@ -842,6 +1235,7 @@ impl RowCtx<'_> {
         let user_root = Some(self.text("userroot")).filter(|s| !s.is_empty());
         if user_root.as_deref().is_some_and(|root| !root.starts_with('/')) {
             // Also catches `pa,ss` written without quotes, whose second half lands here.
+            self.hidden.extend(self.cols.get("userroot"));
             self.problem(
                 "userroot",
                 Severity::Error,
@@ -860,7 +1254,7 @@ impl RowCtx<'_> {
         };
         let job =
             build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, user_root);
-        (mailbox.unwrap_or_else(|| self.text("emailaddress")), user.unwrap_or_else(|| self.text("username")), job)
+        (mailbox.unwrap_or_else(|| self.shown("emailaddress")), user.unwrap_or_else(|| self.shown("username")), job)
     }
 
     fn trekmail(&mut self, settings: &Settings) -> (String, String, Option<MailboxJob>) {
@@ -870,9 +1264,13 @@ impl RowCtx<'_> {
         let source_server = self.source_server(settings, None, None, None, false);
         let destination_server = self.destination_server(settings, None, None, None, false);
         let source_login = match (&user, password) {
-            (Some(u), Ok(Some(pw))) => {
-                Some(Login { user: u.clone(), authz: None, mechanism: settings.source.auth, password: pw })
-            }
+            (Some(u), Ok(Some(pw))) if settings.source.oauth2.is_none() => Some(Login {
+                user: u.clone(),
+                authz: None,
+                mechanism: settings.source.auth,
+                password: pw,
+                oauth2: None,
+            }),
             (Some(u), pw) => self.login(settings, "source", u, pw, "source_password", false),
             (None, _) => None,
         };
@@ -882,8 +1280,8 @@ impl RowCtx<'_> {
         };
         let job = build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, None);
         (
-            mailbox.unwrap_or_else(|| self.text("destination_email")),
-            user.unwrap_or_else(|| self.text("source_email")),
+            mailbox.unwrap_or_else(|| self.shown("destination_email")),
+            user.unwrap_or_else(|| self.shown("source_email")),
             job,
         )
     }
@@ -919,8 +1317,8 @@ impl RowCtx<'_> {
         let job =
             build(self.row, &mailbox, source_server, source_login, destination_server, destination_login, user_root);
         (
-            mailbox.unwrap_or_else(|| self.text("destination_user")),
-            user.unwrap_or_else(|| self.text("source_user")),
+            mailbox.unwrap_or_else(|| self.shown("destination_user")),
+            user.unwrap_or_else(|| self.shown("source_user")),
             job,
         )
     }
@@ -1102,17 +1500,11 @@ admin_password_env = "DST_ADMIN"
 
     #[test]
     fn full_form_needs_a_host_somewhere() {
+        // No source_host column: no cell can fix it, the settings must.
         let b = validate_batch(b"source_user,source_password,destination_host,destination_user,destination_password\nu1,pw,new.example,d1,dpw\n", &Settings::default());
-        assert!(
-            has(
-                &b,
-                Some(1),
-                None,
-                Severity::Error,
-                "no source host: set [source] host or preset in the settings, or fill source_host"
-            ),
-            "{:?}",
-            messages(&b)
+        assert_eq!(
+            messages(&b),
+            ["settings: no source host: set [source] host or preset (or add a source_host column) (affects the only row)"]
         );
         let b = validate_batch(b"source_host,source_user,source_password,destination_host,destination_user,destination_password\n,u1,pw,new.example,d1,dpw\n", &Settings::default());
         assert!(has(&b, Some(1), Some("source_host"), Severity::Error, "no source host"), "{:?}", messages(&b));
@@ -1135,15 +1527,27 @@ admin_password_env = "DST_ADMIN"
                     c@x.example,carol,\"multi\nline\"\r\n\
                     d@x.example,dan,plain\r\n";
         let b = v(text);
-        assert!(b.is_valid(), "{:?}", b.problems);
         assert_eq!(b.format, Some(CsvFormat::Exchange));
         assert_eq!(b.headers[0], "EmailAddress");
+        // A value over two lines is what an unbalanced quote makes: an error, at its line.
+        assert!(
+            has(
+                &b,
+                Some(3),
+                Some("Password"),
+                Severity::Error,
+                "row 3 (line 4), Password: a quoted value opens on line 4 and closes only on line 5"
+            ),
+            "{:?}",
+            messages(&b)
+        );
+        assert_eq!(b.problems.len(), 1, "{:?}", messages(&b));
         let jobs = b.valid_jobs();
         assert_eq!(jobs[0].source.login.password.expose(), "pa,ss \"word\"");
         assert_eq!(jobs[1].source.login.password.expose(), "with space inside");
-        assert_eq!(jobs[2].source.login.password.expose(), "multi\nline");
-        assert_eq!(jobs[3].source.login.password.expose(), "plain");
-        assert_eq!(jobs[3].mailbox, "d@x.example");
+        assert_eq!(jobs[2].source.login.password.expose(), "plain");
+        assert_eq!(jobs[2].mailbox, "d@x.example");
+        assert_eq!(b.rows[2].cells, vec!["", "", ""]);
         // The quoted line break moves the next row's line number.
         assert_eq!((b.rows[3].row, b.rows[3].line), (4, 6));
         for r in &b.rows {
@@ -1212,8 +1616,10 @@ admin_password_env = "DST_ADMIN"
         assert_eq!(b.problems.iter().filter(|p| p.severity == Severity::Error).count(), 1, "{:?}", messages(&b));
         assert_eq!(b.rows.len(), 1);
         assert!(b.rows[0].job.is_none());
-        assert_eq!(b.rows[0].mailbox, "a@x.example");
-        assert_eq!(b.rows[0].cells, vec!["a@x.example", ""]);
+        // Without all of its columns the header cannot say where each cell belongs: no cell
+        // is shown.
+        assert_eq!(b.rows[0].mailbox, "");
+        assert_eq!(b.rows[0].cells, vec!["", ""]);
 
         let b = v("source_email,destination_email\na@x.example,b@y.example\n");
         assert!(
@@ -1236,10 +1642,38 @@ admin_password_env = "DST_ADMIN"
     fn duplicate_and_unknown_headers() {
         let b = v("EmailAddress,UserName,Password,username,Notes\na@x.example,alice,pw,alice,hi\n");
         assert!(has(&b, None, Some("username"), Severity::Error, "appears twice"), "{:?}", messages(&b));
-        assert!(has(&b, None, Some("Notes"), Severity::Warning, "is ignored"), "{:?}", messages(&b));
+        // An unknown name is described, never repeated: it may be a row swallowed by a quote.
+        assert!(
+            has(
+                &b,
+                None,
+                Some("column 5"),
+                Severity::Warning,
+                "column 5: not a known column name (5 characters): it is ignored"
+            ),
+            "{:?}",
+            messages(&b)
+        );
         let b = v("EmailAddress,UserName,Password,Notes\na@x.example,alice,pw,hi\n");
         assert!(b.is_valid());
         assert_eq!(b.valid_jobs().len(), 1);
+        assert_eq!(b.headers, vec!["EmailAddress", "UserName", "Password", "column 4"]);
+        assert_eq!(b.rows[0].cells, vec!["a@x.example", "alice", "", ""], "an ignored column is not shown");
+        assert!(!format!("{b:?}").contains("Notes") && !format!("{b:?}").contains("hi\""));
+        // A name of another form is known: it may be named.
+        let b = v("EmailAddress,UserName,Password,source_host\na@x.example,alice,pw,old.example\n");
+        assert!(
+            has(
+                &b,
+                None,
+                Some("source_host"),
+                Severity::Warning,
+                "column 4, source_host, is not part of the Exchange form"
+            ),
+            "{:?}",
+            messages(&b)
+        );
+        assert!(b.is_valid());
     }
 
     #[test]
@@ -1361,6 +1795,159 @@ admin_password_env = "DST_ADMIN"
         }
     }
 
+    /// Asserts that `b` has the problem, listing all of them when not.
+    #[track_caller]
+    fn expect(b: &ValidatedBatch, row: Option<usize>, column: &str, severity: Severity, needle: &str) {
+        assert!(has(b, row, Some(column), severity, needle), "{needle:?} not in {:#?}", messages(b));
+    }
+
+    /// Every output of a validation, for leak checks.
+    fn everything(b: &ValidatedBatch) -> String {
+        format!("{b:?}\n{}\n{}", b.to_json(), b.render_table())
+    }
+
+    const FULL_HEADER: &str = "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password";
+
+    #[test]
+    fn a_quote_that_swallows_rows_into_the_header_is_described_not_echoed() {
+        // Issue 13: a quote before source_security and one inside the last password.
+        let text = format!(
+            "{}\n127.0.0.1,993,tls,a1,Sec-A1,127.0.0.1,993,tls,d1,Sec-D1\n127.0.0.1,143,starttls,a2,Sec-A2,127.0.0.1,993,tls,d2,S\"ec-D2\n",
+            FULL_HEADER.replace("source_security", "\"source_security")
+        );
+        let b = v(&text);
+        assert!(!b.is_valid());
+        let e = "column 3: not a known column name (253 characters, contains line breaks): a quoted value opens on line 1 and closes only on line 3";
+        expect(&b, None, "column 3", Severity::Error, e);
+        assert_eq!(b.headers, vec!["source_host", "source_port", "column 3"]);
+        let out = everything(&b);
+        for secret in ["Sec-A1", "Sec-D1", "Sec-A2", "ec-D2"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+    }
+
+    #[test]
+    fn a_header_run_into_the_first_row_does_not_echo_its_cells() {
+        // The line break after the header lost: the row's cells become header cells.
+        let text = format!(
+            "{FULL_HEADER}127.0.0.1,993,tls,a1,Sec-A1,127.0.0.1,993,tls,d1,Sec-D1\nh,,,a2,Sec-A2,,,,d2,Sec-D2\n"
+        );
+        let b = v(&text);
+        assert!(!b.is_valid());
+        expect(
+            &b,
+            None,
+            "column 10",
+            Severity::Error,
+            "column 10: not a known column name (29 characters); the closest known name is destination_password",
+        );
+        assert!(has(
+            &b,
+            None,
+            Some("column 19"),
+            Severity::Warning,
+            "column 19: not a known column name (6 characters)"
+        ));
+        let out = everything(&b);
+        for secret in ["Sec-A1", "Sec-D1", "Sec-A2", "Sec-D2"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_column_name_is_an_error_with_the_closest_name() {
+        // A misspelt optional column would silently drop its cells: an error, not a warning.
+        let b = v("EmailAddress,UserName,Password,UserRot\na@x.example,alice,pw,/users/alice\n");
+        expect(
+            &b,
+            None,
+            "column 4",
+            Severity::Error,
+            "column 4: not a known column name (7 characters); the closest known name is UserRoot",
+        );
+        assert!(b.valid_jobs().is_empty());
+        // A mangled password column: its cells are not shown as if they were ordinary.
+        let b = v("EmailAddress,UserName,Passw\u{feff}ord\na@x.example,alice,Hidden-Pw\n");
+        expect(
+            &b,
+            None,
+            "column 3",
+            Severity::Error,
+            "(9 characters, contains an invisible byte-order mark); the closest known name is Password",
+        );
+        assert!(!everything(&b).contains("Hidden-Pw"));
+        // A name split in two by a comma.
+        let b = v(&format!("{},x\n", FULL_HEADER.replace("source_host", "source,host")));
+        expect(&b, None, "column 1", Severity::Error, "closest known name is source_");
+        // Odd bytes are named, not shown.
+        let b = v("EmailAddress,UserName,Password,No\0tes\na@x.example,alice,pw,x\n");
+        expect(
+            &b,
+            None,
+            "column 4",
+            Severity::Error,
+            "(6 characters, contains control characters): fix the header row",
+        );
+    }
+
+    #[test]
+    fn an_empty_column_between_named_ones_is_an_error() {
+        // With the header one column too wide and a row one cell too wide (an unquoted comma
+        // in its password), the password's first half would land under UserName.
+        let b = v("EmailAddress,,UserName,Password,UserRoot\na@x.example,alice,Hid,den-Pw,/users/alice\n");
+        expect(&b, None, "column 2", Severity::Error, "column 2 has no name: remove the empty column");
+        assert!(b.valid_jobs().is_empty());
+        assert_eq!(b.rows[0].cells, vec!["", "", "", "", ""]);
+        assert!(!everything(&b).contains("Hid"));
+    }
+
+    #[test]
+    fn unbalanced_quotes_in_rows_are_reported_at_their_line() {
+        let b = v("EmailAddress,UserName,Password\n\
+                   a@x.example,alice,\"Hidden-A\"x\n\
+                   b@x.example,\"bob,Hidden-B\n\
+                   c@x.example,carol,Hidden-C\n\
+                   d@x.example,dan,\"Hidden-D\"\n\
+                   e@x.example,\"eve,Hidden-E\n");
+        let e = |row, col, needle| expect(&b, Some(row), col, Severity::Error, needle);
+        e(1, "Password", "row 1 (line 2), Password: a quoted value opens on line 2 and has text after its closing quote (an unbalanced quote?)");
+        e(2, "UserName", "row 2 (line 3), UserName: a quoted value opens on line 3 and closes only on line 5");
+        e(3, "UserName", "row 3 (line 6), UserName: a quoted value opens on line 6 and is never closed");
+        assert_eq!(b.rows.len(), 3, "rows 2 to 4 of the file were read as one");
+        assert!(b.rows.iter().all(|r| r.job.is_none() && r.cells.iter().all(String::is_empty) && r.mailbox.is_empty()));
+        let out = everything(&b);
+        assert!(!out.contains("Hidden"), "{out}");
+
+        // The comma before a quoted password lost: the quote is now inside the first cell,
+        // and the password's own comma makes up the count, one cell off.
+        let b = v("source_email,source_password,destination_email\na@x.exampl\"Hidden,Pw\",a@y.example\n");
+        let e = "row 1 (line 2), source_email: a value on line 2 has a quote inside but does not start with one";
+        expect(&b, Some(1), "source_email", Severity::Error, e);
+        assert!(!everything(&b).contains("Hidden"), "{}", everything(&b));
+    }
+
+    #[test]
+    fn quote_faults_table() {
+        let kinds = |text: &str| -> Vec<(usize, u64, QuoteFaultKind)> {
+            quote_faults(text.as_bytes()).iter().map(|f| (f.field, f.line, f.kind)).collect()
+        };
+        use QuoteFaultKind::*;
+        for (text, expected) in [
+            ("a,\"b,c\",d\n\"e\"\"f\",g\n", vec![]),
+            ("a,b\"c,d\"\"\n", vec![(1, 1, InsideUnquoted), (2, 1, InsideUnquoted)]),
+            ("a,\"\"\n\"x\"\r\n", vec![]),
+            ("a,\"b\"c,d\n", vec![(1, 1, TextAfterClose)]),
+            ("a,\"b\nc\",d\n", vec![(1, 1, SpansLines { end_line: 2 })]),
+            ("a,\"b\rc\",d\n", vec![(1, 1, SpansLines { end_line: 1 })]),
+            ("a\nb,c,\"d\n\ne", vec![(2, 2, Unclosed)]),
+            ("\"a\"\"\n", vec![(0, 1, Unclosed)]),
+            ("x\n\"a\"b\"c,\"d\"\n", vec![(0, 2, TextAfterClose)]),
+            ("a@x.exampl\"pa,ss\",b\n", vec![(0, 1, InsideUnquoted), (1, 1, InsideUnquoted)]),
+        ] {
+            assert_eq!(kinds(text), expected, "{text:?}");
+        }
+    }
+
     #[test]
     fn email_shapes() {
         for ok in ["a@b.co", "first.last+tag@sub.example.org", "x@bücher.example"] {
@@ -1423,27 +2010,46 @@ admin_password_env = "DST_ADMIN"
             "EmailAddress,UserName,Password\na@x.example,alice,pw\nb@x.example,bob,pw\n",
             "source_email,source_password,destination_email\na@x.example,pw,a@y.example\nb@x.example,pw,b@y.example\n",
         ] {
+            // Said once for the batch, not once per row.
             let b = validate_batch(text.as_bytes(), &no_master());
-            for row in [1, 2] {
-                assert!(
-                    has(&b, Some(row), None, Severity::Error, "no destination password: set [destination] admin_user"),
-                    "{:?}",
-                    messages(&b)
-                );
-                assert!(b.errors_for(row)[0].message.contains("or use the full CSV form"));
-            }
-            assert!(b.valid_jobs().is_empty());
-            let mut s = settings();
+            assert_eq!(
+                messages(&b),
+                ["settings: no destination password: set [destination] admin_user and admin_password_env (a master user) in the settings, or use the full CSV form with destination_password (affects all 2 rows)"]
+            );
+            assert_eq!(b.problems[0].settings_rows, Some(2));
+            assert!(b.errors_for(1).is_empty() && b.errors_for(2).is_empty());
+            assert!(b.valid_jobs().is_empty() && !b.is_valid());
+            assert_eq!(b.counts(), (1, 0));
+            let table = b.render_table();
+            assert_eq!(table.matches("no destination password").count(), 1, "{table}");
+            assert_eq!(table.matches("see settings below").count(), 2, "{table}");
+            let json = b.to_json();
+            assert_eq!(json["settings"][0]["rows"], 2);
+            assert_eq!(json["file_problems"], serde_json::json!([]));
+            assert_eq!(json["invalid_rows"][1]["problems"], serde_json::json!([]));
+
+            let mut s = no_master();
             s.source.host = None;
             let b = validate_batch(text.as_bytes(), &s);
-            for row in [1, 2] {
-                assert!(
-                    has(&b, Some(row), None, Severity::Error, "no source host: set [source] host or preset"),
-                    "{:?}",
-                    messages(&b)
-                );
-            }
+            assert!(
+                has(&b, None, None, Severity::Error, "settings: no source host: set [source] host or preset (this CSV form has no host column) (affects all 2 rows)"),
+                "{:?}",
+                messages(&b)
+            );
+            assert_eq!(b.settings_problems().count(), 2, "{:?}", messages(&b));
         }
+        // A row with a problem of its own keeps it, and the settings line counts only the
+        // rows it stops.
+        let b = validate_batch(
+            b"EmailAddress,UserName,Password\na@x.example,alice,pw\nnot-an-address,bob,pw\n",
+            &no_master(),
+        );
+        assert!(
+            has(&b, Some(2), Some("EmailAddress"), Severity::Error, "is not an email address"),
+            "{:?}",
+            messages(&b)
+        );
+        assert!(messages(&b)[0].ends_with("(affects 1 of 2 rows)"), "{:?}", messages(&b));
         // Full form with an empty destination_password and no master user.
         let b = validate_batch(
             b"source_user,source_password,destination_user,destination_password\nu1,pw,d1,\n",

@@ -1,20 +1,29 @@
-//! The copy engine: one mailbox, folder by folder, time-boxed and resumable.
+//! The copy engine: one mailbox, folder by folder, time-boxed and resumable, exactly once.
 //!
 //! The source is only ever EXAMINEd and read with BODY.PEEK; nothing is stored, deleted or
-//! expunged on either side. A checkpoint is written before each batch (its UIDs marked in
-//! flight) and after the destination confirms it, so a cut-off run resumes without duplicates.
+//! expunged on either side. Every source message dealt with gets a ledger entry (see
+//! [`crate::ledger`]): its destination UID from APPENDUID, or why it is not copied. Before a
+//! batch is sent its UIDs are marked in flight together with a fence (the destination's
+//! UIDNEXT); a cut-off batch is reconciled on resume against what arrived above the fence,
+//! once the destination is quiet, so nothing lands twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CopyError, Side};
 use crate::folders::{self, DestinationLayout, FolderPlan, ListedFolder, Role};
-use crate::imap::append::{self, AppendMessage, Appended, LiteralMode};
+use crate::imap::append::{self, AppendMessage, Appended, LiteralMode, MultiAppended};
 use crate::imap::conn::{classify, throttle_hint};
+use crate::imap::fetch::{self, Completion, Fetched};
+use crate::imap::namespace::{Kind as NamespaceKind, Namespace, Namespaces};
 use crate::imap::{connect, Caps, Session};
-use crate::model::{CopyOptions, FolderCheckpoint, FolderCounts, MailboxJob, SkipReason, SkippedMessage, Verdict};
+use crate::ledger::{self, FolderLedger, Identified, Outcome, Run};
+use crate::model::{
+    CopyOptions, Endpoint, FolderCheckpoint, FolderCounts, GmailLabels, MailboxJob, SkipReason, SkippedMessage, Verdict,
+};
 use crate::plan::{self, Action, MessageMeta};
 use crate::ports::CheckpointStore;
 
@@ -71,10 +80,24 @@ pub struct MailboxOutcome {
 /// The header fields that identify a message for duplicate detection.
 const IDENTITY_FIELDS: &str = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)]";
 
+/// How far past its deadline a call may run: the time to drop connections and return.
+/// Everything saved is consistent at any point, so the copy is simply abandoned there.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
+/// After a cut-off batch, the destination may still be storing what it received: wait until
+/// its UIDNEXT stays the same for this long before reading it ...
+const QUIET_FOR: Duration = Duration::from_millis(1500);
+/// ... but not longer than this in all.
+const QUIET_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Destination messages of unknown origin whose identity verification checks for duplicates.
+const DUPLICATE_CHECK_LIMIT: usize = 200;
+
 /// Copy one mailbox until done, the deadline, or the stop signal.
 ///
 /// Errors: ask [`CopyError::is_retryable`]; checkpoints are saved before any error returns
-/// so a retry resumes.
+/// so a retry resumes. The call returns by the deadline plus a second or two, whatever the
+/// servers do: a batch still running then is abandoned and reconciled by the next call.
 pub async fn copy_mailbox(
     job: &MailboxJob,
     options: &CopyOptions,
@@ -82,42 +105,145 @@ pub async fn copy_mailbox(
     progress: &dyn ProgressSink,
     timebox: &TimeBox,
 ) -> Result<MailboxOutcome, CopyError> {
-    let (mut source, source_caps) = connect(&job.source, Side::Source).await?;
-    if source_caps.condstore {
-        // EXAMINE then reports HIGHESTMODSEQ, recorded in the checkpoint. Read-only still.
-        let label = label(&job.source.server);
-        timed(source.run_command_and_check_ok("ENABLE CONDSTORE"))
-            .await
-            .map_err(|e| classify(e, Side::Source, &label))?;
-    }
-    let (destination, caps) = connect(&job.destination, Side::Destination).await?;
-    let mut copier = Copier {
-        job,
-        options,
-        store,
-        progress,
-        timebox,
-        source,
-        destination,
-        literal_mode: literal_mode(&caps, options),
-        // A message over the destination's APPENDLIMIT would only be refused: skip it as too big.
-        max_size: caps.append_limit.map_or(options.max_message_size, |limit| limit.min(options.max_message_size)),
-        abandoned: false,
-        tag_seq: 0,
-        batches_confirmed: 0,
-        started_in_time: timebox.deadline.is_none_or(|d| tokio::time::Instant::now() < d),
-        source_label: label(&job.source.server),
-        destination_label: label(&job.destination.server),
+    let hard_stop = timebox.deadline.map(|d| d + DEADLINE_GRACE);
+    let connected = Copier::connect(job, options, store, progress, timebox);
+    let mut lead = match hard_stop {
+        Some(at) => match tokio::time::timeout_at(at, connected).await {
+            Ok(connected) => connected?,
+            Err(_) => return Ok(MailboxOutcome::more_to_do(FolderCounts::default())),
+        },
+        None => connected.await?,
     };
-    let result = copier.run().await;
+    let mut helpers = Vec::new();
+    let result = match hard_stop {
+        Some(at) => match tokio::time::timeout_at(at, run_all(&mut lead, &mut helpers)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Mid-command: the in-flight marks stay, the next call reconciles.
+                tracing::info!(mailbox = %job.mailbox, "deadline reached mid-batch: abandoned, to be resumed");
+                lead.abandoned = true;
+                lead.outcome.status = CopyStatus::MoreToDo;
+                Ok(())
+            }
+        },
+        None => run_all(&mut lead, &mut helpers).await,
+    };
+    for helper in &helpers {
+        lead.outcome.this_pass.add(&helper.outcome.this_pass);
+    }
     // Be polite, but a failed LOGOUT changes nothing, and after an abandoned batch (a literal
     // half sent) or a broken connection the sessions are simply dropped.
-    if !copier.abandoned && result.is_ok() {
-        let polite = std::time::Duration::from_secs(5);
-        let _ = tokio::time::timeout(polite, copier.source.logout()).await;
-        let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
+    if !lead.abandoned && result.is_ok() {
+        let polite = Duration::from_secs(5);
+        for copier in std::iter::once(&mut lead).chain(helpers.iter_mut()) {
+            let _ = tokio::time::timeout(polite, copier.source.logout()).await;
+            let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
+        }
     }
-    result
+    result.map(|()| lead.outcome)
+}
+
+/// Plan with the lead's connections, copy folders on `connections_per_mailbox` pairs of
+/// connections at once (each takes the next folder when done with one), verify with the lead.
+async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Result<(), CopyError> {
+    let prepared = lead.prepare().await?;
+    let wanted = lead.options.connections_per_mailbox.min(prepared.plans.len()).saturating_sub(1);
+    for _ in 0..wanted {
+        match Copier::connect(lead.job, lead.options, lead.store, lead.progress, lead.timebox).await {
+            Ok(helper) => helpers.push(helper),
+            Err(e) => {
+                // A server's per-user connection limit: go on with fewer.
+                tracing::info!(mailbox = %lead.job.mailbox, error = %e, "no further connection pair: copying with fewer");
+                break;
+            }
+        }
+    }
+    let queue = std::sync::Mutex::new((0..prepared.plans.len()).collect::<VecDeque<_>>());
+    let checkpoints = std::sync::Mutex::new(checkpoints_by_folder(lead.store, &lead.job.mailbox).await?);
+    let ends = futures::future::join_all(
+        std::iter::once(&mut *lead)
+            .chain(helpers.iter_mut())
+            .map(|copier| copier.work(&prepared, &queue, &checkpoints)),
+    )
+    .await;
+    let mut folder_errors = Vec::new();
+    let mut time_up = false;
+    for end in ends {
+        let end = end?;
+        folder_errors.extend(end.folder_errors);
+        time_up |= end.time_up;
+    }
+    if time_up {
+        return Ok(());
+    }
+    if !folder_errors.is_empty() {
+        return Err(CopyError::Folder {
+            side: Side::Destination,
+            folder: format!("{} folder(s)", folder_errors.len()),
+            detail: folder_errors.join("; "),
+        });
+    }
+    let unchanged: HashSet<String> =
+        std::iter::once(&*lead).chain(helpers.iter()).flat_map(|c| c.unchanged.iter().cloned()).collect();
+    lead.outcome.verdicts = lead.verify(&prepared.plans, &prepared.layout, &unchanged).await?;
+    lead.outcome.status = CopyStatus::Done;
+    Ok(())
+}
+
+/// What planning found, shared by every connection pair of a mailbox.
+struct Prepared {
+    plans: Vec<FolderPlan>,
+    layout: DestinationLayout,
+    /// Destination folders (raw names), every planned one created by now.
+    existing: BTreeSet<String>,
+    /// The source's own folders that hold real messages (not All Mail or a view): a message of
+    /// All Mail found in one of them is not copied again from All Mail.
+    label_folders: Vec<String>,
+    /// The source has an All Mail folder (Gmail): labels are folders.
+    has_all_mail: bool,
+}
+
+/// How one connection pair's share of the folders ended.
+struct WorkEnd {
+    folder_errors: Vec<String>,
+    time_up: bool,
+}
+
+impl MailboxOutcome {
+    /// When some destination folder did not verify: which, and why. Such a mailbox is not
+    /// done, whatever else went well.
+    pub fn verification_failure(&self) -> Option<String> {
+        let failed: Vec<String> = self
+            .verdicts
+            .iter()
+            .filter(|(_, v)| !v.ok)
+            .map(|(folder, v)| {
+                let detail = if v.detail.is_empty() {
+                    format!("{} in source, {} in destination", v.source_messages, v.destination_messages)
+                } else {
+                    v.detail.clone()
+                };
+                format!("{folder:?}: {detail}")
+            })
+            .collect();
+        (!failed.is_empty())
+            .then(|| format!("verification failed in {} folder(s): {}", failed.len(), failed.join("; ")))
+    }
+
+    /// What to do about a [`MailboxOutcome::verification_failure`].
+    pub const VERIFICATION_HINT: &'static str =
+        "run the mailbox again: a new pass copies what is missing and verifies again; \
+        if it still fails, compare the folders named here in report.json";
+
+    fn more_to_do(this_pass: FolderCounts) -> MailboxOutcome {
+        MailboxOutcome {
+            status: CopyStatus::MoreToDo,
+            this_pass,
+            verdicts: Vec::new(),
+            renamed: Vec::new(),
+            folders: 0,
+        }
+    }
 }
 
 fn label(server: &crate::model::ServerSpec) -> String {
@@ -145,16 +271,104 @@ struct Copier<'a> {
     max_size: u64,
     /// A batch was abandoned mid-command: the sessions are in an unknown state.
     abandoned: bool,
-    tag_seq: u64,
+    source_tags: u64,
+    destination_tags: u64,
+    /// The destination takes a whole batch in one APPEND (RFC 3502).
+    multiappend: bool,
+    /// The source has CONDSTORE (enabled): HIGHESTMODSEQ tells which flags changed.
+    source_condstore: bool,
     batches_confirmed: u64,
     started_in_time: bool,
     source_label: String,
     destination_label: String,
+    /// The folder (raw name) each session has selected, if known: a STATUS on it first
+    /// refreshes the view (Courier answers STATUS on the selected folder from a stale one).
+    source_selected: Option<String>,
+    destination_selected: Option<String>,
+    /// Which side offers UNSELECT (RFC 3691): leaves the folder without CLOSE's expunge.
+    source_unselect: bool,
+    destination_unselect: bool,
+    /// EXAMINE reported UIDNEXT so far. Once it does not (Courier), the source is asked
+    /// `STATUS (UIDNEXT UIDVALIDITY)` before opening a folder, so an unchanged folder costs
+    /// one command.
+    source_examine_uidnext: bool,
+    /// Each side's NAMESPACE reply, where it has one.
+    source_namespaces: Option<Namespaces>,
+    destination_namespaces: Option<Namespaces>,
+    /// Filled as the call goes, so a call cut off by the deadline still reports its work.
+    outcome: MailboxOutcome,
+    /// Source folders (raw names) this call found unchanged since their last complete pass.
+    unchanged: Vec<String>,
+}
+
+impl<'a> Copier<'a> {
+    /// Connect and log in to both sides.
+    async fn connect(
+        job: &'a MailboxJob,
+        options: &'a CopyOptions,
+        store: &'a dyn CheckpointStore,
+        progress: &'a dyn ProgressSink,
+        timebox: &'a TimeBox,
+    ) -> Result<Copier<'a>, CopyError> {
+        let (mut source, source_caps) = connect(&job.source, Side::Source).await?;
+        if source_caps.condstore {
+            // EXAMINE then reports HIGHESTMODSEQ, recorded in the checkpoint. Read-only still.
+            let label = label(&job.source.server);
+            timed(source.run_command_and_check_ok("ENABLE CONDSTORE"))
+                .await
+                .map_err(|e| classify(e, Side::Source, &label))?;
+        }
+        let (destination, caps) = connect(&job.destination, Side::Destination).await?;
+        Ok(Copier {
+            job,
+            options,
+            store,
+            progress,
+            timebox,
+            source,
+            destination,
+            literal_mode: literal_mode(&caps, options),
+            // A message over the destination's APPENDLIMIT would only be refused: skip it as too big.
+            max_size: caps.append_limit.map_or(options.max_message_size, |limit| limit.min(options.max_message_size)),
+            abandoned: false,
+            unchanged: Vec::new(),
+            source_tags: 0,
+            destination_tags: 0,
+            multiappend: caps.multiappend && options.multiappend,
+            source_condstore: source_caps.condstore,
+            batches_confirmed: 0,
+            started_in_time: timebox.deadline.is_none_or(|d| tokio::time::Instant::now() < d),
+            source_label: label(&job.source.server),
+            destination_label: label(&job.destination.server),
+            source_selected: None,
+            destination_selected: None,
+            source_unselect: source_caps.has("UNSELECT"),
+            destination_unselect: caps.has("UNSELECT"),
+            source_examine_uidnext: true,
+            source_namespaces: source_caps.namespaces.clone(),
+            destination_namespaces: caps.namespaces.clone(),
+            outcome: MailboxOutcome::more_to_do(FolderCounts::default()),
+        })
+    }
 }
 
 /// Why a folder pass stopped early.
 enum Stopped {
     TimeUp,
+}
+
+/// One source message's body and what goes with it in APPEND.
+struct Body {
+    body: Vec<u8>,
+    flags: Vec<String>,
+    internal_date: Option<String>,
+}
+
+/// The bodies of one batch, and the UIDs the source did not deliver (with why).
+#[derive(Default)]
+struct FetchedBatch {
+    bodies: HashMap<u32, Body>,
+    problems: Vec<(u32, Outcome, String)>,
 }
 
 impl Copier<'_> {
@@ -174,65 +388,160 @@ impl Copier<'_> {
         classify(e, Side::Destination, &self.destination_label)
     }
 
-    async fn run(&mut self) -> Result<MailboxOutcome, CopyError> {
+    /// List both sides, plan the folders and create every destination folder (before the
+    /// connection pairs share out the folders, so none of them creates a parent twice).
+    async fn prepare(&mut self) -> Result<Prepared, CopyError> {
         let reference = self.job.user_root.clone().unwrap_or_default();
         let source_folders = timed(list(&mut self.source, &reference)).await.map_err(|e| self.src_err(e))?;
         let destination_folders = timed(list(&mut self.destination, "")).await.map_err(|e| self.dst_err(e))?;
-        let mut layout = destination_layout(&destination_folders);
-        layout.prefix = folders::prefix_levels(self.options.destination_prefix.as_deref(), &destination_folders);
+        // Where personal folders live and the delimiter: the setting, else NAMESPACE, else
+        // guessed from LIST.
+        let destination_ns = self.destination_namespaces.as_ref().and_then(Namespaces::personal_prefix);
+        let prefix = match (&self.options.destination_prefix, destination_ns) {
+            (None, Some(ns)) => namespace_levels(ns),
+            (configured, _) => folders::prefix_levels(configured.as_deref(), &destination_folders),
+        };
+        let delimiter = destination_ns
+            .and_then(|ns| ns.delimiter)
+            .or_else(|| destination_folders.iter().find_map(|f| f.delimiter))
+            .unwrap_or('/');
+        let by_role = folders::roles_of(&destination_folders, prefix.first().map(String::as_str));
+        let layout = DestinationLayout { delimiter, prefix, by_role };
+
+        // Other users' and shared folders the source account sees are not its mail.
+        let (source_folders, foreign): (Vec<ListedFolder>, Vec<ListedFolder>) =
+            match (&self.source_namespaces, &self.job.user_root) {
+                (Some(ns), None) => {
+                    source_folders.into_iter().partition(|f| ns.kind_of(&f.raw) == NamespaceKind::Personal)
+                }
+                _ => (source_folders, Vec::new()),
+            };
         // Folders of an INBOX-prefixed source (INBOX.Sent) are top-level folders in disguise.
-        let source_prefix = folders::prefix_levels(self.options.source_prefix.as_deref(), &source_folders);
+        let source_ns = self.source_namespaces.as_ref().and_then(Namespaces::personal_prefix);
+        let source_prefix = match (&self.options.source_prefix, source_ns) {
+            (None, Some(ns)) => namespace_levels(ns),
+            (configured, _) => folders::prefix_levels(configured.as_deref(), &source_folders),
+        };
         let source_root = match (&self.job.user_root, source_prefix.first()) {
             (Some(root), _) => Some(root.clone()),
             (None, Some(prefix)) => Some(prefix.clone()),
             (None, None) => None,
         };
         let mut existing: BTreeSet<String> = destination_folders.iter().map(|f| f.raw.clone()).collect();
-        let (plans, excluded) = folders::plan_folders(&source_folders, &layout, self.options, source_root.as_deref());
+        let has_all_mail = source_folders.iter().any(|f| !f.noselect && f.roles.contains(&Role::All));
+        let (mut plans, excluded) =
+            folders::plan_folders(&source_folders, &layout, self.options, source_root.as_deref());
+        // The label folders All Mail defers to are those this run copies (not those excluded),
+        // INBOX first, then in LIST order: the order `gmail_labels = "first"` goes by.
+        let mut label_folders: Vec<String> =
+            plans.iter().filter(|p| !p.all_mail).map(|p| p.source_raw.clone()).collect();
+        label_folders.sort_by_key(|raw| !raw.eq_ignore_ascii_case("INBOX"));
         for skip in &excluded {
             tracing::info!(mailbox = %self.job.mailbox, folder = %skip.source_display, reason = %skip.reason, "folder not copied");
         }
-        let mut checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
-
-        let mut outcome = MailboxOutcome {
-            status: CopyStatus::Done,
-            this_pass: FolderCounts::default(),
-            verdicts: Vec::new(),
-            renamed: plans
-                .iter()
-                .filter_map(|p| p.renamed.clone().map(|why| (p.source_display.clone(), p.destination_display(), why)))
-                .collect(),
-            folders: plans.len(),
-        };
-        let mut folder_errors = Vec::new();
+        self.record_foreign(&foreign, &layout, &mut plans).await?;
+        self.outcome.renamed = plans
+            .iter()
+            .filter_map(|p| p.renamed.clone().map(|why| (p.source_display.clone(), p.destination_display(), why)))
+            .collect();
+        self.outcome.folders = plans.len();
+        let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
         for folder in &plans {
-            if self.time_is_up() {
-                outcome.status = CopyStatus::MoreToDo;
-                return Ok(outcome);
+            let destination_raw = destination_of(folder, checkpoints.get(&folder.source_raw), &layout, &existing);
+            match self.ensure_destination_folder(folder, &destination_raw, layout.delimiter, &mut existing).await {
+                // A folder that cannot be created is reported when its copy tries again.
+                Ok(()) | Err(CopyError::Folder { .. }) => {}
+                Err(other) => return Err(other),
             }
-            let checkpoint = checkpoints.remove(&folder.source_raw);
-            match self.copy_folder(folder, checkpoint, &layout, &mut existing, &mut outcome.this_pass).await {
+        }
+        Ok(Prepared { plans, layout, existing, label_folders, has_all_mail })
+    }
+
+    /// Identities (Message-ID, or a hash of identifying headers) of every message in `folders`.
+    async fn identities_in(&mut self, folders: &[String]) -> Result<HashSet<String>, CopyError> {
+        let mut out = HashSet::new();
+        for raw in folders {
+            let plan = FolderPlan {
+                source_raw: raw.clone(),
+                source_display: crate::mutf7::decode(raw),
+                destination: Vec::new(),
+                renamed: None,
+                all_mail: false,
+            };
+            let mailbox = self.examine_source(&plan).await?;
+            if mailbox.exists > 0 {
+                let listing = self.source_metas(&plan, mailbox.uid_validity.unwrap_or(0), "1:*").await?;
+                out.extend(listing.metas.into_iter().map(|m| m.key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Other users' and shared folders: copied under `shared_folders` when set, else listed
+    /// in the report (a checkpoint that says why) and left alone.
+    async fn record_foreign(
+        &mut self,
+        foreign: &[ListedFolder],
+        layout: &DestinationLayout,
+        plans: &mut Vec<FolderPlan>,
+    ) -> Result<(), CopyError> {
+        if let Some(under) = &self.options.shared_folders {
+            plans.extend(folders::plan_shared(foreign, layout, under));
+            return Ok(());
+        }
+        let Some(namespaces) = &self.source_namespaces else { return Ok(()) };
+        let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
+        for folder in foreign.iter().filter(|f| !f.noselect) {
+            let reason = match namespaces.kind_of(&folder.raw) {
+                NamespaceKind::OtherUsers => "not copied: other users' namespace",
+                _ => "not copied: shared namespace",
+            };
+            tracing::info!(mailbox = %self.job.mailbox, folder = %crate::mutf7::decode(&folder.raw), reason, "folder not copied");
+            let earlier = checkpoints.get(&folder.raw);
+            if earlier.is_none_or(|c| c.not_copied.as_deref() != Some(reason)) {
+                // Copied by an earlier pass (with shared_folders set)? Its counts stay in the report.
+                let checkpoint = FolderCheckpoint {
+                    source_folder: folder.raw.clone(),
+                    not_copied: Some(reason.to_string()),
+                    counts: earlier.map(|c| c.counts).unwrap_or_default(),
+                    ..FolderCheckpoint::default()
+                };
+                self.store.save_folder(&self.job.mailbox, &checkpoint).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy folders from `queue` until it is empty or time is up.
+    async fn work(
+        &mut self,
+        prepared: &Prepared,
+        queue: &std::sync::Mutex<VecDeque<usize>>,
+        checkpoints: &std::sync::Mutex<HashMap<String, FolderCheckpoint>>,
+    ) -> Result<WorkEnd, CopyError> {
+        let mut existing = prepared.existing.clone();
+        let mut end = WorkEnd { folder_errors: Vec::new(), time_up: false };
+        loop {
+            if self.time_is_up() {
+                end.time_up = true;
+                return Ok(end);
+            }
+            let Some(next) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { return Ok(end) };
+            let folder = &prepared.plans[next];
+            let checkpoint = checkpoints.lock().unwrap_or_else(|p| p.into_inner()).remove(&folder.source_raw);
+            match self.copy_folder(folder, checkpoint, prepared, &mut existing).await {
                 Ok(Ok(())) => {}
                 Ok(Err(Stopped::TimeUp)) => {
-                    outcome.status = CopyStatus::MoreToDo;
-                    return Ok(outcome);
+                    end.time_up = true;
+                    return Ok(end);
                 }
                 Err(CopyError::Folder { side, folder, detail }) => {
                     tracing::warn!(mailbox = %self.job.mailbox, %folder, %detail, "folder refused");
-                    folder_errors.push(format!("{side} folder {folder:?}: {detail}"));
+                    end.folder_errors.push(format!("{side} folder {folder:?}: {detail}"));
                 }
                 Err(other) => return Err(other),
             }
         }
-        if !folder_errors.is_empty() {
-            return Err(CopyError::Folder {
-                side: Side::Destination,
-                folder: format!("{} folder(s)", folder_errors.len()),
-                detail: folder_errors.join("; "),
-            });
-        }
-        outcome.verdicts = self.verify(&plans, &layout).await?;
-        Ok(outcome)
     }
 
     /// Copy what is new in one folder. `Ok(Err(TimeUp))` when stopped with more to do.
@@ -240,67 +549,87 @@ impl Copier<'_> {
         &mut self,
         folder: &FolderPlan,
         checkpoint: Option<FolderCheckpoint>,
-        layout: &DestinationLayout,
+        prepared: &Prepared,
         existing: &mut BTreeSet<String>,
-        pass: &mut FolderCounts,
     ) -> Result<Result<(), Stopped>, CopyError> {
-        // A folder keeps the destination of its earlier passes while that folder exists, even
-        // if the mapping would now pick another (a \Sent folder appeared, a prefix was set).
-        let destination_raw = match &checkpoint {
-            Some(cp) if !cp.destination_folder.is_empty() && existing.contains(&cp.destination_folder) => {
-                cp.destination_folder.clone()
-            }
-            _ => folder.destination_raw(layout.delimiter),
-        };
-        let source_box = timed(self.source.examine(&folder.source_raw)).await.map_err(|e| match e {
-            async_imap::error::Error::No(reply) => CopyError::Folder {
-                side: Side::Source,
-                folder: folder.source_display.clone(),
-                detail: format!("cannot open: {reply}"),
-            },
-            other => self.src_err(other),
-        })?;
-        let uid_validity = source_box.uid_validity.unwrap_or(0);
-        // 0 = not reported: such a folder is never taken as unchanged.
-        let uid_next = source_box.uid_next.unwrap_or(0);
-        let highest_modseq = source_box.highest_modseq;
+        let layout = &prepared.layout;
+        // A folder listed as not copied before (shared) and copied now starts afresh.
+        let checkpoint = checkpoint.filter(|c| c.not_copied.is_none());
+        let destination_raw = destination_of(folder, checkpoint.as_ref(), layout, existing);
+        // uid_next 0 = not reported: such a folder is never taken as unchanged.
+        // A folder completed before is most likely unchanged: STATUS tells without opening it.
+        let likely_unchanged = checkpoint.as_ref().is_some_and(|c| c.complete);
+        let SourceState { uid_validity, uid_next, highest_modseq, examined } =
+            self.source_state(folder, likely_unchanged).await?;
 
+        // A folder the source renumbered is rescanned: its old ledger no longer applies, and
+        // what was copied before is found again by identity in the destination.
+        let mut rescan = false;
         let mut cp = match checkpoint {
             Some(cp) if cp.uid_validity == uid_validity => cp,
             Some(old) => {
-                // The server renumbered the folder: start over, relying on duplicate detection.
                 tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, old = old.uid_validity, new = uid_validity, "UIDVALIDITY changed: rescanning the folder");
+                rescan = true;
                 FolderCheckpoint {
-                    in_flight: Some((1, u32::MAX)),
+                    rescans: old.rescans + 1,
+                    counts: old.counts,
                     ..fresh_checkpoint(folder, &destination_raw, uid_validity)
                 }
             }
             None => fresh_checkpoint(folder, &destination_raw, uid_validity),
         };
         cp.destination_folder = destination_raw.clone();
-        if cp.highest_modseq.is_some() && highest_modseq.is_some() && cp.highest_modseq != highest_modseq {
-            // Flags changed or messages were removed on the source since the last pass.
-            // Copies already made keep the flags they had then (see README: delta passes).
-            tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, "source folder changed since the last pass (HIGHESTMODSEQ)");
-        }
+        cp.renamed = folder.renamed.clone();
+        // Flags changed on the source since the last pass: with CONDSTORE its HIGHESTMODSEQ
+        // says so (and which messages); without, every pass compares them.
+        let flags_since = match (self.source_condstore, cp.highest_modseq, highest_modseq) {
+            (true, Some(before), Some(now)) => (before != now).then_some(Some(before)),
+            _ => Some(None),
+        };
+        let flags_due = self.options.sync_flags && cp.last_uid > 0 && flags_since.is_some();
+        let mut ledger = FolderLedger::from_recorded(
+            self.store.load_ledger(&self.job.mailbox, &folder.source_raw, uid_validity).await?,
+        );
+        let retry = ledger.to_retry();
         let unchanged = uid_next != 0 && uid_validity != 0 && cp.uid_next == uid_next;
-        if cp.complete && unchanged && cp.in_flight.is_none() && existing.contains(&destination_raw) {
+        if cp.complete
+            && unchanged
+            && !flags_due
+            && cp.in_flight.is_none()
+            && retry.is_empty()
+            && existing.contains(&destination_raw)
+        {
+            self.unchanged.push(folder.source_raw.clone());
             return Ok(Ok(())); // nothing arrived since the last pass
         }
+        // This pass works on the folder: an earlier verdict no longer speaks for it, even if
+        // this pass ends (deadline, stop, another folder failing) before verifying it.
+        cp.verify = None;
+        // Gmail's All Mail: what any label folder holds is copied there, not again from here.
+        // With gmail_labels = "first", a label folder leaves out what an earlier one holds.
+        let elsewhere = if folder.all_mail {
+            Some(self.identities_in(&prepared.label_folders).await?)
+        } else if prepared.has_all_mail && self.options.gmail_labels == GmailLabels::First {
+            let earlier: Vec<String> =
+                prepared.label_folders.iter().take_while(|raw| **raw != folder.source_raw).cloned().collect();
+            if earlier.is_empty() {
+                None
+            } else {
+                Some(self.identities_in(&earlier).await?)
+            }
+        } else {
+            None
+        };
+        let source_box = match examined.filter(|_| elsewhere.is_none()) {
+            Some(mailbox) => mailbox,
+            None => self.examine_source(folder).await?,
+        };
 
         self.ensure_destination_folder(folder, &destination_raw, layout.delimiter, existing).await?;
-
-        // Metadata of every source message: keys of all for multiplicity, candidates past the checkpoint.
-        let in_flight = cp.in_flight;
-        let dedupe_needed = self.options.skip_duplicates || in_flight.is_some();
-        let metas = if source_box.exists == 0 {
-            Vec::new()
-        } else {
-            let range = if dedupe_needed { "1:*".to_string() } else { format!("{}:*", cp.last_uid + 1) };
-            timed(fetch_metas(&mut self.source, &range)).await.map_err(|e| self.src_err(e))?
-        };
-        let candidates: Vec<MessageMeta> = metas.iter().filter(|m| m.uid > cp.last_uid).cloned().collect();
-
+        if cp.in_flight.is_some() {
+            self.wait_until_quiet(&destination_raw).await?;
+        }
+        self.destination_selected = None;
         let dest_box = timed(self.destination.select(&destination_raw)).await.map_err(|e| match e {
             async_imap::error::Error::No(reply) => CopyError::Folder {
                 side: Side::Destination,
@@ -309,86 +638,245 @@ impl Copier<'_> {
             },
             other => self.dst_err(other),
         })?;
+        self.destination_selected = Some(destination_raw.clone());
         let accepted = AcceptedFlags::from_mailbox(&dest_box);
+        let dest_validity = dest_box.uid_validity.unwrap_or(0);
+        // Where this pass's appends start; 0 = unknown, then every check reads the whole folder.
+        let mut dest_next = match dest_box.uid_next {
+            Some(next) => next,
+            // Courier's SELECT has no UIDNEXT: STATUS has it. The view SELECT just opened is
+            // fresh, and the folder must stay selected (no UNSELECT as destination_status does).
+            None => timed(self.destination.status(&destination_raw, "(UIDNEXT)"))
+                .await
+                .map_err(|e| self.dst_err(e))?
+                .uid_next
+                .unwrap_or(0),
+        };
+        let dest_recreated = cp.destination_uid_validity != 0 && cp.destination_uid_validity != dest_validity;
+        if dest_recreated {
+            tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.destination_display(), "destination UIDVALIDITY changed: checking it by identity");
+            cp.destination_uid_next = 0;
+        }
+        cp.destination_uid_validity = dest_validity;
 
-        let actions = if candidates.is_empty() {
+        // Candidates: every source message past the checkpoint, and earlier ones to try again.
+        // Messages the source cannot even list (unreadable) are not copied this pass.
+        let mut unlisted: Vec<(u32, String)> = Vec::new();
+        let mut candidates = if source_box.exists == 0 {
             Vec::new()
         } else {
-            let (source_counts, destination_counts) = if dedupe_needed {
-                let mut source_counts: HashMap<String, u64> = HashMap::new();
-                for meta in metas.iter().filter(|m| plan::eligible(m, self.max_size, self.options.since)) {
-                    *source_counts.entry(meta.key.clone()).or_default() += 1;
-                }
-                let destination_counts = if dest_box.exists == 0 {
-                    HashMap::new()
-                } else {
-                    let mut counts = HashMap::new();
-                    for meta in timed(fetch_metas(&mut self.destination, "1:*")).await.map_err(|e| self.dst_err(e))? {
-                        *counts.entry(meta.key).or_default() += 1;
-                    }
-                    counts
-                };
-                (source_counts, destination_counts)
-            } else {
-                (HashMap::new(), HashMap::new())
-            };
-            let skip_all = self.options.skip_duplicates;
-            plan::decide(&candidates, &source_counts, &destination_counts, self.max_size, self.options.since, |uid| {
-                skip_all || in_flight.is_some_and(|(lo, hi)| (lo..=hi).contains(&uid))
-            })
+            let range = format!("{}:*", cp.last_uid + 1);
+            let mut listing = self.source_metas(folder, uid_validity, &range).await?;
+            listing.metas.retain(|m| m.uid > cp.last_uid);
+            listing.unlisted.retain(|(uid, _)| *uid > cp.last_uid);
+            if !retry.is_empty() {
+                let again = self.source_metas(folder, uid_validity, &plan::uid_set(&retry)).await?;
+                listing.metas.extend(again.metas);
+                listing.unlisted.extend(again.unlisted);
+            }
+            let mut metas = listing.metas;
+            metas.sort_by_key(|m| m.uid);
+            metas.dedup_by_key(|m| m.uid);
+            metas.retain(|m| ledger.pending(m.uid));
+            unlisted = listing.unlisted;
+            unlisted.sort_by_key(|(uid, _)| *uid);
+            unlisted.dedup_by_key(|(uid, _)| *uid);
+            unlisted.retain(|(uid, _)| ledger.pending(*uid));
+            metas
         };
+        // Messages of the previous retry list that the source no longer has.
+        let listed: HashSet<u32> =
+            candidates.iter().map(|m| m.uid).chain(unlisted.iter().map(|(uid, _)| *uid)).collect();
+        for uid in retry.iter().filter(|uid| !listed.contains(uid)) {
+            self.settle(&mut ledger, folder, uid_validity, vec![Run::one(*uid, None, Outcome::Gone, None)]).await?;
+        }
+
+        // A batch cut off last time: what landed above the fence is ours, matched by identity.
+        if let Some((low, high)) = cp.in_flight {
+            let fence = match cp.fence {
+                Some((validity, next)) if validity == dest_validity && !dest_recreated => next.max(1),
+                _ => 1,
+            };
+            let sent: Vec<Identified> = candidates
+                .iter()
+                .filter(|m| (low..=high).contains(&m.uid))
+                .map(|m| Identified { uid: m.uid, key: m.key.clone() })
+                .collect();
+            let unknown: Vec<&(u32, String)> = unlisted.iter().filter(|(uid, _)| (low..=high).contains(uid)).collect();
+            let landed = if sent.is_empty() && unknown.is_empty() {
+                Vec::new()
+            } else {
+                self.unclaimed_arrivals(&ledger, fence, dest_validity).await?
+            };
+            let matched = ledger::reconcile_in_flight(&sent, &landed);
+            if let Some((uid, words)) = unknown.first().filter(|_| landed.len() > matched.len()) {
+                // Something nobody claims arrived, and a message of the batch has no identity
+                // to tell whether it is that one: decide when the source can list it again.
+                return Err(CopyError::ConnectionLost {
+                    side: Side::Source,
+                    server: self.source_label.clone(),
+                    detail: format!("cannot tell whether UID {uid} of the batch cut off last time landed: the source cannot list it ({words})"),
+                });
+            }
+            tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, sent = sent.len(), landed = matched.len(), "reconciled the batch cut off last time");
+            let runs =
+                matched.iter().map(|(s, d)| Run::one(*s, Some((dest_validity, *d)), Outcome::Copied, None)).collect();
+            self.settle(&mut ledger, folder, uid_validity, runs).await?;
+            self.forget_retried(folder, &retry, matched.iter().map(|(s, _)| *s)).await?;
+            cp.counts.copied += matched.len() as u64;
+            candidates.retain(|m| ledger.pending(m.uid));
+            cp.in_flight = None;
+            cp.fence = None;
+            self.store.save_folder(&self.job.mailbox, &cp).await?;
+        }
+
+        if let Some(elsewhere) = &elsewhere {
+            let (labelled, rest): (Vec<MessageMeta>, Vec<MessageMeta>) =
+                candidates.into_iter().partition(|m| elsewhere.contains(&m.key));
+            candidates = rest;
+            if !labelled.is_empty() {
+                cp.counts.in_label_folder += labelled.len() as u64;
+                self.outcome.this_pass.in_label_folder += labelled.len() as u64;
+                let runs = labelled.iter().map(|m| Run::one(m.uid, None, Outcome::InLabelFolder, None)).collect();
+                self.settle(&mut ledger, folder, uid_validity, runs).await?;
+            }
+        }
+
+        if flags_due {
+            let synced = self.sync_flags(&ledger, cp.last_uid, flags_since.flatten(), dest_validity, &accepted).await?;
+            cp.counts.flags_updated += synced;
+            self.outcome.this_pass.flags_updated += synced;
+        }
+
+        // Duplicates already in the destination (put there by someone else, or by us before
+        // the source renumbered): each destination message absorbs one source message.
+        let dedupe = rescan || dest_recreated || self.options.skip_duplicates;
+        let mut duplicates: HashMap<u32, u32> = HashMap::new();
+        if dedupe && !candidates.is_empty() && dest_box.exists > 0 {
+            let from = if rescan || dest_recreated { 1 } else { cp.destination_uid_next.max(1) };
+            let present = self.unclaimed_arrivals(&ledger, from, dest_validity).await?;
+            let eligible: Vec<Identified> = candidates
+                .iter()
+                .filter(|m| plan::eligible(m, self.max_size, self.options.since))
+                .map(|m| Identified { uid: m.uid, key: m.key.clone() })
+                .collect();
+            duplicates = ledger::reconcile_in_flight(&eligible, &present).into_iter().collect();
+        }
+        let actions: Vec<Action> = candidates
+            .iter()
+            .map(|m| match plan::decide_one(m, self.max_size, self.options.since) {
+                Action::Copy if duplicates.contains_key(&m.uid) => Action::SkipDuplicate,
+                action => action,
+            })
+            .collect();
         let to_copy_bytes: u64 =
             candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.size).sum();
         let to_copy = actions.iter().filter(|a| **a == Action::Copy).count() as u64;
         self.progress.planned(&self.job.mailbox, &folder.source_display, to_copy, to_copy_bytes);
 
-        let sized: Vec<(u64, Action)> = candidates.iter().zip(&actions).map(|(m, a)| (m.size, *a)).collect();
+        // Everything not to copy is settled at once.
+        let mut decided = Vec::new();
+        let mut counts = FolderCounts::default();
+        for (meta, action) in candidates.iter().zip(&actions) {
+            match action {
+                Action::Copy => {}
+                Action::SkipDuplicate => {
+                    counts.skipped_duplicate += 1;
+                    let existing_uid = duplicates[&meta.uid];
+                    decided.push(Run::one(meta.uid, Some((dest_validity, existing_uid)), Outcome::Duplicate, None));
+                }
+                Action::SkipByDate => {
+                    counts.skipped_by_date += 1;
+                    decided.push(Run::one(meta.uid, None, Outcome::ByDate, None));
+                }
+                Action::SkipTooBig => {
+                    counts.skipped_too_big += 1;
+                    let detail =
+                        format!("{} bytes is over the {} byte limit (max_message_size)", meta.size, self.max_size);
+                    self.store
+                        .record_skipped(
+                            &self.job.mailbox,
+                            &SkippedMessage {
+                                folder: folder.source_display.clone(),
+                                uid: meta.uid,
+                                size: meta.size,
+                                message_id: meta.message_id.clone(),
+                                reason: SkipReason::TooBig,
+                                detail: detail.clone(),
+                            },
+                        )
+                        .await?;
+                    decided.push(Run::one(meta.uid, None, Outcome::TooBig, Some(detail)));
+                }
+            }
+        }
+        for (uid, words) in unlisted {
+            counts.unreadable += 1;
+            tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, uid, %words, "source message unreadable");
+            let message = SkippedMessage {
+                folder: folder.source_display.clone(),
+                uid,
+                size: 0,
+                message_id: None,
+                reason: SkipReason::Unreadable,
+                detail: words.clone(),
+            };
+            self.store.record_skipped(&self.job.mailbox, &message).await?;
+            decided.push(Run::one(uid, None, Outcome::Unreadable, Some(words)));
+        }
+        self.settle(&mut ledger, folder, uid_validity, decided).await?;
+        let found = candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::SkipDuplicate).map(|(m, _)| m.uid);
+        self.forget_retried(folder, &retry, found).await?;
+        cp.counts.add(&counts);
+        self.outcome.this_pass.add(&counts);
+
+        let copy: Vec<&MessageMeta> =
+            candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m).collect();
+        let sized: Vec<(u64, Action)> = copy.iter().map(|m| (m.size, Action::Copy)).collect();
         let ranges = plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages);
-        let copy_uids: Vec<Vec<u32>> = ranges
-            .iter()
-            .map(|r| {
-                let metas = candidates[r.clone()].iter().zip(&actions[r.clone()]);
-                metas.filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m.uid).collect()
-            })
-            .collect();
+        let copy_uids: Vec<Vec<u32>> = ranges.iter().map(|r| copy[r.clone()].iter().map(|m| m.uid).collect()).collect();
         // The source fetches batch N+1 while the destination appends batch N: at most two
         // batches of bodies in memory, and neither server waits for the other.
-        let mut prefetched: Option<HashMap<u32, Body>> = None;
-        for (index, range) in ranges.iter().enumerate() {
+        let mut prefetched: Option<FetchedBatch> = None;
+        for (index, uids) in copy_uids.iter().enumerate() {
             if self.time_is_up() {
                 self.store.save_folder(&self.job.mailbox, &cp).await?;
                 return Ok(Err(Stopped::TimeUp));
             }
-            let batch_metas = &candidates[range.clone()];
-            let batch_actions = &actions[range.clone()];
-            let first = batch_metas[0].uid;
-            let last = batch_metas[batch_metas.len() - 1].uid;
-            // Mark the batch in flight before sending anything, so a crash reconciles it.
-            cp.in_flight = Some((first, in_flight.map_or(last, |(_, hi)| hi.max(last))));
+            let (first, last) = (uids[0], uids[uids.len() - 1]);
+            // Mark the batch in flight, fenced, before sending anything: a crash reconciles it.
+            cp.in_flight = Some((first, last));
+            cp.fence = Some((dest_validity, dest_next));
             self.store.save_folder(&self.job.mailbox, &cp).await?;
 
-            let bodies = match prefetched.take() {
-                Some(bodies) => bodies,
-                None => timed(fetch_bodies(&mut self.source, &copy_uids[index])).await.map_err(|e| self.src_err(e))?,
+            let mut link = SourceLink {
+                session: &mut self.source,
+                endpoint: &self.job.source,
+                folder: &folder.source_raw,
+                uid_validity,
+                tags: &mut self.source_tags,
+                label: &self.source_label,
             };
-            let next_uids = copy_uids.get(index + 1).filter(|uids| !uids.is_empty());
+            let fetched = match prefetched.take() {
+                Some(fetched) => fetched,
+                None => fetch_batch(&mut link, uids).await?,
+            };
+            let next_uids = copy_uids.get(index + 1);
             let timebox = self.timebox;
-            let (copied, fetched_next) = {
+            let (appended, fetched_next) = {
                 let append = append_fetched(
                     &mut self.destination,
-                    &mut self.tag_seq,
-                    self.literal_mode,
+                    &mut self.destination_tags,
+                    (self.literal_mode, self.multiappend),
                     &self.destination_label,
-                    (folder, &destination_raw),
-                    batch_metas,
-                    &copy_uids[index],
-                    &bodies,
+                    &destination_raw,
+                    uids,
+                    &fetched.bodies,
                     &accepted,
                 );
-                let source = &mut self.source;
-                let prefetch = async move {
+                let prefetch = async {
                     match next_uids {
-                        Some(uids) => Some(timed(fetch_bodies(source, uids)).await),
+                        Some(uids) => Some(fetch_batch(&mut link, uids).await),
                         None => None,
                     }
                 };
@@ -401,75 +889,347 @@ impl Copier<'_> {
                     }
                 }
             };
-            drop(bodies);
-            let mut counts = copied.counts;
-            // Messages from the first unconfirmed one on are settled by the next pass.
-            let settled = |uid: u32| copied.unconfirmed_from.is_none_or(|first| uid < first);
-            for (meta, action) in batch_metas.iter().zip(batch_actions).filter(|(m, _)| settled(m.uid)) {
-                match action {
-                    Action::Copy => {}
-                    Action::SkipDuplicate => counts.skipped_duplicate += 1,
-                    Action::SkipByDate => counts.skipped_by_date += 1,
-                    Action::SkipTooBig => {
-                        counts.skipped_too_big += 1;
-                        self.store
-                            .record_skipped(
-                                &self.job.mailbox,
-                                &SkippedMessage {
-                                    folder: folder.source_display.clone(),
-                                    uid: meta.uid,
-                                    size: meta.size,
-                                    message_id: meta.message_id.clone(),
-                                    reason: SkipReason::TooBig,
-                                    detail: format!(
-                                        "{} bytes is over the {} byte limit (max_message_size)",
-                                        meta.size, self.max_size
-                                    ),
-                                },
-                            )
-                            .await?;
+
+            // Settle what the servers confirmed, in the ledger first.
+            let mut runs = Vec::new();
+            let mut counts = FolderCounts::default();
+            let meta_of: HashMap<u32, &MessageMeta> = copy[ranges[index].clone()].iter().map(|m| (m.uid, *m)).collect();
+            for (uid, outcome, words) in &fetched.problems {
+                let meta = meta_of.get(uid);
+                runs.push(Run::one(*uid, None, *outcome, Some(words.clone())));
+                if *outcome == Outcome::Unreadable {
+                    counts.unreadable += 1;
+                    tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, uid, %words, "source message unreadable");
+                    let message = SkippedMessage {
+                        folder: folder.source_display.clone(),
+                        uid: *uid,
+                        size: meta.map_or(0, |m| m.size),
+                        message_id: meta.and_then(|m| m.message_id.clone()),
+                        reason: SkipReason::Unreadable,
+                        detail: words.clone(),
+                    };
+                    self.store.record_skipped(&self.job.mailbox, &message).await?;
+                }
+            }
+            for (uid, reply) in &appended.settled {
+                let size = fetched.bodies.get(uid).map_or(0, |b| b.body.len() as u64);
+                match reply {
+                    Appended::Stored(destination_uids) => {
+                        let destination_uid = destination_uids.first().copied();
+                        counts.copied += 1;
+                        counts.bytes += size;
+                        runs.push(Run::one(*uid, destination_uid.map(|d| (dest_validity, d)), Outcome::Copied, None));
+                        if let Some(d) = destination_uid {
+                            dest_next = dest_next.max(d + 1);
+                        }
+                        if retry.binary_search(uid).is_ok() {
+                            self.store.forget_skipped(&self.job.mailbox, &folder.source_display, *uid).await?;
+                        }
+                    }
+                    Appended::Refused(words) => {
+                        counts.refused += 1;
+                        runs.push(Run::one(*uid, None, Outcome::Refused, Some(words.clone())));
+                        let message = SkippedMessage {
+                            folder: folder.source_display.clone(),
+                            uid: *uid,
+                            size,
+                            message_id: meta_of.get(uid).and_then(|m| m.message_id.clone()),
+                            reason: SkipReason::Refused,
+                            detail: words.clone(),
+                        };
+                        self.store.record_skipped(&self.job.mailbox, &message).await?;
                     }
                 }
             }
-            for refused in &copied.refused {
-                self.store.record_skipped(&self.job.mailbox, refused).await?;
-            }
+            drop(fetched);
+            self.settle(&mut ledger, folder, uid_validity, runs).await?;
             cp.counts.add(&counts);
-            pass.add(&counts);
-            match copied.unconfirmed_from {
+            self.outcome.this_pass.add(&counts);
+            match appended.unconfirmed_from {
                 None => {
-                    cp.last_uid = last;
-                    cp.in_flight = if in_flight.is_some_and(|(_, hi)| hi > last) { in_flight } else { None };
+                    cp.in_flight = None;
+                    cp.fence = None;
                 }
-                Some(uid) => {
-                    cp.last_uid = uid.saturating_sub(1);
-                    cp.in_flight = Some((uid, in_flight.map_or(last, |(_, hi)| hi.max(last))));
-                }
+                // From the first unconfirmed message on, the next pass reconciles.
+                Some(uid) => cp.in_flight = Some((uid, last)),
             }
+            cp.last_uid = cp.last_uid.max(appended.unconfirmed_from.map_or(last, |u| u.saturating_sub(1)));
             self.store.save_folder(&self.job.mailbox, &cp).await?;
             self.batches_confirmed += 1;
             self.progress.copied(&self.job.mailbox, &folder.source_display, counts.copied, counts.bytes);
-            if let Some(error) = copied.error {
+            if let Some(error) = appended.error {
                 return Err(error);
             }
             match fetched_next {
-                Some(Ok(bodies)) => prefetched = Some(bodies),
-                Some(Err(e)) => return Err(self.src_err(e)),
+                Some(Ok(fetched)) => prefetched = Some(fetched),
+                Some(Err(e)) => return Err(e),
                 None => {}
             }
         }
         cp.in_flight = None;
+        cp.fence = None;
         cp.complete = true;
         cp.uid_next = uid_next;
         cp.highest_modseq = highest_modseq;
+        cp.destination_uid_next = dest_next;
         if let Some(last) = candidates.last() {
             cp.last_uid = cp.last_uid.max(last.uid);
         }
+        cp.counts.unreadable = ledger.to_retry().len() as u64;
         self.store.save_folder(&self.job.mailbox, &cp).await?;
         tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, copied = cp.counts.copied, "folder done");
         Ok(Ok(()))
     }
 
+    /// Apply the source's flags to the destination messages mailhaul copied (and only
+    /// those: never a message someone else put there), for source UIDs up to `up_to` that
+    /// changed since `since` (CONDSTORE's modseq) or, without it, that differ. Returns the
+    /// number of destination messages updated. The source is only read.
+    async fn sync_flags(
+        &mut self,
+        ledger: &FolderLedger,
+        up_to: u32,
+        since: Option<u64>,
+        dest_validity: u32,
+        accepted: &AcceptedFlags,
+    ) -> Result<u64, CopyError> {
+        let items = match since {
+            Some(modseq) => format!("(UID FLAGS) (CHANGEDSINCE {modseq})"),
+            None => "(UID FLAGS)".to_string(),
+        };
+        let mut wanted: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+        let completion =
+            fetch::uid_fetch(&mut self.source, &mut self.source_tags, &format!("1:{up_to}"), &items, |f| {
+                if f.uid > up_to {
+                    return;
+                }
+                if let Some((Outcome::Copied, Some(destination))) = ledger.get(f.uid) {
+                    if ledger.destination_validity(f.uid) == Some(dest_validity) {
+                        wanted.insert(destination, accepted.filter(&f.flags).iter().map(|f| f.to_string()).collect());
+                    }
+                }
+            })
+            .await
+            .map_err(|b| CopyError::ConnectionLost {
+                side: Side::Source,
+                server: self.source_label.clone(),
+                detail: b.detail,
+            })?;
+        if let Completion::Refused(words) = completion {
+            tracing::warn!(mailbox = %self.job.mailbox, %words, "source refused the flag listing: flags not synced this pass");
+            return Ok(0);
+        }
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let targets: Vec<u32> = wanted.keys().copied().collect();
+        let mut current: HashMap<u32, BTreeSet<String>> = HashMap::new();
+        fetch::uid_fetch(
+            &mut self.destination,
+            &mut self.destination_tags,
+            &plan::uid_set(&targets),
+            "(UID FLAGS)",
+            |f| {
+                current.insert(f.uid, f.flags.into_iter().filter(|f| !f.eq_ignore_ascii_case("\\Recent")).collect());
+            },
+        )
+        .await
+        .map_err(|b| CopyError::ConnectionLost {
+            side: Side::Destination,
+            server: self.destination_label.clone(),
+            detail: b.detail,
+        })?;
+        // One STORE per distinct flag set; a message no longer in the destination is left alone.
+        let mut by_flags: BTreeMap<BTreeSet<String>, Vec<u32>> = BTreeMap::new();
+        for (destination, flags) in wanted {
+            let lower = |set: &BTreeSet<String>| set.iter().map(|f| f.to_ascii_lowercase()).collect::<BTreeSet<_>>();
+            match current.get(&destination) {
+                Some(now) if lower(now) != lower(&flags) => by_flags.entry(flags).or_default().push(destination),
+                _ => {}
+            }
+        }
+        let mut updated = 0;
+        for (flags, uids) in by_flags {
+            let list = flags.into_iter().collect::<Vec<_>>().join(" ");
+            let command = format!("UID STORE {} FLAGS.SILENT ({list})", plan::uid_set(&uids));
+            timed(self.destination.run_command_and_check_ok(&command)).await.map_err(|e| self.dst_err(e))?;
+            updated += uids.len() as u64;
+        }
+        if updated > 0 {
+            tracing::info!(mailbox = %self.job.mailbox, updated, "flags synced from the source");
+        }
+        Ok(updated)
+    }
+
+    async fn examine_source(&mut self, folder: &FolderPlan) -> Result<async_imap::types::Mailbox, CopyError> {
+        self.source_selected = None;
+        let mailbox = timed(self.source.examine(&folder.source_raw)).await.map_err(|e| match e {
+            async_imap::error::Error::No(reply) => CopyError::Folder {
+                side: Side::Source,
+                folder: folder.source_display.clone(),
+                detail: format!("cannot open: {reply}"),
+            },
+            other => self.src_err(other),
+        })?;
+        self.source_selected = Some(folder.source_raw.clone());
+        Ok(mailbox)
+    }
+
+    /// A source folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ: from STATUS (without opening
+    /// the folder) when it is `likely_unchanged` or the server's EXAMINE lacks UIDNEXT
+    /// (Courier), else from EXAMINE, which opens it for the copy.
+    async fn source_state(&mut self, folder: &FolderPlan, likely_unchanged: bool) -> Result<SourceState, CopyError> {
+        let items = if self.source_condstore { "(UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" } else { "(UIDNEXT UIDVALIDITY)" };
+        if self.source_examine_uidnext && !likely_unchanged {
+            let mailbox = self.examine_source(folder).await?;
+            if let Some(uid_next) = mailbox.uid_next {
+                return Ok(SourceState {
+                    uid_validity: mailbox.uid_validity.unwrap_or(0),
+                    uid_next,
+                    highest_modseq: mailbox.highest_modseq,
+                    examined: Some(mailbox),
+                });
+            }
+            tracing::debug!(mailbox = %self.job.mailbox, "the source's EXAMINE has no UIDNEXT: asking STATUS first from now on");
+            self.source_examine_uidnext = false;
+            let status = self.source_status(folder, items).await?;
+            let still_open = self.source_selected.as_deref() == Some(folder.source_raw.as_str());
+            return Ok(SourceState {
+                uid_validity: mailbox.uid_validity.or(status.uid_validity).unwrap_or(0),
+                uid_next: status.uid_next.unwrap_or(0),
+                highest_modseq: mailbox.highest_modseq.or(status.highest_modseq),
+                examined: still_open.then_some(mailbox),
+            });
+        }
+        let status = self.source_status(folder, items).await?;
+        Ok(SourceState {
+            uid_validity: status.uid_validity.unwrap_or(0),
+            uid_next: status.uid_next.unwrap_or(0),
+            highest_modseq: status.highest_modseq,
+            examined: None,
+        })
+    }
+
+    async fn source_status(
+        &mut self,
+        folder: &FolderPlan,
+        items: &str,
+    ) -> Result<async_imap::types::Mailbox, CopyError> {
+        let status =
+            fresh_status(&mut self.source, &mut self.source_selected, self.source_unselect, &folder.source_raw, items);
+        timed(status).await.map_err(|e| match e {
+            async_imap::error::Error::No(reply) => CopyError::Folder {
+                side: Side::Source,
+                folder: folder.source_display.clone(),
+                detail: format!("cannot open: {reply}"),
+            },
+            other => self.src_err(other),
+        })
+    }
+
+    async fn destination_status(&mut self, raw: &str, items: &str) -> Result<async_imap::types::Mailbox, CopyError> {
+        let status =
+            fresh_status(&mut self.destination, &mut self.destination_selected, self.destination_unselect, raw, items);
+        timed(status).await.map_err(|e| self.dst_err(e))
+    }
+
+    /// Record ledger runs (the store first, then memory).
+    async fn settle(
+        &mut self,
+        ledger: &mut FolderLedger,
+        folder: &FolderPlan,
+        uid_validity: u32,
+        entries: Vec<Run>,
+    ) -> Result<(), CopyError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let runs = ledger::runs(entries);
+        self.store.record_ledger(&self.job.mailbox, &folder.source_raw, uid_validity, &runs).await?;
+        for run in runs {
+            ledger.apply(run);
+        }
+        Ok(())
+    }
+
+    /// Messages of the retry list (`retry`, sorted) that are in the destination now, however
+    /// they were found there: no longer listed as skipped.
+    async fn forget_retried(
+        &mut self,
+        folder: &FolderPlan,
+        retry: &[u32],
+        in_destination: impl Iterator<Item = u32>,
+    ) -> Result<(), CopyError> {
+        for uid in in_destination.filter(|uid| retry.binary_search(uid).is_ok()) {
+            self.store.forget_skipped(&self.job.mailbox, &folder.source_display, uid).await?;
+        }
+        Ok(())
+    }
+
+    /// Metadata of source messages in `uid_set` of `folder` (see [`list_source`]).
+    async fn source_metas(
+        &mut self,
+        folder: &FolderPlan,
+        uid_validity: u32,
+        uid_set: &str,
+    ) -> Result<Listing, CopyError> {
+        let mut link = SourceLink {
+            session: &mut self.source,
+            endpoint: &self.job.source,
+            folder: &folder.source_raw,
+            uid_validity,
+            tags: &mut self.source_tags,
+            label: &self.source_label,
+        };
+        list_source(&mut link, uid_set).await
+    }
+
+    /// Identities of the selected destination folder's messages from UID `from` on that no
+    /// ledger entry of this folder claims.
+    async fn unclaimed_arrivals(
+        &mut self,
+        ledger: &FolderLedger,
+        from: u32,
+        dest_validity: u32,
+    ) -> Result<Vec<Identified>, CopyError> {
+        let claimed: HashSet<u32> = ledger.destination_uids(dest_validity).into_iter().collect();
+        let metas = fetch_metas(&mut self.destination, &mut self.destination_tags, &format!("{from}:*"))
+            .await
+            .map_err(|detail| CopyError::ConnectionLost {
+                side: Side::Destination,
+                server: self.destination_label.clone(),
+                detail,
+            })?;
+        Ok(metas
+            .into_iter()
+            .filter(|m| m.uid >= from && !claimed.contains(&m.uid))
+            .map(|m| Identified { uid: m.uid, key: m.key })
+            .collect())
+    }
+
+    /// A killed run's APPENDs may still be stored by the destination after it died: wait
+    /// until the folder's UIDNEXT holds still before reading it.
+    async fn wait_until_quiet(&mut self, destination_raw: &str) -> Result<(), CopyError> {
+        let started = tokio::time::Instant::now();
+        let mut last = None;
+        let mut still_since = started;
+        loop {
+            let status = self.destination_status(destination_raw, "(UIDNEXT MESSAGES)").await?;
+            let now_seen = Some((status.uid_next, status.exists));
+            let now = tokio::time::Instant::now();
+            if now_seen != last {
+                last = now_seen;
+                still_since = now;
+            } else if now - still_since >= QUIET_FOR {
+                return Ok(());
+            }
+            if now - started >= QUIET_AT_MOST {
+                tracing::warn!(mailbox = %self.job.mailbox, folder = destination_raw, "destination folder still changing after 30 s: reconciling anyway");
+                return Ok(());
+            }
+            tokio::time::sleep(QUIET_FOR / 3).await;
+        }
+    }
     async fn ensure_destination_folder(
         &mut self,
         folder: &FolderPlan,
@@ -507,53 +1267,112 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Compare message counts per destination folder with what the source holds.
+    /// Check every destination folder against the ledger: each source message mailhaul
+    /// copied (or found already there) maps to one destination message that is still there,
+    /// and the rest of the destination folder holds no copies of source messages.
+    /// Exact verification of every destination folder against the ledger. A folder whose
+    /// sources this call found unchanged keeps the verdict of its last verified pass (unless
+    /// `reverify_unchanged`): an unchanged delta then costs one command per folder.
     async fn verify(
         &mut self,
         plans: &[FolderPlan],
         layout: &DestinationLayout,
+        unchanged: &HashSet<String>,
     ) -> Result<Vec<(String, Verdict)>, CopyError> {
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
-        let mut expected: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
+        let mut by_destination: BTreeMap<String, Vec<&FolderPlan>> = BTreeMap::new();
         for folder in plans {
-            let source_count =
-                timed(status_messages(&mut self.source, &folder.source_raw)).await.map_err(|e| self.src_err(e))?;
-            let not_copied = checkpoints
-                .get(&folder.source_raw)
-                .map_or(0, |c| c.counts.skipped_too_big + c.counts.refused + c.counts.skipped_by_date);
             let destination = checkpoints
                 .get(&folder.source_raw)
                 .map(|c| c.destination_folder.clone())
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| folder.destination_raw(layout.delimiter));
-            let entry = expected.entry(destination).or_default();
-            entry.0 += source_count;
-            entry.1 += not_copied;
-            entry.2.push(folder.source_raw.clone());
+            by_destination.entry(destination).or_default().push(folder);
         }
         let mut verdicts = Vec::new();
-        for (destination_raw, (source_count, not_copied, sources)) in expected {
-            let destination_count =
-                timed(status_messages(&mut self.destination, &destination_raw)).await.map_err(|e| self.dst_err(e))?;
-            let needed = source_count.saturating_sub(not_copied);
-            let ok = destination_count >= needed;
-            let detail = if ok {
-                format!("{destination_count} in destination for {source_count} in source ({not_copied} not copied, see report)")
-            } else {
-                format!(
-                    "{} message(s) missing: {destination_count} in destination, {needed} expected",
-                    needed - destination_count
-                )
+        for (destination_raw, members) in by_destination {
+            if !self.options.reverify_unchanged {
+                if let Some(verdict) = kept_verdict(&members, &checkpoints, unchanged) {
+                    verdicts.push((crate::mutf7::decode(&destination_raw), verdict));
+                    continue;
+                }
+            }
+            // The folder this connection copied into last is still selected: NOOP brings its
+            // view up to date and one UID SEARCH ALL gives every message, which saves opening
+            // it again (a quarter second for a 100,000-message maildir folder). Otherwise
+            // EXAMINE, not STATUS: a fresh, read-only view (Courier answers STATUS on the
+            // folder selected last from a stale one).
+            let copied_validity = members
+                .iter()
+                .filter_map(|f| checkpoints.get(&f.source_raw))
+                .map(|c| c.destination_uid_validity)
+                .find(|v| *v != 0);
+            let (dest_validity, dest_exists, all_uids) = match copied_validity {
+                Some(validity) if self.destination_selected.as_deref() == Some(destination_raw.as_str()) => {
+                    timed(self.destination.noop()).await.map_err(|e| self.dst_err(e))?;
+                    let all = timed(self.destination.uid_search("ALL")).await.map_err(|e| self.dst_err(e))?;
+                    (validity, all.len() as u32, Some(all))
+                }
+                _ => {
+                    self.destination_selected = None;
+                    let dest_box =
+                        timed(self.destination.examine(&destination_raw)).await.map_err(|e| self.dst_err(e))?;
+                    self.destination_selected = Some(destination_raw.clone());
+                    (dest_box.uid_validity.unwrap_or(0), dest_box.exists, None)
+                }
             };
+            let mut ledgers = Vec::new();
+            let mut mapped = Vec::new();
+            for folder in &members {
+                let cp = checkpoints.get(&folder.source_raw).cloned().unwrap_or_default();
+                let recorded = self.store.load_ledger(&self.job.mailbox, &folder.source_raw, cp.uid_validity).await?;
+                let ledger = FolderLedger::from_recorded(recorded);
+                mapped.extend(ledger.destination_uids(dest_validity));
+                ledgers.push((folder, cp, ledger));
+            }
+            mapped.sort_unstable();
+            mapped.dedup();
+            let held: HashSet<u32> = match &all_uids {
+                Some(all) => mapped.iter().copied().filter(|uid| all.contains(uid)).collect(),
+                None if mapped.is_empty() => HashSet::new(),
+                None => {
+                    let query = format!("UID {}", plan::uid_set(&mapped));
+                    timed(self.destination.uid_search(&query)).await.map_err(|e| self.dst_err(e))?
+                }
+            };
+            let mut total = ledger::Check::default();
+            let mut source_messages = 0;
+            let mut rescans = 0;
+            for (folder, cp, ledger) in &ledgers {
+                self.examine_source(folder).await?;
+                let mut source_uids: Vec<u32> =
+                    timed(self.source.uid_search("ALL")).await.map_err(|e| self.src_err(e))?.into_iter().collect();
+                // Mail that arrived after this pass looked is the next pass's.
+                source_uids.retain(|uid| cp.uid_next == 0 || *uid < cp.uid_next);
+                source_uids.sort_unstable();
+                source_messages += source_uids.len() as u64;
+                rescans += cp.rescans;
+                let check = ledger::check(ledger, &source_uids, dest_validity, |d| held.contains(&d), 0);
+                total.add(&check);
+            }
+            total.others = u64::from(dest_exists).saturating_sub(total.present + total.unmapped);
+            if total.others > 0 {
+                total.duplicates = self.count_duplicates(&members, &held).await?;
+            }
+            let mut detail = total.describe();
+            if rescans > 0 {
+                detail.push_str("; the source folder was rescanned (its UIDVALIDITY changed)");
+            }
             let verdict = Verdict {
-                ok,
-                source_messages: source_count,
-                destination_messages: destination_count,
-                not_copied,
+                ok: total.ok(),
+                source_messages,
+                destination_messages: u64::from(dest_exists),
+                not_copied: total.not_copied,
                 detail,
             };
-            for source in sources {
-                if let Some(mut cp) = checkpoints.get(&source).cloned() {
+            for (_, cp, _) in &ledgers {
+                if !cp.source_folder.is_empty() {
+                    let mut cp = cp.clone();
                     cp.verify = Some(verdict.clone());
                     self.store.save_folder(&self.job.mailbox, &cp).await?;
                 }
@@ -562,30 +1381,93 @@ impl Copier<'_> {
         }
         Ok(verdicts)
     }
+
+    /// Among destination messages mailhaul did not map (up to [`DUPLICATE_CHECK_LIMIT`]), how
+    /// many are extra copies of a source message: their Message-ID occurs more often in the
+    /// destination folder than in the source folders copied into it. New mail delivered after
+    /// the MX switch has Message-IDs the source never saw and is not counted.
+    async fn count_duplicates(&mut self, members: &[&FolderPlan], mapped: &HashSet<u32>) -> Result<u64, CopyError> {
+        let all: Vec<u32> = {
+            let mut uids: Vec<u32> = timed(self.destination.uid_search("ALL"))
+                .await
+                .map_err(|e| self.dst_err(e))?
+                .into_iter()
+                .filter(|uid| !mapped.contains(uid))
+                .collect();
+            uids.sort_unstable();
+            uids.truncate(DUPLICATE_CHECK_LIMIT);
+            uids
+        };
+        if all.is_empty() {
+            return Ok(0);
+        }
+        let others = fetch_metas(&mut self.destination, &mut self.destination_tags, &plan::uid_set(&all))
+            .await
+            .map_err(|detail| CopyError::ConnectionLost {
+                side: Side::Destination,
+                server: self.destination_label.clone(),
+                detail,
+            })?;
+        let ids: BTreeSet<String> = others.into_iter().filter_map(|m| m.message_id).collect();
+        let mut in_destination: HashMap<&str, usize> = HashMap::new();
+        for id in &ids {
+            let query = format!("HEADER Message-ID {}", append::quote(id));
+            let found = timed(self.destination.uid_search(&query)).await.map_err(|e| self.dst_err(e))?;
+            in_destination.insert(id, found.len());
+        }
+        let mut in_source: HashMap<&str, usize> = HashMap::new();
+        for folder in members {
+            self.examine_source(folder).await?;
+            for id in &ids {
+                let query = format!("HEADER Message-ID {}", append::quote(id));
+                let found = timed(self.source.uid_search(&query)).await.map_err(|e| self.src_err(e))?;
+                *in_source.entry(id).or_default() += found.len();
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let source = in_source.get(id.as_str()).copied().unwrap_or(0);
+                let destination = in_destination.get(id.as_str()).copied().unwrap_or(0);
+                if source > 0 {
+                    destination.saturating_sub(source) as u64
+                } else {
+                    0
+                }
+            })
+            .sum())
+    }
 }
 
-/// APPEND one fetched batch (`uids`, in order) and sort the replies into counts, refused
-/// messages and the first unconfirmed UID.
+/// What the destination said about one batch.
+#[derive(Default)]
+struct AppendResult {
+    /// Source UID and the server's verdict, for every message settled, in order.
+    settled: Vec<(u32, Appended)>,
+    /// The first UID whose APPEND is not confirmed (connection lost, throttled, busy).
+    unconfirmed_from: Option<u32>,
+    error: Option<CopyError>,
+}
+
+/// APPEND the fetched messages of one batch (`uids`, in order; a UID without a body was not
+/// delivered by the source and is settled elsewhere) and sort the replies. With MULTIAPPEND
+/// the batch is one command (one transaction on the server); if the server refuses it, the
+/// batch goes again message by message.
 #[allow(clippy::too_many_arguments)]
 async fn append_fetched(
     destination: &mut Session,
     tag_seq: &mut u64,
-    literal_mode: LiteralMode,
+    (literal_mode, multiappend): (LiteralMode, bool),
     destination_label: &str,
-    (folder, destination_raw): (&FolderPlan, &str),
-    metas: &[MessageMeta],
+    destination_raw: &str,
     uids: &[u32],
     bodies: &HashMap<u32, Body>,
     accepted: &AcceptedFlags,
-) -> BatchResult {
-    let mut result = BatchResult::default();
-    if uids.is_empty() {
-        return result;
-    }
+) -> AppendResult {
+    let mut result = AppendResult::default();
     let mut order = Vec::new();
     let mut messages = Vec::new();
     for uid in uids {
-        // A message expunged on the source since the listing is simply gone.
         let Some(body) = bodies.get(uid) else { continue };
         order.push(*uid);
         messages.push(AppendMessage {
@@ -593,6 +1475,38 @@ async fn append_fetched(
             internal_date: body.internal_date.clone(),
             body: &body.body,
         });
+    }
+    if messages.is_empty() {
+        return result;
+    }
+    if multiappend && messages.len() > 1 {
+        match append::append_multi(destination, destination_raw, &messages, literal_mode, tag_seq).await {
+            Ok(MultiAppended::Stored(uids)) => {
+                let uids =
+                    uids.map_or_else(|| vec![Vec::new(); order.len()], |u| u.into_iter().map(|d| vec![d]).collect());
+                result.settled = order.into_iter().zip(uids.into_iter().map(Appended::Stored)).collect();
+                return result;
+            }
+            Ok(MultiAppended::Refused(reply)) => {
+                if let Some(error @ CopyError::Throttled { .. }) = mailbox_level_refusal(&reply, destination_label) {
+                    result.unconfirmed_from = order.first().copied();
+                    result.error = Some(error);
+                    return result;
+                }
+                // Nothing was stored: one by one, so only the message the server refuses stays
+                // out (or, over quota, what fits is stored and the copy stops there).
+                tracing::info!(folder = destination_raw, %reply, "MULTIAPPEND refused: appending the batch one by one");
+            }
+            Err(broken) => {
+                result.unconfirmed_from = order.first().copied();
+                result.error = Some(CopyError::ConnectionLost {
+                    side: Side::Destination,
+                    server: destination_label.to_string(),
+                    detail: broken.detail,
+                });
+                return result;
+            }
+        }
     }
     let replies = match append::append_batch(destination, destination_raw, &messages, literal_mode, tag_seq).await {
         Ok(replies) => replies.into_iter().map(Some).collect(),
@@ -605,36 +1519,21 @@ async fn append_fetched(
             broken.known
         }
     };
-    let meta_by_uid: HashMap<u32, &MessageMeta> = metas.iter().map(|m| (m.uid, m)).collect();
     for (uid, reply) in order.iter().zip(replies) {
-        let size = bodies.get(uid).map_or(0, |b| b.body.len() as u64);
         match reply {
             // Replies past the first unconfirmed message are left to the next pass's
             // in-flight reconciliation, which finds stored ones in the destination.
             _ if result.unconfirmed_from.is_some() => break,
-            Some(Appended::Stored(_)) => {
-                result.counts.copied += 1;
-                result.counts.bytes += size;
-            }
             Some(Appended::Refused(reply)) => match mailbox_level_refusal(&reply, destination_label) {
                 // This message only (too big, unparsable, ...): recorded, the folder goes on.
-                None => {
-                    result.counts.refused += 1;
-                    result.refused.push(SkippedMessage {
-                        folder: folder.source_display.clone(),
-                        uid: *uid,
-                        size,
-                        message_id: meta_by_uid.get(uid).and_then(|m| m.message_id.clone()),
-                        reason: SkipReason::Refused,
-                        detail: reply,
-                    });
-                }
+                None => result.settled.push((*uid, Appended::Refused(reply))),
                 // Busy, over quota, folder gone: nothing from here on is settled.
                 Some(error) => {
                     result.unconfirmed_from = Some(*uid);
                     result.error.get_or_insert(error);
                 }
             },
+            Some(stored) => result.settled.push((*uid, stored)),
             None => result.unconfirmed_from = Some(*uid),
         }
     }
@@ -660,7 +1559,7 @@ fn mailbox_level_refusal(reply: &str, server: &str) -> Option<CopyError> {
 }
 
 /// Longest a server may take to answer one command before the connection counts as lost.
-const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+const IO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Run one IMAP exchange with [`IO_TIMEOUT`]: a server that stops answering becomes a
 /// retryable connection loss instead of a hang.
@@ -676,12 +1575,45 @@ async fn timed<T>(
     }
 }
 
-/// Resolves when the stop signal fires. (The deadline is checked between batches: the
-/// caller's margin covers one batch, and finishing it costs less than redoing it.)
+/// Resolves when the stop signal fires. (The deadline is enforced around the whole call.)
 async fn stopped(timebox: &TimeBox) {
     let mut stop = timebox.stop.clone();
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// The verdict a destination folder keeps without being read again: every source folder
+/// copied into it is unchanged since its last pass, and that pass verified it fine.
+fn kept_verdict(
+    members: &[&FolderPlan],
+    checkpoints: &HashMap<String, FolderCheckpoint>,
+    unchanged: &HashSet<String>,
+) -> Option<Verdict> {
+    let mut kept = None;
+    for folder in members {
+        if !unchanged.contains(&folder.source_raw) {
+            return None;
+        }
+        let verdict = checkpoints.get(&folder.source_raw)?.verify.clone().filter(|v| v.ok)?;
+        kept = Some(verdict);
+    }
+    kept
+}
+
+/// A folder keeps the destination of its earlier passes while that folder exists, even if the
+/// mapping would now pick another (a \Sent folder appeared, a prefix was set).
+fn destination_of(
+    folder: &FolderPlan,
+    checkpoint: Option<&FolderCheckpoint>,
+    layout: &DestinationLayout,
+    existing: &BTreeSet<String>,
+) -> String {
+    match checkpoint {
+        Some(cp) if !cp.destination_folder.is_empty() && existing.contains(&cp.destination_folder) => {
+            cp.destination_folder.clone()
+        }
+        _ => folder.destination_raw(layout.delimiter),
     }
 }
 
@@ -702,15 +1634,6 @@ fn fresh_checkpoint(folder: &FolderPlan, destination_raw: &str, uid_validity: u3
         uid_validity,
         ..FolderCheckpoint::default()
     }
-}
-
-#[derive(Default)]
-struct BatchResult {
-    counts: FolderCounts,
-    refused: Vec<SkippedMessage>,
-    /// The first UID whose APPEND is not confirmed (connection lost or throttled).
-    unconfirmed_from: Option<u32>,
-    error: Option<CopyError>,
 }
 
 /// Which flags the destination folder keeps (PERMANENTFLAGS).
@@ -795,60 +1718,259 @@ async fn list(session: &mut Session, reference: &str) -> Result<Vec<ListedFolder
         .collect())
 }
 
-fn destination_layout(folders: &[ListedFolder]) -> DestinationLayout {
-    let delimiter = folders.iter().find_map(|f| f.delimiter).unwrap_or('/');
-    let mut by_role = BTreeMap::new();
-    for folder in folders.iter().filter(|f| !f.noselect) {
-        for role in &folder.roles {
-            by_role.entry(*role).or_insert_with(|| folder.segments(None));
+/// A namespace prefix as folder levels: `INBOX.` → `["INBOX"]`, `""` → none.
+fn namespace_levels(ns: &Namespace) -> Vec<String> {
+    let split: Vec<&str> = match ns.delimiter {
+        Some(d) => ns.prefix.split(d).collect(),
+        None => ns.prefix.split(['.', '/']).collect(),
+    };
+    split.into_iter().filter(|level| !level.is_empty()).map(str::to_string).collect()
+}
+
+/// Size, date and identity of the messages in `uid_set`, in UID order. Only the compact
+/// record of each message is kept as responses arrive.
+async fn fetch_metas(session: &mut Session, tags: &mut u64, uid_set: &str) -> Result<Vec<MessageMeta>, String> {
+    let items = format!("(UID RFC822.SIZE INTERNALDATE {IDENTITY_FIELDS})");
+    let mut metas: BTreeMap<u32, MessageMeta> = BTreeMap::new();
+    let completion = fetch::uid_fetch(session, tags, uid_set, &items, |f: Fetched| {
+        // Unsolicited responses (flag updates) carry no header: not a listing.
+        let Some(header) = f.header else { return };
+        let (message_id, key) = plan::identity(&header);
+        let date = f.internal_date.as_deref().and_then(parse_internal_date).map(|d| d.date_naive());
+        metas.entry(f.uid).or_insert(MessageMeta {
+            uid: f.uid,
+            size: u64::from(f.size.unwrap_or(0)),
+            message_id,
+            key,
+            date,
+        });
+    })
+    .await
+    .map_err(|broken| broken.detail)?;
+    if let Completion::Refused(words) = completion {
+        // A listing must be whole, or messages would be silently passed over.
+        return Err(format!("the server did not list every message: {words}"));
+    }
+    Ok(metas.into_values().collect())
+}
+
+fn parse_internal_date(text: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_str(text.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
+}
+
+/// The source connection of one folder, as a batch fetch needs it (to reconnect too).
+struct SourceLink<'a> {
+    session: &'a mut Session,
+    endpoint: &'a Endpoint,
+    folder: &'a str,
+    uid_validity: u32,
+    tags: &'a mut u64,
+    label: &'a str,
+}
+
+/// Fetch failures in a row, without a single success in between, after which the source
+/// counts as down rather than as holding bad messages.
+const FAILURES_IN_A_ROW_MAX: u32 = 12;
+
+/// The parts of a UID list still to try on the source. A part that fails (BYE, connection
+/// dropped) is tried once more on a new connection (a cut is not the messages' fault); if it
+/// fails again it is split in halves, down to the one message that makes the server fail.
+struct Bisection {
+    /// Parts to try, each with how often it failed already.
+    queue: VecDeque<(Vec<u32>, u32)>,
+    failures_in_a_row: u32,
+}
+
+impl Bisection {
+    fn new(uids: Vec<u32>) -> Bisection {
+        Bisection { queue: VecDeque::from([(uids, 0)]), failures_in_a_row: 0 }
+    }
+
+    /// The next part to try, and how often it failed already.
+    fn next_part(&mut self) -> Option<(Vec<u32>, u32)> {
+        self.queue.pop_front()
+    }
+
+    fn succeeded(&mut self) {
+        self.failures_in_a_row = 0;
+    }
+
+    /// `part` failed with `detail`: `Some(uid)` when it is one message that failed twice (the
+    /// culprit), `None` when it is queued again (whole or in halves); an error once the source
+    /// failed [`FAILURES_IN_A_ROW_MAX`] times in a row (it is down, not holding bad messages).
+    fn failed(&mut self, part: Vec<u32>, tries: u32, label: &str, detail: &str) -> Result<Option<u32>, CopyError> {
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row > FAILURES_IN_A_ROW_MAX {
+            return Err(CopyError::ConnectionLost {
+                side: Side::Source,
+                server: label.to_string(),
+                detail: detail.to_string(),
+            });
+        }
+        if tries == 0 {
+            self.queue.push_front((part, 1));
+        } else if let Some((left, right)) = ledger::split(&part) {
+            self.queue.push_front((right.to_vec(), 0));
+            self.queue.push_front((left.to_vec(), 0));
+        } else {
+            return Ok(part.first().copied());
+        }
+        Ok(None)
+    }
+}
+
+/// Source messages listed with their size, date and identity, and those the source could
+/// not list (with the server's words).
+#[derive(Default)]
+struct Listing {
+    metas: Vec<MessageMeta>,
+    unlisted: Vec<(u32, String)>,
+}
+
+/// List the source messages in `uid_set` (see [`fetch_metas`]). Reading the identity headers
+/// reads the message file: a message the server cannot read makes the whole listing fail
+/// (Dovecot: `BYE FETCH failed`), every time. Then the UIDs are listed in parts by
+/// [`Bisection`], and the messages that fail alone come back unlisted; the rest is listed.
+async fn list_source(link: &mut SourceLink<'_>, uid_set: &str) -> Result<Listing, CopyError> {
+    let SourceLink { session, endpoint, folder, uid_validity, tags, label } = link;
+    let (endpoint, folder, uid_validity, label) = (*endpoint, *folder, *uid_validity, *label);
+    let detail = match fetch_metas(session, tags, uid_set).await {
+        Ok(metas) => return Ok(Listing { metas, unlisted: Vec::new() }),
+        Err(detail) => detail,
+    };
+    tracing::info!(folder, %detail, "source listing failed: listing in parts");
+    **session = reconnect_source(endpoint, folder, uid_validity, label).await?;
+    let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {uid_set}")))
+        .await
+        .map_err(|e| classify(e, Side::Source, label))?
+        .into_iter()
+        .collect();
+    uids.sort_unstable();
+    let mut listing = Listing::default();
+    let mut parts = Bisection::new(uids);
+    while let Some((part, tries)) = parts.next_part() {
+        if part.is_empty() {
+            continue;
+        }
+        match fetch_metas(session, tags, &plan::uid_set(&part)).await {
+            Ok(metas) => {
+                parts.succeeded();
+                listing.metas.extend(metas);
+            }
+            Err(detail) => {
+                let culprit = parts.failed(part, tries, label, &detail)?;
+                **session = reconnect_source(endpoint, folder, uid_validity, label).await?;
+                listing.unlisted.extend(culprit.map(|uid| (uid, detail)));
+            }
         }
     }
-    DestinationLayout { delimiter, prefix: Vec::new(), by_role }
+    listing.metas.sort_by_key(|m| m.uid);
+    Ok(listing)
 }
 
-async fn fetch_metas(session: &mut Session, range: &str) -> Result<Vec<MessageMeta>, async_imap::error::Error> {
-    let query = format!("(UID RFC822.SIZE INTERNALDATE {IDENTITY_FIELDS})");
-    let fetches: Vec<_> = session.uid_fetch(range, &query).await?.try_collect().await?;
-    let mut metas: Vec<MessageMeta> = fetches
-        .iter()
-        .filter_map(|f| {
-            let uid = f.uid?;
-            let size = u64::from(f.size.unwrap_or(0));
-            let (message_id, key) = plan::identity(f.header().unwrap_or_default());
-            Some(MessageMeta { uid, size, message_id, key, date: f.internal_date().map(|d| d.date_naive()) })
-        })
-        .collect();
-    metas.sort_by_key(|m| m.uid);
-    Ok(metas)
-}
-
-struct Body {
-    body: Vec<u8>,
-    flags: Vec<String>,
-    internal_date: Option<String>,
-}
-
-async fn fetch_bodies(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, Body>, async_imap::error::Error> {
-    if uids.is_empty() {
-        return Ok(HashMap::new());
+/// Fetch the bodies of `uids`, accounting for every one. A part that fails is tried again
+/// and split by [`Bisection`]; the one message that makes the server fail is recorded as
+/// unreadable with the server's words. The rest is copied.
+async fn fetch_batch(link: &mut SourceLink<'_>, uids: &[u32]) -> Result<FetchedBatch, CopyError> {
+    let SourceLink { session, endpoint, folder, uid_validity, tags, label } = link;
+    let (endpoint, folder, uid_validity, label) = (*endpoint, *folder, *uid_validity, *label);
+    let mut batch = FetchedBatch::default();
+    let mut parts = Bisection::new(uids.to_vec());
+    while let Some((part, tries)) = parts.next_part() {
+        let part: Vec<u32> = part.into_iter().filter(|uid| !batch.bodies.contains_key(uid)).collect();
+        if part.is_empty() {
+            continue;
+        }
+        let bodies = &mut batch.bodies;
+        let wanted: HashSet<u32> = part.iter().copied().collect();
+        let result =
+            fetch::uid_fetch(session, tags, &plan::uid_set(&part), "(UID FLAGS INTERNALDATE BODY.PEEK[])", |f| {
+                // Only what was asked, once: unsolicited FETCH responses never count.
+                let (true, Some(body)) = (wanted.contains(&f.uid), f.body) else { return };
+                bodies.entry(f.uid).or_insert(Body {
+                    body,
+                    flags: f.flags.into_iter().filter(|flag| !flag.eq_ignore_ascii_case("\\Recent")).collect(),
+                    internal_date: f.internal_date,
+                });
+            })
+            .await;
+        match result {
+            Ok(completion) => {
+                parts.succeeded();
+                let missing: Vec<u32> = part.iter().copied().filter(|uid| !batch.bodies.contains_key(uid)).collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                let words = match completion {
+                    Completion::Refused(words) => words,
+                    Completion::Ok => "the server returned no body".to_string(),
+                };
+                // Gone (expunged meanwhile) or there but unreadable: the source decides.
+                let query = format!("UID {}", plan::uid_set(&missing));
+                let still_there =
+                    timed(session.uid_search(&query)).await.map_err(|e| classify(e, Side::Source, label))?;
+                for uid in missing {
+                    let outcome = if still_there.contains(&uid) { Outcome::Unreadable } else { Outcome::Gone };
+                    batch.problems.push((uid, outcome, words.clone()));
+                }
+            }
+            Err(broken) => {
+                tracing::info!(folder, uids = part.len(), tries, detail = %broken.detail, "source fetch failed: reconnecting");
+                let culprit = parts.failed(part, tries, label, &broken.detail)?;
+                **session = reconnect_source(endpoint, folder, uid_validity, label).await?;
+                batch.problems.extend(culprit.map(|uid| (uid, Outcome::Unreadable, broken.detail)));
+            }
+        }
     }
-    let mut stream = session.uid_fetch(plan::uid_set(uids), "(UID FLAGS INTERNALDATE BODY.PEEK[])").await?;
-    let mut bodies = HashMap::new();
-    while let Some(fetch) = stream.try_next().await? {
-        let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else { continue };
-        bodies.insert(
-            uid,
-            Body {
-                body: body.to_vec(),
-                flags: fetch.flags().map(|f| flag_name(&f)).collect(),
-                internal_date: fetch.internal_date().map(|d| d.format("%d-%b-%Y %H:%M:%S %z").to_string()),
-            },
-        );
-    }
-    Ok(bodies)
+    Ok(batch)
 }
 
-async fn status_messages(session: &mut Session, mailbox: &str) -> Result<u64, async_imap::error::Error> {
-    let status = session.status(mailbox, "(MESSAGES)").await?;
-    Ok(u64::from(status.exists))
+/// What the source says of a folder before it is copied; `examined` when it is open now.
+struct SourceState {
+    uid_validity: u32,
+    uid_next: u32,
+    highest_modseq: Option<u64>,
+    examined: Option<async_imap::types::Mailbox>,
+}
+
+/// STATUS that never answers from a stale view: Courier answers STATUS on the selected folder
+/// from the view it had when selected (0 messages right after APPENDs). So when `folder` is
+/// the selected one it is first left with UNSELECT where offered (never CLOSE: that would
+/// expunge), else refreshed with NOOP.
+async fn fresh_status(
+    session: &mut Session,
+    selected: &mut Option<String>,
+    unselect: bool,
+    folder: &str,
+    items: &str,
+) -> Result<async_imap::types::Mailbox, async_imap::error::Error> {
+    if selected.as_deref() == Some(folder) {
+        if unselect {
+            session.run_command_and_check_ok("UNSELECT").await?;
+            *selected = None;
+        } else {
+            session.noop().await?;
+        }
+    }
+    session.status(folder, items).await
+}
+
+/// A new source session with `folder` examined, still at the same UIDVALIDITY.
+async fn reconnect_source(
+    endpoint: &Endpoint,
+    folder: &str,
+    uid_validity: u32,
+    label: &str,
+) -> Result<Session, CopyError> {
+    let (mut session, _) = connect(endpoint, Side::Source).await?;
+    let mailbox = timed(session.examine(folder)).await.map_err(|e| classify(e, Side::Source, label))?;
+    if mailbox.uid_validity.unwrap_or(0) != uid_validity {
+        // Renumbered mid-pass: stop here; the next call rescans the folder.
+        return Err(CopyError::ConnectionLost {
+            side: Side::Source,
+            server: label.to_string(),
+            detail: format!("folder {folder:?} changed its UIDVALIDITY during the copy"),
+        });
+    }
+    Ok(session)
 }

@@ -23,6 +23,9 @@ impl std::fmt::Display for Side {
 pub enum CopyError {
     #[error("{side} {server}: login failed for {user}: {reply}")]
     Auth { side: Side, server: String, user: String, reply: String, hint: String },
+    /// The OAuth2 token endpoint refused the client (permanent) or could not be reached.
+    #[error("{side}: OAuth2 token from {provider} ({url}) {detail}")]
+    Token { side: Side, provider: String, url: String, detail: String, hint: String, retryable: bool },
     #[error("{side} {server}: cannot connect: {detail}")]
     Connect { side: Side, server: String, detail: String },
     #[error("{side} {server}: TLS: {detail}")]
@@ -48,7 +51,8 @@ impl CopyError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CopyError::Connect { .. }
+            CopyError::Token { retryable: true, .. }
+                | CopyError::Connect { .. }
                 | CopyError::ConnectionLost { .. }
                 | CopyError::Throttled { .. }
                 | CopyError::Store(_)
@@ -66,7 +70,7 @@ impl CopyError {
     /// What the user should do about it.
     pub fn hint(&self) -> String {
         match self {
-            CopyError::Auth { hint, .. } => hint.clone(),
+            CopyError::Auth { hint, .. } | CopyError::Token { hint, .. } => hint.clone(),
             CopyError::Connect { .. } => "check host, port and security, and that the server is reachable from here".into(),
             CopyError::Tls { .. } => "check the host name and certificate; for a self-signed server set a ca_file, or accept_invalid_certs for that side only".into(),
             CopyError::ConnectionLost { .. } | CopyError::Throttled { .. } => "transient: run again to resume where it stopped".into(),

@@ -14,7 +14,8 @@ pub enum Role {
     Junk,
     Drafts,
     Archive,
-    /// Gmail's "All Mail": every message again; never copied as a folder.
+    /// Gmail's "All Mail": every message again; only what no other folder holds is copied
+    /// (into Archive).
     All,
     /// Gmail's "Starred"/"Important"-style views: virtual, never copied.
     Flagged,
@@ -44,9 +45,18 @@ impl Role {
             "drafts" => Role::Drafts,
             "archive" => Role::Archive,
             "all" => Role::All,
-            "flagged" => Role::Flagged,
+            // Gmail's `[Gmail]/Important` (`\Important`, RFC 8457): a view like Starred.
+            "flagged" | "important" => Role::Flagged,
             _ => return None,
         })
+    }
+
+    /// Where a well-known name stands among those of its role: the default name first.
+    fn rank_of_name(name: &str) -> usize {
+        match Role::from_known_name(name) {
+            Some(role) if role.default_name().eq_ignore_ascii_case(name) => 0,
+            _ => 1,
+        }
     }
 
     /// Well-known top-level names of other clients and servers (Outlook, Apple, Gmail's web names).
@@ -103,6 +113,9 @@ pub struct FolderPlan {
     pub destination: Vec<String>,
     /// Why the destination name differs from the source beyond role mapping.
     pub renamed: Option<String>,
+    /// Gmail's All Mail (`\All`): only its messages found in no other copied folder (archived
+    /// without a label) are copied, into the destination's Archive.
+    pub all_mail: bool,
 }
 
 impl FolderPlan {
@@ -160,7 +173,7 @@ pub fn plan_folders(
                 None
             }
         });
-        if matches!(role, Some(Role::All) | Some(Role::Flagged)) {
+        if role == Some(Role::Flagged) {
             excluded.push(exclude("virtual folder (it shows messages stored in other folders)"));
             continue;
         }
@@ -185,8 +198,15 @@ pub fn plan_folders(
                 destination.prefix.iter().cloned().chain(levels).collect()
             }
         };
+        let all_mail = role == Some(Role::All);
         let mapped: Vec<String> = if let Some(target) = options.folder_map.get(&display) {
             under_prefix(target.split('/').map(str::to_string).collect())
+        } else if all_mail {
+            // What is only in All Mail was archived: it goes to the Archive folder.
+            match destination.by_role.get(&Role::Archive) {
+                Some(existing) => existing.clone(),
+                None => under_prefix(vec![Role::Archive.default_name().to_string()]),
+            }
         } else if let Some(role) = role {
             match destination.by_role.get(&role) {
                 Some(existing) => existing.clone(),
@@ -196,32 +216,101 @@ pub fn plan_folders(
             under_prefix(segments.clone())
         };
 
-        // A level holding the destination's delimiter would become extra levels there:
-        // keep the folder under a changed name rather than dropping it.
-        let mut renamed = None;
-        let destination_levels: Vec<String> = mapped
-            .into_iter()
-            .map(|level| {
-                if level.contains(destination.delimiter) {
-                    let fixed = level.replace(destination.delimiter, "_");
-                    renamed = Some(format!(
-                        "{level:?} contains the destination's hierarchy delimiter {:?}: created as {fixed:?}",
-                        destination.delimiter
-                    ));
-                    fixed
-                } else {
-                    level
-                }
-            })
-            .collect();
+        let (destination_levels, renamed) = fit_levels(mapped, destination.delimiter);
         plans.push(FolderPlan {
             source_raw: folder.raw.clone(),
             source_display: display,
             destination: destination_levels,
             renamed,
+            all_mail,
         });
     }
     (plans, excluded)
+}
+
+/// A level holding the destination's delimiter would become extra levels there, and `.`-
+/// separator servers (Courier) refuse `/` in a name: such a folder is kept under a changed
+/// name (each refused character becomes `_`) rather than dropped, and the change is said.
+fn fit_levels(levels: Vec<String>, delimiter: char) -> (Vec<String>, Option<String>) {
+    let refused = |c: char| c == delimiter || (delimiter == '.' && c == '/');
+    let mut renamed = None;
+    let fitted = levels
+        .into_iter()
+        .map(|level| {
+            let Some(bad) = level.chars().find(|c| refused(*c)) else { return level };
+            let fixed: String = level.chars().map(|c| if refused(c) { '_' } else { c }).collect();
+            renamed = Some(if bad == delimiter {
+                format!("{level:?} contains the destination's hierarchy delimiter {delimiter:?}: created as {fixed:?}")
+            } else {
+                format!("{level:?} contains {bad:?}, which a {delimiter:?}-separator destination refuses: created as {fixed:?}")
+            });
+            fixed
+        })
+        .collect();
+    (fitted, renamed)
+}
+
+/// Other users' and shared folders the source account sees, copied on request under
+/// `under` (a `/`-separated destination folder, itself under the destination's prefix),
+/// their whole source path kept: `Shared/Other Users/bob/Archive`.
+pub fn plan_shared(source: &[ListedFolder], destination: &DestinationLayout, under: &str) -> Vec<FolderPlan> {
+    source
+        .iter()
+        .filter(|f| !f.noselect)
+        .map(|folder| {
+            let segments = folder.segments(None);
+            let levels = destination
+                .prefix
+                .iter()
+                .cloned()
+                .chain(under.split('/').filter(|l| !l.is_empty()).map(str::to_string))
+                .chain(segments.iter().cloned())
+                .collect();
+            let (destination_levels, renamed) = fit_levels(levels, destination.delimiter);
+            FolderPlan {
+                source_raw: folder.raw.clone(),
+                source_display: segments.join("/"),
+                destination: destination_levels,
+                renamed,
+                all_mail: false,
+            }
+        })
+        .collect()
+}
+
+/// Destination folders by role: SPECIAL-USE attributes first; for a role no folder has by
+/// attribute (a server without SPECIAL-USE, such as Courier), a top-level folder (under the
+/// personal prefix `root`) with a well-known name (Sent, Sent Items, Deleted Items, Junk
+/// Email, ...), so existing folders are reused rather than doubled.
+pub fn roles_of(folders: &[ListedFolder], root: Option<&str>) -> BTreeMap<Role, Vec<String>> {
+    let mut by_role = BTreeMap::new();
+    for folder in folders.iter().filter(|f| !f.noselect) {
+        for role in &folder.roles {
+            by_role.entry(*role).or_insert_with(|| folder.segments(None));
+        }
+    }
+    let mut by_name = BTreeMap::new();
+    for folder in folders.iter().filter(|f| !f.noselect && !f.raw.eq_ignore_ascii_case("INBOX")) {
+        let below_root = folder.segments(root);
+        let full = folder.segments(None);
+        // Only folders directly under the prefix: `INBOX.Sent Items`, not `Projects.Sent`.
+        let expected_len = if root.is_some() && full.len() > below_root.len() { 2 } else { 1 };
+        if below_root.len() != 1 || full.len() != expected_len {
+            continue;
+        }
+        if let Some(role) = Role::from_known_name(&below_root[0]).filter(|r| *r != Role::Inbox) {
+            // The plainest name wins when several match (Sent before Sent Items).
+            let rank = Role::rank_of_name(&below_root[0]);
+            let entry = by_name.entry(role).or_insert((rank, full.clone()));
+            if rank < entry.0 {
+                *entry = (rank, full);
+            }
+        }
+    }
+    for (role, (_, levels)) in by_name {
+        by_role.entry(role).or_insert(levels);
+    }
+    by_role
 }
 
 /// The personal-namespace prefix of a server whose folders all live under INBOX
@@ -277,6 +366,48 @@ mod tests {
         by_role.insert(Role::Sent, vec!["Sent".to_string()]);
         by_role.insert(Role::Trash, vec!["Trash".to_string()]);
         DestinationLayout { delimiter, prefix: Vec::new(), by_role }
+    }
+
+    #[test]
+    fn destination_roles_by_attribute_then_by_known_name_under_the_prefix() {
+        let courier_outlook = [
+            listed("INBOX", '.', &[]),
+            listed("INBOX.Sent Items", '.', &[]),
+            listed("INBOX.Deleted Items", '.', &[]),
+            listed("INBOX.Junk Email", '.', &[]),
+            listed("INBOX.Projects.Sent", '.', &[]), // not directly under the prefix
+        ];
+        let roles = roles_of(&courier_outlook, Some("INBOX"));
+        let levels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(roles.get(&Role::Sent), Some(&levels(&["INBOX", "Sent Items"])));
+        assert_eq!(roles.get(&Role::Trash), Some(&levels(&["INBOX", "Deleted Items"])));
+        assert_eq!(roles.get(&Role::Junk), Some(&levels(&["INBOX", "Junk Email"])));
+        assert_eq!(roles.get(&Role::Drafts), None);
+        // The attribute wins over a name; among names the plain one (Sent) wins.
+        let mixed = [
+            listed("Sent Items", '/', &[]),
+            listed("Sent", '/', &[]),
+            listed("Spam", '/', &[]),
+            listed("Old Junk", '/', &[Role::Junk]),
+        ];
+        let roles = roles_of(&mixed, None);
+        assert_eq!(roles.get(&Role::Sent), Some(&levels(&["Sent"])));
+        assert_eq!(roles.get(&Role::Junk), Some(&levels(&["Old Junk"])));
+        // Without a prefix, INBOX.Sent is a subfolder of INBOX, not a role.
+        assert_eq!(roles_of(&[listed("INBOX.Sent", '.', &[])], None).get(&Role::Sent), None);
+    }
+
+    #[test]
+    fn gmail_views_are_not_copied() {
+        assert_eq!(Role::from_attribute("\\Important"), Some(Role::Flagged));
+        let source = [
+            listed("INBOX", '/', &[]),
+            listed("[Gmail]/Important", '/', &[Role::from_attribute("\\Important").unwrap()]),
+            listed("[Gmail]/Starred", '/', &[Role::Flagged]),
+        ];
+        let (plans, excluded) = plan_folders(&source, &layout('/'), &CopyOptions::default(), None);
+        assert_eq!(plans.iter().map(|p| p.source_display.as_str()).collect::<Vec<_>>(), ["INBOX"]);
+        assert_eq!(excluded.len(), 2);
     }
 
     #[test]
@@ -357,6 +488,15 @@ mod tests {
             map_one(listed("Reports/2024.Q1", '/', &[]), &CopyOptions::default(), &layout('.')).expect("planned");
         assert_eq!(plan.destination, vec!["Reports", "2024_Q1"]);
         assert!(plan.renamed.as_deref().unwrap_or("").contains("2024.Q1"));
+        // A `/` inside a level (from a `.`-separator source) to a `.` destination: Courier
+        // refuses it in a name.
+        let plan =
+            map_one(listed("INBOX.Clients A/B", '.', &[]), &CopyOptions::default(), &layout('.')).expect("planned");
+        assert_eq!(plan.destination, vec!["INBOX", "Clients A_B"]);
+        assert!(plan.renamed.as_deref().unwrap_or("").contains("refuses"), "{:?}", plan.renamed);
+        // To a `/` destination the same name is two levels apart already: nothing to rename.
+        let plan = map_one(listed("Clients.A", '/', &[]), &CopyOptions::default(), &layout('/')).expect("planned");
+        assert_eq!((plan.destination, plan.renamed), (vec!["Clients.A".to_string()], None));
     }
 
     #[test]
@@ -373,9 +513,15 @@ mod tests {
             ListedFolder { raw: "Parent".into(), delimiter: Some('/'), roles: vec![], noselect: true },
         ];
         let (plans, excluded) = plan_folders(&source, &dest, &standard, None);
-        assert_eq!(plans.iter().map(|p| p.source_display.as_str()).collect::<Vec<_>>(), vec!["INBOX"]);
+        // All Mail is planned, into Archive, for what no other folder holds.
+        let planned: Vec<_> =
+            plans.iter().map(|p| (p.source_display.as_str(), p.destination_display(), p.all_mail)).collect();
+        assert_eq!(
+            planned,
+            vec![("INBOX", "INBOX".to_string(), false), ("[Gmail]/All Mail", "Archive".to_string(), true)]
+        );
         let names: Vec<_> = excluded.iter().map(|e| e.source_display.as_str()).collect();
-        assert_eq!(names, vec!["Deleted Items", "Spam", "[Gmail]/All Mail", "Archive/2019"]);
+        assert_eq!(names, vec!["Deleted Items", "Spam", "Archive/2019"]);
 
         let only = CopyOptions { include: vec!["INBOX".into()], ..CopyOptions::default() };
         let (plans, _) = plan_folders(&source, &dest, &only, None);

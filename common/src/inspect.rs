@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::error::{CopyError, Side};
 use crate::imap::conn::classify;
-use crate::imap::connect;
+use crate::imap::{connect, Caps};
 use crate::model::Endpoint;
 
 /// One folder's size.
@@ -21,9 +21,88 @@ pub struct FolderSize {
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
     pub capabilities: Vec<String>,
+    /// What mailhaul does differently on this server, one sentence each.
+    pub quirks: Vec<String>,
     pub folders: Vec<FolderSize>,
     pub total_messages: u64,
     pub total_bytes: u64,
+}
+
+/// The capabilities that change how mailhaul copies, as `validate --check` lists them.
+pub const CAPABILITIES_THAT_MATTER: [&str; 9] = [
+    "LITERAL+",
+    "LITERAL-",
+    "MULTIAPPEND",
+    "UIDPLUS",
+    "CONDSTORE",
+    "SPECIAL-USE",
+    "NAMESPACE",
+    "APPENDLIMIT",
+    "COMPRESS",
+];
+
+/// Of [`CAPABILITIES_THAT_MATTER`], those the server announces (`APPENDLIMIT=35651584`,
+/// `COMPRESS=DEFLATE` with their values) and those it does not.
+pub fn capabilities_that_matter(all: &[String]) -> (Vec<String>, Vec<&'static str>) {
+    let mut offered = Vec::new();
+    let mut missing = Vec::new();
+    for want in CAPABILITIES_THAT_MATTER {
+        let found: Vec<String> = all
+            .iter()
+            .filter(|c| c.eq_ignore_ascii_case(want) || c.to_ascii_uppercase().starts_with(&format!("{want}=")))
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            missing.push(want);
+        } else {
+            offered.extend(found);
+        }
+    }
+    (offered, missing)
+}
+
+/// One sentence per server behaviour mailhaul adapts to.
+pub fn quirks(caps: &Caps, examine_without_uidnext: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(ns) = &caps.namespaces {
+        if let Some(personal) = ns.personal_prefix().filter(|p| !p.prefix.is_empty()) {
+            out.push(format!(
+                "personal folders live under {:?} (NAMESPACE): names are mapped to and from it",
+                personal.prefix
+            ));
+        }
+        let foreign: Vec<String> = ns.other_users.iter().chain(&ns.shared).map(|n| format!("{:?}", n.prefix)).collect();
+        if !foreign.is_empty() {
+            out.push(format!(
+                "other users' and shared folders ({}) are not copied from this account unless [copy] shared_folders is set",
+                foreign.join(", ")
+            ));
+        }
+    } else {
+        out.push("no NAMESPACE: the personal folder prefix is guessed from the folder list".into());
+    }
+    if !caps.literal_plus && !caps.literal_minus {
+        out.push("no LITERAL+/LITERAL-: as a destination, each message APPEND waits for the server's go-ahead".into());
+    }
+    if !caps.multiappend {
+        out.push("no MULTIAPPEND: as a destination, one APPEND per message".into());
+    }
+    if !caps.uidplus {
+        out.push("no UIDPLUS: copies are found again by Message-ID instead of APPENDUID".into());
+    }
+    if !caps.special_use {
+        out.push("no SPECIAL-USE: Sent, Trash, Junk, Drafts and Archive are recognised by name".into());
+    }
+    if !caps.condstore {
+        out.push("no CONDSTORE: with sync_flags every delta pass reads all flags of a changed folder".into());
+    }
+    if !caps.has("UNSELECT") {
+        out.push("no UNSELECT: STATUS on the open folder is preceded by NOOP (never CLOSE, which expunges)".into());
+    }
+    if examine_without_uidnext {
+        out.push("EXAMINE reports no UIDNEXT (Courier): delta passes ask STATUS (UIDNEXT) instead".into());
+    }
+    out
 }
 
 /// Log in and measure every selectable folder (EXAMINE + FETCH RFC822.SIZE).
@@ -39,8 +118,10 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
         .map(|n| n.name().to_string())
         .collect();
     let mut folders = Vec::new();
+    let mut examine_without_uidnext = false;
     for name in selectable {
         let mailbox = session.examine(&name).await.map_err(err)?;
+        examine_without_uidnext |= mailbox.uid_next.is_none();
         let mut bytes = 0u64;
         if mailbox.exists > 0 {
             let fetches: Vec<_> =
@@ -51,6 +132,7 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
     }
     let _ = session.logout().await;
     Ok(Inspection {
+        quirks: quirks(&caps, examine_without_uidnext),
         capabilities: caps.all,
         total_messages: folders.iter().map(|f| f.messages).sum(),
         total_bytes: folders.iter().map(|f| f.bytes).sum(),

@@ -41,6 +41,37 @@ impl Security {
     }
 }
 
+/// Whether to ask a server for COMPRESS=DEFLATE (RFC 4978) after login.
+///
+/// `auto` by default (the server not on loopback). Measured (bench/RESULTS.md, 50 ms RTT):
+/// through links of 20 Mbit/s each way the copy took 40 s with COMPRESS, 60 s without; at
+/// 100 Mbit/s they were even; with no bandwidth limit it was slower (deflating costs CPU on
+/// both ends, and this 2-core machine ran both servers too). Real migrations cross links that
+/// many mailboxes share, so bandwidth is what runs short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compress {
+    /// On when the server offers it and is not on loopback (where bandwidth costs nothing
+    /// and deflating only spends CPU).
+    #[default]
+    Auto,
+    /// On whenever the server offers it.
+    On,
+    /// Never.
+    Off,
+}
+
+impl Compress {
+    /// Whether to send COMPRESS DEFLATE to a server that offers it, at this peer address.
+    pub fn wanted(self, peer_is_loopback: bool) -> bool {
+        match self {
+            Compress::Auto => !peer_is_loopback,
+            Compress::On => true,
+            Compress::Off => false,
+        }
+    }
+}
+
 /// One IMAP server as the engine connects to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSpec {
@@ -53,6 +84,9 @@ pub struct ServerSpec {
     /// Explicit per-endpoint opt-out of certificate verification (self-signed servers).
     #[serde(default)]
     pub accept_invalid_certs: bool,
+    /// COMPRESS=DEFLATE where the server offers it.
+    #[serde(default)]
+    pub compress: Compress,
 }
 
 /// How to authenticate.
@@ -65,6 +99,27 @@ pub enum AuthMechanism {
     Login,
     /// `AUTHENTICATE PLAIN` with an authorization identity (`authz`) when one is set.
     Plain,
+    /// `AUTHENTICATE XOAUTH2` with a bearer token (Microsoft 365, Gmail).
+    Xoauth2,
+    /// `AUTHENTICATE OAUTHBEARER` (RFC 7628) with a bearer token.
+    Oauthbearer,
+}
+
+impl AuthMechanism {
+    /// True for the mechanisms that sign in with an OAuth2 token.
+    pub fn is_oauth2(self) -> bool {
+        matches!(self, AuthMechanism::Xoauth2 | AuthMechanism::Oauthbearer)
+    }
+
+    /// The SASL name.
+    pub fn sasl_name(self) -> &'static str {
+        match self {
+            AuthMechanism::Login => "LOGIN",
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Xoauth2 => "XOAUTH2",
+            AuthMechanism::Oauthbearer => "OAUTHBEARER",
+        }
+    }
 }
 
 /// Credentials for one side of a job.
@@ -77,9 +132,15 @@ pub struct Login {
     pub authz: Option<String>,
     #[serde(default)]
     pub mechanism: AuthMechanism,
-    /// Never serialized: filled in from the CSV (local) or the secret store (Lambda).
+    /// Never serialized: filled in from the CSV (local) or the secret store (Lambda). With
+    /// OAuth2, the credential the tokens are obtained with (client secret, service-account key,
+    /// certificate and key), never a token.
     #[serde(skip)]
     pub password: Secret,
+    /// Where this side's tokens come from, for the OAuth2 mechanisms. Names its secret, never
+    /// holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<crate::oauth2::OAuth2Config>,
 }
 
 /// One side of a job: where and as whom.
@@ -114,6 +175,17 @@ pub enum FolderStrategy {
     Standard,
 }
 
+/// A Gmail message with several labels is in several label folders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GmailLabels {
+    /// Copied into each label folder (as Exchange's IMAP migration does).
+    #[default]
+    All,
+    /// Copied once, into its first label folder (INBOX first, then in LIST order).
+    First,
+}
+
 /// Engine settings that apply to every mailbox of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyOptions {
@@ -131,6 +203,20 @@ pub struct CopyOptions {
     pub skip_duplicates: bool,
     /// Use LITERAL+/LITERAL- pipelined APPEND where the destination offers it.
     pub pipelining: bool,
+    /// Send each batch as one MULTIAPPEND (RFC 3502) where the destination offers it.
+    #[serde(default = "yes")]
+    pub multiappend: bool,
+    /// Folders of one mailbox copied at once, each on its own pair of connections (counted
+    /// in the per-host connection caps).
+    #[serde(default = "one")]
+    pub connections_per_mailbox: usize,
+    /// Delta passes apply flag changes made on the source to the messages mailhaul copied.
+    #[serde(default = "yes")]
+    pub sync_flags: bool,
+    /// Verify again, on every delta pass, folders that nothing changed since their last
+    /// verified pass (off: they keep that verdict and cost one command each).
+    #[serde(default)]
+    pub reverify_unchanged: bool,
     /// Bound on body bytes held in memory per mailbox at once.
     pub batch_bytes: u64,
     /// Bound on messages fetched per round trip.
@@ -141,6 +227,15 @@ pub struct CopyOptions {
     pub source_prefix: Option<String>,
     #[serde(default)]
     pub destination_prefix: Option<String>,
+    /// Folders of other users' and shared namespaces (NAMESPACE) that the source account can
+    /// see: `None` (default) lists them in the report as not copied; `Some("Shared")` copies
+    /// them under that destination folder (`Shared/Other Users/bob/Archive`).
+    #[serde(default)]
+    pub shared_folders: Option<String>,
+    /// On a source with an All Mail folder (Gmail): a message in several label folders is
+    /// copied into each (`all`, default) or only into the first (`first`).
+    #[serde(default)]
+    pub gmail_labels: GmailLabels,
 }
 
 impl Default for CopyOptions {
@@ -154,12 +249,26 @@ impl Default for CopyOptions {
             max_message_size: 35 * 1024 * 1024,
             skip_duplicates: true,
             pipelining: true,
+            multiappend: true,
+            sync_flags: true,
+            reverify_unchanged: false,
+            connections_per_mailbox: 2,
             batch_bytes: 8 * 1024 * 1024,
             batch_messages: 200,
             source_prefix: None,
             destination_prefix: None,
+            shared_folders: None,
+            gmail_labels: GmailLabels::All,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Progress of one source folder, saved after every confirmed batch.
@@ -180,11 +289,33 @@ pub struct FolderCheckpoint {
     /// before anything else is copied, so a cut-off batch never lands twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<(u32, u32)>,
+    /// The destination folder's (UIDVALIDITY, UIDNEXT) before the in-flight batch was sent:
+    /// anything of that batch that landed has a UID at or above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<(u32, u32)>,
+    /// The destination folder's UIDVALIDITY the ledger's destination UIDs belong to.
+    #[serde(default)]
+    pub destination_uid_validity: u32,
+    /// The destination's UIDNEXT when the folder was last completed: a delta pass only looks
+    /// at destination messages from there on.
+    #[serde(default)]
+    pub destination_uid_next: u32,
+    /// Times the source folder was rescanned because its UIDVALIDITY changed.
+    #[serde(default)]
+    pub rescans: u32,
     pub counts: FolderCounts,
     /// True when the last pass reached the end of the folder.
     pub complete: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verdict>,
+    /// Set for a folder that is listed but not copied, with why (another user's or a shared
+    /// folder); such a checkpoint carries nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_copied: Option<String>,
+    /// Why the destination folder's name differs from the source's (a character the
+    /// destination refuses), for the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed: Option<String>,
 }
 
 /// Message tallies, cumulative over every pass.
@@ -196,6 +327,15 @@ pub struct FolderCounts {
     pub skipped_by_date: u64,
     pub refused: u64,
     pub bytes: u64,
+    /// Source messages the source server could not deliver (now; retried by the next pass).
+    #[serde(default)]
+    pub unreadable: u64,
+    /// Destination messages whose flags were updated from the source by delta passes.
+    #[serde(default)]
+    pub flags_updated: u64,
+    /// Gmail's All Mail: messages left to the label folders that hold them (copied there).
+    #[serde(default)]
+    pub in_label_folder: u64,
 }
 
 impl FolderCounts {
@@ -206,6 +346,14 @@ impl FolderCounts {
         self.skipped_by_date += other.skipped_by_date;
         self.refused += other.refused;
         self.bytes += other.bytes;
+        self.unreadable += other.unreadable;
+        self.flags_updated += other.flags_updated;
+        self.in_label_folder += other.in_label_folder;
+    }
+
+    /// Source messages not in the destination, each listed in the report with its reason.
+    pub fn not_copied(&self) -> u64 {
+        self.skipped_too_big + self.refused + self.unreadable
     }
 }
 
@@ -226,6 +374,8 @@ pub struct Verdict {
 pub enum SkipReason {
     TooBig,
     Refused,
+    /// The source server could not deliver the message (its words in the detail).
+    Unreadable,
 }
 
 impl SkipReason {
@@ -233,6 +383,16 @@ impl SkipReason {
         match self {
             SkipReason::TooBig => "too_big",
             SkipReason::Refused => "refused",
+            SkipReason::Unreadable => "unreadable",
+        }
+    }
+
+    /// What to do about a message left out for this reason (shown next to it in report.html).
+    pub fn hint(self) -> &'static str {
+        match self {
+            SkipReason::TooBig => "over [copy] max_message_size: raise the limit if the destination accepts larger messages and run again, or move the message by hand",
+            SkipReason::Refused => "the destination refused it (its words are shown): fix what they name (size, quota, content) and run again, or move the message by hand",
+            SkipReason::Unreadable => "the source server could not deliver it: run again (every pass tries it again); if it stays unreadable, repair the source mailbox (Dovecot: doveadm force-resync) or export the message by hand",
         }
     }
 }

@@ -1,8 +1,6 @@
 //! Pure planning for one folder: UID sets, message identity for duplicate detection,
 //! what to copy past a checkpoint, and batches bounded in bytes.
 
-use std::collections::HashMap;
-
 use sha2::{Digest, Sha256};
 
 /// What the engine knows about a source message before fetching its body.
@@ -78,52 +76,16 @@ pub fn identity(header_fields: &[u8]) -> (Option<String>, String) {
     (message_id, key)
 }
 
-/// Decide, for each source message past the checkpoint (`candidates`, ascending UIDs), what to
-/// do. Duplicates are counted with multiplicity: for each key, the destination must end up with
-/// as many messages as the (eligible) source has, so only the surplus is skipped — the earliest
-/// candidates first, as those are the ones an interrupted batch may already have delivered.
-/// `dedupe(uid)` says whether a candidate may be skipped as a duplicate at all.
-pub fn decide(
-    candidates: &[MessageMeta],
-    source_counts: &HashMap<String, u64>,
-    destination_counts: &HashMap<String, u64>,
-    max_size: u64,
-    since: Option<chrono::NaiveDate>,
-    dedupe: impl Fn(u32) -> bool,
-) -> Vec<Action> {
-    let mut new_per_key: HashMap<&str, u64> = HashMap::new();
-    for meta in candidates.iter().filter(|m| eligible(m, max_size, since)) {
-        *new_per_key.entry(meta.key.as_str()).or_default() += 1;
+/// What to do with one source message, by size and date alone (duplicates are found by
+/// identity against the destination, see [`crate::ledger::reconcile_in_flight`]).
+pub fn decide_one(meta: &MessageMeta, max_size: u64, since: Option<chrono::NaiveDate>) -> Action {
+    if meta.size > max_size {
+        return Action::SkipTooBig;
     }
-    let mut surplus: HashMap<&str, u64> = new_per_key
-        .iter()
-        .map(|(key, new)| {
-            let in_source = source_counts.get(*key).copied().unwrap_or(*new);
-            let in_destination = destination_counts.get(*key).copied().unwrap_or(0);
-            let missing = in_source.saturating_sub(in_destination).min(*new);
-            (*key, new - missing)
-        })
-        .collect();
-    candidates
-        .iter()
-        .map(|meta| {
-            if meta.size > max_size {
-                return Action::SkipTooBig;
-            }
-            if let (Some(since), Some(date)) = (since, meta.date) {
-                if date < since {
-                    return Action::SkipByDate;
-                }
-            }
-            match surplus.get_mut(meta.key.as_str()) {
-                Some(left) if *left > 0 && dedupe(meta.uid) => {
-                    *left -= 1;
-                    Action::SkipDuplicate
-                }
-                _ => Action::Copy,
-            }
-        })
-        .collect()
+    match (since, meta.date) {
+        (Some(since), Some(date)) if date < since => Action::SkipByDate,
+        _ => Action::Copy,
+    }
 }
 
 /// Whether a message takes part in copying at all (not too big, not before `since`).
@@ -161,10 +123,6 @@ mod tests {
         MessageMeta { uid, size, message_id: None, key: key.into(), date: None }
     }
 
-    fn counts(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
-        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
-    }
-
     #[test]
     fn uid_sets_compress_runs() {
         let cases: &[(&[u32], &str)] = &[(&[], ""), (&[5], "5"), (&[1, 2, 3], "1:3"), (&[1, 2, 4, 6, 7], "1:2,4,6:7")];
@@ -189,39 +147,13 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_count_with_multiplicity() {
-        // Two identical messages in the source, one already in the destination: copy one.
-        let candidates = [meta(1, "k", 5), meta(2, "k", 5), meta(3, "j", 5)];
-        let actions = decide(&candidates, &counts(&[("k", 2), ("j", 1)]), &counts(&[("k", 1)]), 100, None, |_| true);
-        assert_eq!(actions, vec![Action::SkipDuplicate, Action::Copy, Action::Copy]);
-        // Both already there: skip both. None there: copy both.
-        let actions = decide(&candidates[..2], &counts(&[("k", 2)]), &counts(&[("k", 2)]), 100, None, |_| true);
-        assert_eq!(actions, vec![Action::SkipDuplicate, Action::SkipDuplicate]);
-        let actions = decide(&candidates[..2], &counts(&[("k", 2)]), &counts(&[]), 100, None, |_| true);
-        assert_eq!(actions, vec![Action::Copy, Action::Copy]);
-    }
-
-    #[test]
-    fn delta_pass_counts_messages_copied_before() {
-        // UID 1 was copied in an earlier pass (it is in the destination); UID 2 is new and identical.
-        let actions = decide(&[meta(2, "k", 5)], &counts(&[("k", 2)]), &counts(&[("k", 1)]), 100, None, |_| true);
-        assert_eq!(actions, vec![Action::Copy]);
-    }
-
-    #[test]
-    fn only_allowed_uids_are_deduplicated() {
-        let candidates = [meta(1, "k", 5), meta(2, "k", 5)];
-        let actions = decide(&candidates, &counts(&[("k", 2)]), &counts(&[("k", 2)]), 100, None, |uid| uid == 1);
-        assert_eq!(actions, vec![Action::SkipDuplicate, Action::Copy]);
-    }
-
-    #[test]
     fn size_and_date_filters() {
         let mut old = meta(2, "b", 5);
         old.date = chrono::NaiveDate::from_ymd_opt(2001, 1, 1);
         let since = chrono::NaiveDate::from_ymd_opt(2020, 1, 1);
-        let actions = decide(&[meta(1, "a", 500), old], &counts(&[]), &counts(&[]), 100, since, |_| true);
-        assert_eq!(actions, vec![Action::SkipTooBig, Action::SkipByDate]);
+        let actions: Vec<Action> =
+            [meta(1, "a", 500), old, meta(3, "c", 5)].iter().map(|m| decide_one(m, 100, since)).collect();
+        assert_eq!(actions, vec![Action::SkipTooBig, Action::SkipByDate, Action::Copy]);
     }
 
     #[test]

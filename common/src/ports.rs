@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::Run;
 use crate::model::{FolderCheckpoint, MailboxStatus, SkippedMessage};
 
 /// A state store failed (disk, SQLite, DynamoDB). Always worth a retry by the caller.
@@ -29,6 +30,20 @@ pub trait CheckpointStore: Send + Sync {
     async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError>;
     /// The recorded messages of a mailbox, ordered by folder then UID.
     async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError>;
+    /// Drop the record of a message that a later pass copied after all (`folder` as in
+    /// [`SkippedMessage::folder`]).
+    async fn forget_skipped(&self, mailbox: &str, folder: &str, uid: u32) -> Result<(), StoreError>;
+    /// Append ledger runs of one source folder (`uid_validity` of the source). Runs recorded
+    /// later replace earlier ones for the same UIDs.
+    async fn record_ledger(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+        runs: &[Run],
+    ) -> Result<(), StoreError>;
+    /// Every run recorded for that folder and UIDVALIDITY, in the order recorded.
+    async fn load_ledger(&self, mailbox: &str, folder: &str, uid_validity: u32) -> Result<Vec<Run>, StoreError>;
 }
 
 /// The batch as a whole: one record per CSV row.

@@ -1,17 +1,21 @@
-//! The batch report (report.csv, report.json, failed.csv and a summary table), built from the
-//! state ports so the local run and the Lambda finalizer produce the same files.
+//! The batch report (report.csv, report.json, report.html, failed.csv and a summary table),
+//! built from the state ports so the local run and the Lambda finalizer produce the same files.
+
+#[path = "report_html.rs"]
+pub mod html;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{FolderCounts, MailboxStatus, SkippedMessage, Verdict};
 use crate::ports::{BatchStore, CheckpointStore, StoreError};
 
 /// The columns of report.csv, in order.
-pub const REPORT_CSV_HEADERS: [&str; 15] = [
+pub const REPORT_CSV_HEADERS: [&str; 18] = [
     "row",
     "mailbox",
     "source_user",
@@ -22,11 +26,14 @@ pub const REPORT_CSV_HEADERS: [&str; 15] = [
     "skipped_too_big",
     "skipped_by_date",
     "refused",
+    "unreadable",
     "bytes",
     "seconds",
     "verify",
     "error",
     "hint",
+    "folder_notes",
+    "in_label_folder",
 ];
 
 /// One source folder of a mailbox, as people read it.
@@ -40,6 +47,20 @@ pub struct FolderReport {
     /// False when the last pass stopped before the end of the folder.
     pub complete: bool,
     pub verify: Option<Verdict>,
+    /// Why a listed folder was not copied (another user's or a shared folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_copied: Option<String>,
+    /// Why the destination name differs from the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed: Option<String>,
+}
+
+impl FolderReport {
+    /// Listed but left alone on purpose (another user's or a shared folder): nothing to copy
+    /// or verify.
+    pub fn left_alone(&self) -> bool {
+        self.not_copied.is_some()
+    }
 }
 
 /// One mailbox (CSV row) of the batch.
@@ -63,7 +84,7 @@ pub struct MailboxReport {
     pub error: Option<String>,
     /// What to do about `error`.
     pub hint: Option<String>,
-    /// Every message not copied (too big, refused), ordered by folder then UID.
+    /// Every message not copied (too big, refused, unreadable), ordered by folder then UID.
     pub skipped: Vec<SkippedMessage>,
     /// The CSV row with its password cells empty, for failed.csv; not in report.json.
     #[serde(skip)]
@@ -89,14 +110,30 @@ pub struct BatchTotals {
     pub skipped_too_big: u64,
     pub skipped_by_date: u64,
     pub refused: u64,
+    /// Source messages the source server could not deliver (tried again by the next pass).
+    #[serde(default)]
+    pub unreadable: u64,
+    /// Gmail's All Mail: messages left to the label folders that hold them.
+    #[serde(default)]
+    pub in_label_folder: u64,
     /// Seconds spent copying, summed over mailboxes (more than the wall time when parallel).
     pub seconds: f64,
+}
+
+impl BatchTotals {
+    /// Source messages not in the destination, each listed in the report with its reason.
+    pub fn not_copied(&self) -> u64 {
+        self.skipped_too_big + self.refused + self.unreadable
+    }
 }
 
 /// The whole report of one batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchReport {
     pub batch: String,
+    /// For a delta pass on AWS: the batch it follows (its counts are the mailbox pairs' totals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_of: Option<String>,
     pub generated_at: DateTime<Utc>,
     /// The batch CSV's header as the user wrote it (failed.csv uses it).
     pub headers: Vec<String>,
@@ -104,6 +141,9 @@ pub struct BatchReport {
     pub mailboxes: Vec<MailboxReport>,
     pub totals: BatchTotals,
 }
+
+/// Mailboxes whose checkpoints [`build_report`] reads at once.
+const STORE_READS_IN_FLIGHT: usize = 16;
 
 /// Read the batch, every mailbox record, its folder checkpoints and skipped messages.
 pub async fn build_report(
@@ -117,12 +157,21 @@ pub async fn build_report(
     let mut records = batch.mailboxes().await?;
     records.sort_by(|a, b| (a.row, &a.mailbox).cmp(&(b.row, &b.mailbox)));
 
+    // Two reads per mailbox: several at once, so 50,000 mailboxes on DynamoDB take seconds.
+    let per_mailbox: Vec<_> = stream::iter(&records)
+        .map(|record| async move {
+            let folders = checkpoints.load_folders(&record.mailbox).await?;
+            let skipped = checkpoints.skipped(&record.mailbox).await?;
+            Ok::<_, StoreError>((folders, skipped))
+        })
+        .buffered(STORE_READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+
     let mut mailboxes = Vec::with_capacity(records.len());
     let mut totals = BatchTotals::default();
-    for record in records {
-        let mut checkpoints_of = checkpoints.load_folders(&record.mailbox).await?;
+    for (record, (mut checkpoints_of, mut skipped)) in records.into_iter().zip(per_mailbox) {
         checkpoints_of.sort_by(|a, b| a.source_folder.cmp(&b.source_folder));
-        let mut skipped = checkpoints.skipped(&record.mailbox).await?;
         skipped.sort_by(|a, b| (&a.folder, a.uid, a.reason).cmp(&(&b.folder, b.uid, b.reason)));
 
         let folders: Vec<FolderReport> = checkpoints_of
@@ -133,6 +182,8 @@ pub async fn build_report(
                 counts: c.counts,
                 complete: c.complete,
                 verify: c.verify,
+                not_copied: c.not_copied,
+                renamed: c.renamed,
             })
             .collect();
         let mut mailbox_totals = FolderCounts::default();
@@ -154,6 +205,8 @@ pub async fn build_report(
         totals.skipped_too_big += mailbox_totals.skipped_too_big;
         totals.skipped_by_date += mailbox_totals.skipped_by_date;
         totals.refused += mailbox_totals.refused;
+        totals.unreadable += mailbox_totals.unreadable;
+        totals.in_label_folder += mailbox_totals.in_label_folder;
         totals.seconds += record.seconds;
 
         mailboxes.push(MailboxReport {
@@ -175,12 +228,21 @@ pub async fn build_report(
         });
     }
 
-    Ok(BatchReport { batch: meta.id, generated_at: Utc::now(), headers: meta.headers, mailboxes, totals })
+    Ok(BatchReport {
+        batch: meta.id,
+        delta_of: None,
+        generated_at: Utc::now(),
+        headers: meta.headers,
+        mailboxes,
+        totals,
+    })
 }
 
 /// `ok` when every folder verified fine, `mismatch in N folder(s): ...` when any did not,
 /// `not verified` otherwise (no folder, or some folder without a verdict).
 fn verify_summary(folders: &[FolderReport]) -> String {
+    // A folder left alone on purpose (shared) has nothing to verify.
+    let folders: Vec<&FolderReport> = folders.iter().filter(|f| !f.left_alone()).collect();
     let mismatches: Vec<String> = folders
         .iter()
         .filter_map(|f| match &f.verify {
@@ -199,6 +261,20 @@ fn verify_summary(folders: &[FolderReport]) -> String {
     } else {
         "not verified".to_string()
     }
+}
+
+/// report.csv's short account of folders renamed on the way and folders left alone:
+/// `"A/B" copied as "A_B" ("A/B" contains '/', ...); "Other Users/bob/Archive" not copied: ...`.
+fn folder_notes(folders: &[FolderReport]) -> String {
+    folders
+        .iter()
+        .filter_map(|f| match (&f.not_copied, &f.renamed) {
+            (Some(why), _) => Some(format!("{:?} {why}", f.source)),
+            (None, Some(why)) => Some(format!("{:?} copied as {:?} ({why})", f.source, f.destination)),
+            (None, None) => None,
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// True for a CSV header naming a password column: such cells are blanked in failed.csv even
@@ -225,17 +301,20 @@ impl BatchReport {
                 m.mailbox.clone(),
                 m.source_user.clone(),
                 m.status.as_str().to_string(),
-                m.folders.len().to_string(),
+                m.folders.iter().filter(|f| !f.left_alone()).count().to_string(),
                 t.copied.to_string(),
                 t.skipped_duplicate.to_string(),
                 t.skipped_too_big.to_string(),
                 t.skipped_by_date.to_string(),
                 t.refused.to_string(),
+                t.unreadable.to_string(),
                 t.bytes.to_string(),
                 format!("{:.1}", m.seconds),
                 m.verify.clone(),
                 opt(&m.error).to_string(),
                 opt(&m.hint).to_string(),
+                folder_notes(&m.folders),
+                t.in_label_folder.to_string(),
             ]);
         }
         for row in rows {
@@ -347,7 +426,7 @@ impl BatchReport {
             megabytes(t.bytes),
             human_seconds(t.seconds),
         ));
-        let not_copied = t.skipped_too_big + t.refused;
+        let not_copied = t.not_copied();
         if not_copied > 0 {
             out.push_str(&format!("; {not_copied} not copied (listed in report.json)"));
         }
@@ -355,11 +434,16 @@ impl BatchReport {
         out
     }
 
-    /// Write report.csv, report.json and failed.csv into `dir` (created if missing). Each file
-    /// is written aside and renamed, so a reader never sees half a report.
+    /// Write report.csv, report.json, report.html and failed.csv into `dir` (created if
+    /// missing). Each file is written aside and renamed, so a reader never sees half a report.
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
-        let files = [("report.csv", self.to_csv()), ("report.json", self.to_json()), ("failed.csv", self.failed_csv())];
+        let files = [
+            ("report.csv", self.to_csv()),
+            ("report.json", self.to_json()),
+            ("report.html", self.to_html()),
+            ("failed.csv", self.failed_csv()),
+        ];
         let mut written = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             let path = dir.join(name);
@@ -410,7 +494,15 @@ mod tests {
     const HEADERS: [&str; 5] = ["SourceUser", "SourcePassword", "Mailbox", "DestPassword", "Note"];
 
     fn counts(copied: u64, too_big: u64, refused: u64, bytes: u64) -> FolderCounts {
-        FolderCounts { copied, skipped_duplicate: 1, skipped_too_big: too_big, skipped_by_date: 2, refused, bytes }
+        FolderCounts {
+            copied,
+            skipped_duplicate: 1,
+            skipped_too_big: too_big,
+            skipped_by_date: 2,
+            refused,
+            bytes,
+            ..FolderCounts::default()
+        }
     }
 
     fn folder(source: &str, c: FolderCounts, verify: Option<Verdict>) -> FolderCheckpoint {
@@ -557,6 +649,32 @@ mod tests {
         assert_eq!(carol.verify, "mismatch in 1 folder(s): Sent (1 missing)");
     }
 
+    #[test]
+    fn folder_notes_name_renamed_and_not_copied_folders() {
+        let folder = |source: &str, destination: &str, not_copied: Option<&str>, renamed: Option<&str>| FolderReport {
+            source: source.into(),
+            destination: destination.into(),
+            counts: FolderCounts::default(),
+            complete: true,
+            verify: None,
+            not_copied: not_copied.map(String::from),
+            renamed: renamed.map(String::from),
+        };
+        let folders = [
+            folder("INBOX", "INBOX", None, None),
+            folder("Clients A/B", "INBOX/Clients A_B", None, Some("'/' refused")),
+            folder("Shared Folders/Team", "", Some("not copied: shared namespace"), None),
+        ];
+        assert_eq!(
+            folder_notes(&folders),
+            "\"Clients A/B\" copied as \"INBOX/Clients A_B\" ('/' refused); \"Shared Folders/Team\" not copied: shared namespace"
+        );
+        // Left alone on purpose: nothing to verify there.
+        assert_eq!(verify_summary(&[folders[2].clone()]), "not verified");
+        let verified = FolderReport { verify: verdict(true, ""), ..folders[0].clone() };
+        assert_eq!(verify_summary(&[verified, folders[2].clone()]), "ok");
+    }
+
     #[tokio::test]
     async fn report_csv_has_one_line_per_mailbox() {
         let report = three_mailboxes().await;
@@ -578,20 +696,23 @@ mod tests {
                 "1",
                 "4",
                 "1",
+                "0",
                 "6000000",
                 "10.0",
                 "ok",
                 "",
-                ""
+                "",
+                "",
+                "0"
             ]
         );
         assert_eq!(rows[1][3], "failed");
         assert_eq!(rows[1][4], "0");
-        assert_eq!(rows[1][12], "not verified");
-        assert_eq!(rows[1][13], "source login refused for row 2 (old-bob@new.example)");
-        assert_eq!(rows[1][14], "check the SourcePassword cell, or create an app password");
+        assert_eq!(rows[1][13], "not verified");
+        assert_eq!(rows[1][14], "source login refused for row 2 (old-bob@new.example)");
+        assert_eq!(rows[1][15], "check the SourcePassword cell, or create an app password");
         assert_eq!(rows[2][..6], ["3", "carol@new.example", "old-carol@new.example", "partial", "2", "8"]);
-        assert_eq!(rows[2][12], "mismatch in 1 folder(s): Sent (1 missing)");
+        assert_eq!(rows[2][13], "mismatch in 1 folder(s): Sent (1 missing)");
     }
 
     #[tokio::test]
@@ -673,16 +794,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn write_dir_writes_three_files() {
+    async fn write_dir_writes_four_files() {
         let report = three_mailboxes().await;
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("reports/batch-7");
         let paths = report.write_dir(&out).unwrap();
         let names: Vec<_> = paths.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, ["report.csv", "report.json", "failed.csv"]);
+        assert_eq!(names, ["report.csv", "report.json", "report.html", "failed.csv"]);
         assert_eq!(std::fs::read(out.join("report.csv")).unwrap(), report.to_csv());
+        assert_eq!(std::fs::read(out.join("report.html")).unwrap(), report.to_html());
         assert_eq!(std::fs::read(out.join("failed.csv")).unwrap(), report.failed_csv());
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3, "no temporary files left");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4, "no temporary files left");
+    }
+
+    #[tokio::test]
+    async fn report_html_shows_the_worst_first_with_fixes_and_escapes_what_servers_say() {
+        let mut report = three_mailboxes().await;
+        let alice = &mut report.mailboxes[0];
+        alice.folders[1].destination = "<img src=x onerror=alert(1)>".into();
+        alice.skipped[1].detail = "NO </td><script>alert('refused')</script>".into();
+        let html = String::from_utf8(report.to_html()).unwrap();
+
+        // Worst first: bob failed, carol stopped before the end, alice done with warnings.
+        let order: Vec<usize> = ["bob@new.example", "carol@new.example", "alice@new.example"]
+            .iter()
+            .map(|m| html.find(&format!("data-mailbox=\"{m}\"")).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert!(html.contains("data-standing=\"failed\""));
+        assert!(html.contains("data-standing=\"warnings\""), "alice has messages not copied");
+        // Every error with its fix.
+        assert!(html.contains(
+            "source login refused for row 2 (old-bob@new.example)<span class=\"fix\">check the SourcePassword cell"
+        ));
+        assert!(html.contains(crate::model::SkipReason::TooBig.hint()));
+        assert!(html.contains("Verification: mismatch in 1 folder(s): Sent (1 missing)"));
+        // Folder names and server words are text, never markup.
+        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(html.contains("NO &lt;/td&gt;&lt;script&gt;alert(&#39;refused&#39;)&lt;/script&gt;"));
+        assert_eq!(html.matches("<script").count(), 1, "only the page's own script");
+        assert!(html.contains("Migré"));
+        // Self-contained: nothing to fetch.
+        for outside in ["http://", "https://", "src=\"", "<link", "@import", "url("] {
+            assert!(!html.contains(outside), "{outside} in report.html");
+        }
+        assert!(!html.contains("leaked-dest-pw"));
+        assert!(html.contains("first pass"));
+        report.delta_of = Some("batch-6".into());
+        assert!(String::from_utf8(report.to_html()).unwrap().contains("delta pass after batch batch-6"));
     }
 
     #[tokio::test]

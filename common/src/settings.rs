@@ -1,14 +1,16 @@
 //! Batch settings from a TOML file: servers (with presets), master users, copy options.
 //!
 //! Passwords never live in the file: `admin_password_env` names an environment variable
-//! that [`Settings::resolve_secrets`] reads.
+//! that [`Settings::resolve_secrets`] reads; an OAuth2 side (`[source.oauth2]`) names its
+//! client secret or key the same way, or a file, or a Secrets Manager secret.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{AuthMechanism, CopyOptions, FolderStrategy, Login, Security, ServerSpec};
+use crate::model::{AuthMechanism, Compress, CopyOptions, FolderStrategy, GmailLabels, Login, Security, ServerSpec};
+use crate::oauth2::{OAuth2Config, Provider};
 use crate::secret::Secret;
 
 /// Why settings could not be loaded.
@@ -42,15 +44,35 @@ pub struct Preset {
     pub host: &'static str,
     pub port: u16,
     pub security: Security,
+    /// The token provider implied for an `[side.oauth2]` table that names none.
+    pub oauth2: Option<Provider>,
 }
 
 /// Every preset, by name (`office365` is an alias of `outlook`).
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "outlook", host: "outlook.office365.com", port: 993, security: Security::Tls },
-    Preset { name: "office365", host: "outlook.office365.com", port: 993, security: Security::Tls },
-    Preset { name: "gmail", host: "imap.gmail.com", port: 993, security: Security::Tls },
-    Preset { name: "yahoo", host: "imap.mail.yahoo.com", port: 993, security: Security::Tls },
-    Preset { name: "icloud", host: "imap.mail.me.com", port: 993, security: Security::Tls },
+    Preset {
+        name: "outlook",
+        host: "outlook.office365.com",
+        port: 993,
+        security: Security::Tls,
+        oauth2: Some(Provider::Microsoft),
+    },
+    Preset {
+        name: "office365",
+        host: "outlook.office365.com",
+        port: 993,
+        security: Security::Tls,
+        oauth2: Some(Provider::Microsoft),
+    },
+    Preset {
+        name: "gmail",
+        host: "imap.gmail.com",
+        port: 993,
+        security: Security::Tls,
+        oauth2: Some(Provider::Google),
+    },
+    Preset { name: "yahoo", host: "imap.mail.yahoo.com", port: 993, security: Security::Tls, oauth2: None },
+    Preset { name: "icloud", host: "imap.mail.me.com", port: 993, security: Security::Tls, oauth2: None },
 ];
 
 /// Looks a preset up by name, ignoring case.
@@ -77,16 +99,28 @@ pub struct SideSettings {
     pub ca_file: Option<PathBuf>,
     /// Explicit opt-out of certificate checks for this side only (self-signed servers).
     pub accept_invalid_certs: bool,
+    /// COMPRESS=DEFLATE after login where the server offers it: `auto` (on unless the server
+    /// is on loopback), `on` or `off` (default, see [`Compress`]).
+    pub compress: Compress,
     pub auth: AuthMechanism,
     /// A master/admin user that can log in as any mailbox (used when a row has no password).
     pub admin_user: Option<String>,
     /// Filled by [`Settings::resolve_secrets`], never from the file.
     #[serde(skip)]
     pub admin_password: Secret,
-    /// Name of the environment variable holding the admin's password.
+    /// Name of the environment variable holding the admin's password (local runs).
     pub admin_password_env: Option<String>,
+    /// Name of the AWS Secrets Manager secret holding the admin's password (mailhaul on AWS,
+    /// where the copy function reads it; a local run refuses it).
+    pub admin_password_secret: Option<String>,
     /// Dovecot's `auth_master_user_separator` (e.g. `*`): the master login is `user*admin`.
     pub master_separator: Option<String>,
+    /// `[side.oauth2]`: sign in with OAuth2 tokens (XOAUTH2 unless `auth = "oauthbearer"`).
+    pub oauth2: Option<OAuth2Config>,
+    /// The OAuth2 credential, filled by [`Settings::resolve_secrets`], never from the file
+    /// (empty when it lives in Secrets Manager, read by the copy function).
+    #[serde(skip)]
+    pub oauth2_credential: Secret,
 }
 
 fn de_security<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Security>, D::Error> {
@@ -130,6 +164,20 @@ impl SideSettings {
             security,
             ca_file: self.ca_file.clone(),
             accept_invalid_certs: self.accept_invalid_certs,
+            compress: self.compress,
+        })
+    }
+
+    /// The OAuth2 login of `user` when this side signs in with tokens: the mailbox's own
+    /// login, with this side's token source and credential.
+    pub fn oauth2_login(&self, user: &str) -> Option<Login> {
+        let config = self.oauth2.clone()?;
+        Some(Login {
+            user: user.trim().to_string(),
+            authz: None,
+            mechanism: self.auth,
+            password: self.oauth2_credential.clone(),
+            oauth2: Some(config),
         })
     }
 
@@ -148,9 +196,9 @@ impl SideSettings {
                 "no {side} password: set [{side}] admin_user and admin_password_env (a master user), or fill the {side} password"
             ));
         };
-        if self.admin_password.is_empty() && self.admin_password_env.is_none() {
+        if self.admin_password.is_empty() && self.admin_password_env.is_none() && self.admin_password_secret.is_none() {
             return Err(format!(
-                "[{side}] admin_user is set but not its password: set admin_password_env to the name of an environment variable that holds it"
+                "[{side}] admin_user is set but not its password: set admin_password_env to the name of an environment variable that holds it (on AWS: admin_password_secret, the name of a secret)"
             ));
         }
         if let Some(sep) = self.master_separator.as_deref().filter(|s| !s.is_empty()) {
@@ -159,6 +207,7 @@ impl SideSettings {
                 authz: None,
                 mechanism: AuthMechanism::Login,
                 password: self.admin_password.clone(),
+                oauth2: None,
             });
         }
         match self.auth {
@@ -167,8 +216,9 @@ impl SideSettings {
                 authz: Some(user.to_string()),
                 mechanism: AuthMechanism::Plain,
                 password: self.admin_password.clone(),
+                oauth2: None,
             }),
-            AuthMechanism::Login => Err(format!(
+            _ => Err(format!(
                 "[{side}] admin_user is set but not how to use it: set master_separator = \"*\" (Dovecot) or auth = \"plain\""
             )),
         }
@@ -223,17 +273,57 @@ struct CopyFile {
     max_message_size: Option<toml::Value>,
     skip_duplicates: Option<bool>,
     pipelining: Option<bool>,
+    multiappend: Option<bool>,
+    sync_flags: Option<bool>,
+    reverify_unchanged: Option<bool>,
+    connections_per_mailbox: Option<usize>,
     batch_bytes: Option<toml::Value>,
     batch_messages: Option<usize>,
     source_prefix: Option<String>,
     destination_prefix: Option<String>,
+    shared_folders: Option<String>,
+    gmail_labels: Option<GmailLabels>,
 }
 
-/// True for a plausible environment variable name (`MAILHAUL_DEST_ADMIN`).
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+use crate::oauth2::is_env_name;
+
+/// Completes and checks a side's OAuth2 settings: the preset's provider, XOAUTH2 unless
+/// OAUTHBEARER is asked for, and a token source for the OAuth2 mechanisms.
+fn oauth2_side(name: &str, side: &mut SideSettings) -> Result<(), SettingsError> {
+    let invalid = |key: &str, message: String| SettingsError::Invalid { key: format!("{name}.{key}"), message };
+    let implied = side.preset.as_deref().and_then(preset).and_then(|p| p.oauth2);
+    let has_master = side.has_master();
+    let Some(oauth2) = side.oauth2.as_mut() else {
+        if side.auth.is_oauth2() {
+            return Err(invalid(
+                "auth",
+                format!("auth = \"{}\" signs in with OAuth2 tokens: add a [{name}.oauth2] table saying where they come from (provider = microsoft, google or generic)", side.auth.sasl_name().to_ascii_lowercase()),
+            ));
+        }
+        return Ok(());
+    };
+    if oauth2.provider.is_none() {
+        oauth2.provider = implied;
+    }
+    match side.auth {
+        AuthMechanism::Login => side.auth = AuthMechanism::Xoauth2,
+        AuthMechanism::Plain => {
+            return Err(invalid(
+                "auth",
+                format!("auth = \"plain\" is a password login: with [{name}.oauth2] use xoauth2 or oauthbearer"),
+            ))
+        }
+        AuthMechanism::Xoauth2 | AuthMechanism::Oauthbearer => {}
+    }
+    if has_master {
+        return Err(invalid(
+            "admin_user",
+            format!(
+                "a side signs in either with OAuth2 tokens or with a master user: remove admin_user or [{name}.oauth2]"
+            ),
+        ));
+    }
+    oauth2.validate(name).map_err(|message| invalid("oauth2", message))
 }
 
 /// Parses a size: an integer number of bytes, or a string such as `"35MB"`, `"512 KB"`,
@@ -303,6 +393,16 @@ impl Settings {
         };
         let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         for side in ["source", "destination"] {
+            let oauth2 = table.get(side).and_then(|t| t.get("oauth2"));
+            for key in ["client_secret", "private_key", "service_account", "service_account_key", "token"] {
+                if oauth2.and_then(|t| t.get(key)).is_some() {
+                    return Err(SettingsError::Invalid {
+                        key: format!("{side}.oauth2.{key}"),
+                        message: "secrets do not belong in the settings file: remove it, put it in an environment variable (client_secret_env, service_account_env), a key file, or a Secrets Manager secret (aws_secret)"
+                            .to_string(),
+                    });
+                }
+            }
             if table.get(side).and_then(|t| t.get("admin_password")).is_some() {
                 return Err(SettingsError::Invalid {
                     key: format!("{side}.admin_password"),
@@ -342,6 +442,9 @@ impl Settings {
                 return Err(SettingsError::Invalid { key: format!("{name}.port"), message: "must be 1-65535".into() });
             }
         }
+        for (name, side) in [("source", &mut settings.source), ("destination", &mut settings.destination)] {
+            oauth2_side(name, side)?;
+        }
         let c = file.copy;
         let copy = &mut settings.copy;
         if let Some(f) = c.folders {
@@ -376,6 +479,24 @@ impl Settings {
         if let Some(v) = c.pipelining {
             copy.pipelining = v;
         }
+        if let Some(v) = c.multiappend {
+            copy.multiappend = v;
+        }
+        if let Some(v) = c.sync_flags {
+            copy.sync_flags = v;
+        }
+        if let Some(v) = c.reverify_unchanged {
+            copy.reverify_unchanged = v;
+        }
+        if let Some(v) = c.connections_per_mailbox {
+            if v == 0 {
+                return Err(SettingsError::Invalid {
+                    key: "copy.connections_per_mailbox".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            copy.connections_per_mailbox = v;
+        }
         if let Some(v) = &c.batch_bytes {
             copy.batch_bytes = size_value("copy.batch_bytes", v)?;
         }
@@ -384,6 +505,10 @@ impl Settings {
         }
         copy.source_prefix = c.source_prefix;
         copy.destination_prefix = c.destination_prefix;
+        copy.shared_folders = c.shared_folders.filter(|f| !f.trim_matches('/').is_empty());
+        if let Some(labels) = c.gmail_labels {
+            copy.gmail_labels = labels;
+        }
         Ok(settings)
     }
 
@@ -391,6 +516,18 @@ impl Settings {
     /// looked up through `env` (tests pass a map; [`Settings::load`] the real environment).
     pub fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
         for (name, side) in [("source", &mut self.source), ("destination", &mut self.destination)] {
+            if let Some(oauth2) = &side.oauth2 {
+                let credential = oauth2
+                    .local_credential(name, &env)
+                    .map_err(|message| SettingsError::Invalid { key: format!("{name}.oauth2"), message })?;
+                side.oauth2_credential = credential.unwrap_or_default();
+            }
+            if side.admin_password_secret.is_some() {
+                return Err(SettingsError::Invalid {
+                    key: format!("[{name}] admin_password_secret"),
+                    message: "names an AWS Secrets Manager secret, which only mailhaul on AWS reads: for a local run put the password in an environment variable and name it with admin_password_env".into(),
+                });
+            }
             if let Some(var) = side.admin_password_env.as_deref() {
                 match env(var) {
                     Some(value) if !value.is_empty() => side.admin_password = Secret::new(value),
@@ -426,6 +563,19 @@ mod tests {
     }
 
     #[test]
+    fn shared_folders_are_opt_in() {
+        assert_eq!(Settings::from_toml_str("").unwrap().copy.shared_folders, None);
+        let s = Settings::from_toml_str("[copy]\nshared_folders = \"Shared/From old server\"\n").unwrap();
+        assert_eq!(s.copy.shared_folders.as_deref(), Some("Shared/From old server"));
+        assert_eq!(s.copy.gmail_labels, GmailLabels::All);
+        let s = Settings::from_toml_str("[copy]\ngmail_labels = \"first\"\n").unwrap();
+        assert_eq!(s.copy.gmail_labels, GmailLabels::First);
+        assert!(Settings::from_toml_str("[copy]\ngmail_labels = \"some\"\n").is_err());
+        // An empty name would put other people's folders among the user's own: not taken.
+        assert_eq!(Settings::from_toml_str("[copy]\nshared_folders = \"/\"\n").unwrap().copy.shared_folders, None);
+    }
+
+    #[test]
     fn full_file_parses() {
         let text = r#"
 workers = 8
@@ -436,6 +586,7 @@ preset = "gmail"
 auth = "plain"
 admin_user = "root"
 admin_password_env = "SRC_ADMIN_PW"
+compress = "auto"
 
 [destination]
 host = "imap.example.net"
@@ -443,6 +594,7 @@ port = 1143
 security = "starttls"
 ca_file = "/etc/ca.pem"
 accept_invalid_certs = true
+compress = "off"
 admin_user = "admin"
 master_separator = "*"
 
@@ -469,6 +621,7 @@ pipelining = false
         assert_eq!(s.destination.security, Some(Security::Starttls));
         assert_eq!(s.destination.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
         assert!(s.destination.accept_invalid_certs);
+        assert_eq!((s.source.compress, s.destination.compress), (Compress::Auto, Compress::Off));
         assert_eq!(s.destination.master_separator.as_deref(), Some("*"));
         assert_eq!(s.copy.folders, FolderStrategy::Standard);
         assert_eq!(s.copy.include, vec!["INBOX*", "Projects/**"]);
@@ -561,6 +714,20 @@ pipelining = false
     }
 
     #[test]
+    fn a_local_run_refuses_an_aws_secret() {
+        let mut s = Settings::from_toml_str(
+            "[destination]\nadmin_user = \"admin\"\nmaster_separator = \"*\"\nadmin_password_secret = \"mailhaul/x/admin/dst\"",
+        )
+        .unwrap();
+        assert_eq!(s.destination.admin_password_secret.as_deref(), Some("mailhaul/x/admin/dst"));
+        // Enough for validation (the password is filled in later, by the copy function) ...
+        assert_eq!(s.destination.master_login("destination", "bob").unwrap().user, "bob*admin");
+        // ... but not for a local run, which has no Secrets Manager.
+        let err = s.resolve_secrets(|_| None).unwrap_err().to_string();
+        assert!(err.contains("admin_password_secret") && err.contains("admin_password_env"), "{err}");
+    }
+
+    #[test]
     fn secrets_come_from_the_named_variable() {
         let mut s =
             Settings::from_toml_str("[destination]\nadmin_user = \"admin\"\nadmin_password_env = \"DST_PW\"").unwrap();
@@ -628,6 +795,18 @@ pipelining = false
             side("host = \"x\"\nca_file = \"/ca.pem\"\naccept_invalid_certs = true").server(None, None, None).unwrap();
         assert_eq!(s.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert!(s.accept_invalid_certs);
+        assert_eq!(s.compress, Compress::Auto, "auto unless set: on where the server is not on loopback");
+        assert_eq!(side("host = \"x\"\ncompress = \"on\"").server(None, None, None).unwrap().compress, Compress::On);
+        assert!(Settings::from_toml_str("[source]\ncompress = \"yes\"").is_err(), "only auto, on or off");
+        // auto: on unless the server is on loopback.
+        for (compress, loopback, wanted) in [
+            (Compress::Auto, false, true),
+            (Compress::Auto, true, false),
+            (Compress::On, true, true),
+            (Compress::Off, false, false),
+        ] {
+            assert_eq!(compress.wanted(loopback), wanted, "{compress:?} loopback {loopback}");
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::ledger::{Outcome, Run};
 use crate::model::{FolderCheckpoint, MailboxStatus, SkipReason, SkippedMessage};
 use crate::ports::{BatchMeta, BatchStore, CheckpointStore, MailboxRecord, StoreError};
 
 /// The schema this build writes, kept in SQLite's `user_version`. Bump it (and migrate older
 /// files in [`SqliteStore::open`]) whenever a table changes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How long a writer waits for another process holding the file (e.g. `mailhaul status`
 /// reading while a run writes) before the call fails.
@@ -63,6 +64,23 @@ CREATE TABLE skipped (
     detail      TEXT NOT NULL,
     PRIMARY KEY (mailbox, folder, uid, reason)
 );
+";
+
+/// Added in schema version 2: the per-message ledger, one row per run (see [`crate::ledger`]),
+/// replayed in rowid order.
+const LEDGER_SCHEMA: &str = "
+CREATE TABLE ledger (
+    mailbox          TEXT NOT NULL,
+    folder           TEXT NOT NULL,
+    uid_validity     INTEGER NOT NULL,
+    source_uid       INTEGER NOT NULL,
+    count            INTEGER NOT NULL,
+    destination_uid  INTEGER,
+    destination_uidv INTEGER NOT NULL,
+    outcome          TEXT NOT NULL,
+    detail           TEXT
+);
+CREATE INDEX ledger_folder ON ledger (mailbox, folder, uid_validity);
 ";
 
 /// The SQLite adapter of the state ports. Cheap to clone: clones share one connection.
@@ -188,6 +206,11 @@ fn init_schema(conn: &mut Connection, location: &str) -> Result<(), StoreError> 
                 ));
             }
             tx.execute_batch(SCHEMA)?;
+        }
+        if version < 2 {
+            tx.execute_batch(LEDGER_SCHEMA)?;
+        }
+        if version < SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()?;
@@ -222,10 +245,19 @@ fn json_to_sql<T: serde::Serialize>(column: &str, value: &T) -> Result<String, F
     serde_json::to_string(value).map_err(|e| Fail::Data(format!("cannot encode {column}: {e}")))
 }
 
+fn outcome_from_sql(text: &str) -> Result<Outcome, Fail> {
+    use Outcome::*;
+    [Copied, Duplicate, TooBig, ByDate, Refused, Unreadable, Gone, InLabelFolder]
+        .into_iter()
+        .find(|o| o.as_str() == text)
+        .ok_or_else(|| Fail::Data(format!("unknown ledger outcome {text:?}")))
+}
+
 fn reason_from_sql(text: &str) -> Result<SkipReason, Fail> {
     match text {
         "too_big" => Ok(SkipReason::TooBig),
         "refused" => Ok(SkipReason::Refused),
+        "unreadable" => Ok(SkipReason::Unreadable),
         other => Err(Fail::Data(format!("unknown skip reason {other:?}"))),
     }
 }
@@ -347,6 +379,92 @@ impl CheckpointStore for SqliteStore {
         .await
     }
 
+    async fn forget_skipped(&self, mailbox: &str, folder: &str, uid: u32) -> Result<(), StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
+        let what = format!("clearing the skipped record of UID {uid} of mailbox {mailbox} folder {folder}");
+        self.call(what, move |conn| {
+            conn.prepare_cached("DELETE FROM skipped WHERE mailbox = ?1 AND folder = ?2 AND uid = ?3")?
+                .execute(params![mailbox, folder, uid])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_ledger(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+        runs: &[Run],
+    ) -> Result<(), StoreError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let (mailbox, folder, runs) = (mailbox.to_string(), folder.to_string(), runs.to_vec());
+        let what = format!("recording {} ledger run(s) of mailbox {mailbox} folder {folder}", runs.len());
+        self.call(what, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO ledger (mailbox, folder, uid_validity, source_uid, count, destination_uid,
+                                         destination_uidv, outcome, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for run in &runs {
+                    insert.execute(params![
+                        mailbox,
+                        folder,
+                        uid_validity,
+                        run.source_uid,
+                        run.count,
+                        run.destination_uid,
+                        run.destination_uid_validity,
+                        run.outcome.as_str(),
+                        run.detail
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_ledger(&self, mailbox: &str, folder: &str, uid_validity: u32) -> Result<Vec<Run>, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
+        self.call(format!("loading the ledger of mailbox {mailbox} folder {folder}"), move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source_uid, count, destination_uid, destination_uidv, outcome, detail FROM ledger
+                 WHERE mailbox = ?1 AND folder = ?2 AND uid_validity = ?3 ORDER BY rowid",
+            )?;
+            let rows = stmt
+                .query_map(params![mailbox, folder, uid_validity], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Option<u32>>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(source_uid, count, destination_uid, destination_uid_validity, outcome, detail)| {
+                    Ok(Run {
+                        source_uid,
+                        count,
+                        destination_uid,
+                        destination_uid_validity,
+                        outcome: outcome_from_sql(&outcome)?,
+                        detail,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError> {
         let mailbox = mailbox.to_string();
         self.call(format!("loading skipped messages of mailbox {mailbox}"), move |conn| {
@@ -354,7 +472,7 @@ impl CheckpointStore for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT folder, uid, size, message_id, reason, detail FROM skipped
                  WHERE mailbox = ?1
-                 ORDER BY folder, uid, CASE reason WHEN 'too_big' THEN 0 ELSE 1 END",
+                 ORDER BY folder, uid, CASE reason WHEN 'too_big' THEN 0 WHEN 'refused' THEN 1 ELSE 2 END",
             )?;
             let rows = stmt
                 .query_map([&mailbox], |r| {
@@ -509,6 +627,10 @@ mod tests {
             uid_next: last_uid + 1,
             highest_modseq: Some(42),
             in_flight: Some((last_uid + 1, last_uid + 5)),
+            fence: Some((77, 1000)),
+            destination_uid_validity: 77,
+            destination_uid_next: 990,
+            rescans: 1,
             counts: FolderCounts {
                 copied: 10,
                 skipped_duplicate: 1,
@@ -516,6 +638,9 @@ mod tests {
                 skipped_by_date: 3,
                 refused: 4,
                 bytes: 5_000_000_000,
+                unreadable: 1,
+                flags_updated: 7,
+                in_label_folder: 2,
             },
             complete: false,
             verify: Some(Verdict {
@@ -525,6 +650,8 @@ mod tests {
                 not_copied: 6,
                 detail: "1 missing".to_string(),
             }),
+            not_copied: None,
+            renamed: None,
         }
     }
 
@@ -766,12 +893,14 @@ mod tests {
                 security: Security::Tls,
                 ca_file: None,
                 accept_invalid_certs: false,
+                compress: crate::model::Compress::Auto,
             },
             login: Login {
                 user: user.into(),
                 authz: None,
                 mechanism: Default::default(),
                 password: Secret::new(PASSWORD),
+                oauth2: None,
             },
         };
         let job = MailboxJob {
@@ -815,5 +944,48 @@ mod tests {
         }
         assert!(bytes.windows(b"a@src.example".len()).any(|w| w == b"a@src.example"), "data is there");
         assert!(!bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()), "password found in the state file");
+    }
+
+    #[tokio::test]
+    async fn ledger_runs_round_trip_per_folder_and_uidvalidity() {
+        use crate::ledger::{FolderLedger, Outcome, Run};
+        let store = SqliteStore::in_memory().unwrap();
+        let copied = Run {
+            source_uid: 1,
+            count: 200,
+            destination_uid: Some(501),
+            destination_uid_validity: 9,
+            outcome: Outcome::Copied,
+            detail: None,
+        };
+        let unreadable = Run::one(201, None, Outcome::Unreadable, Some("BYE FETCH failed".into()));
+        store.record_ledger("a@x", "INBOX", 5, &[copied.clone(), unreadable.clone()]).await.unwrap();
+        store.record_ledger("a@x", "INBOX", 6, &[Run::one(1, None, Outcome::Gone, None)]).await.unwrap();
+        store.record_ledger("b@x", "INBOX", 5, &[Run::one(1, None, Outcome::Gone, None)]).await.unwrap();
+        let later = Run::one(201, Some((9, 701)), Outcome::Copied, None);
+        store.record_ledger("a@x", "INBOX", 5, std::slice::from_ref(&later)).await.unwrap();
+        let loaded = store.load_ledger("a@x", "INBOX", 5).await.unwrap();
+        assert_eq!(loaded, vec![copied, unreadable, later]);
+        let ledger = FolderLedger::from_recorded(loaded);
+        assert_eq!(ledger.get(201), Some((Outcome::Copied, Some(701))));
+        assert!(ledger.to_retry().is_empty());
+        assert!(store.load_ledger("a@x", "Sent", 5).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_version_1_state_file_gains_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .record_ledger("a@x", "INBOX", 1, &[crate::ledger::Run::one(3, None, crate::ledger::Outcome::Gone, None)])
+            .await
+            .unwrap();
+        assert_eq!(store.load_ledger("a@x", "INBOX", 1).await.unwrap().len(), 1);
     }
 }

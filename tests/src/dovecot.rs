@@ -21,6 +21,9 @@ pub enum Layout {
     Outlook,
     /// No special folders at all: only INBOX.
     None,
+    /// Gmail as IMAP shows it: `[Gmail]/All Mail` (`\All`, the test seeds it with a copy of
+    /// every message) and `[Gmail]/Important` (`\Important`, RFC 8457).
+    Gmail,
 }
 
 impl Layout {
@@ -42,6 +45,7 @@ impl Layout {
                 ("Archive", "\\Archive"),
             ],
             Layout::None => &[],
+            Layout::Gmail => &[("[Gmail]/All Mail", "\\All"), ("[Gmail]/Important", "\\Important")],
         }
     }
 }
@@ -73,6 +77,28 @@ pub struct DovecotOptions {
     /// passdb extra fields per user (`user` → `nologin temp reason=...`): the 8th passwd-file
     /// field, e.g. to make a login refuse like a busy or throttling server.
     pub passdb_extra: Vec<(String, String)>,
+    /// Also accept OAuth2 bearer tokens (XOAUTH2, OAUTHBEARER) from this issuer, validated
+    /// locally against its public key (`passdb oauth2`, token claim `email` = the user).
+    pub oauth2: Option<OAuth2Validation>,
+    /// When false, the greeting and CAPABILITY do not announce SASL-IR (as Exchange's greeting
+    /// lists nothing): a client must send its SASL response as a continuation.
+    pub sasl_ir: bool,
+    /// Offer COMPRESS=DEFLATE (RFC 4978) after login: Dovecot's `imap_zlib` plugin.
+    pub deflate: bool,
+    /// Announce COMPRESS=DEFLATE without the plugin, so the command itself is refused (BAD):
+    /// a server (or a proxy in front of it) that offers what it cannot do.
+    pub deflate_announced_only: bool,
+}
+
+/// What Dovecot's `passdb oauth2` needs to validate an issuer's RS256 tokens locally.
+#[derive(Clone, Debug)]
+pub struct OAuth2Validation {
+    /// The tokens' `iss`.
+    pub issuer: String,
+    /// The signing key's id (the tokens' `kid` header).
+    pub kid: String,
+    /// The signing key's public half (PEM).
+    pub public_key_pem: String,
 }
 
 impl Default for DovecotOptions {
@@ -89,6 +115,10 @@ impl Default for DovecotOptions {
             inbox_prefix: false,
             dir: None,
             passdb_extra: Vec::new(),
+            oauth2: None,
+            sasl_ir: true,
+            deflate: false,
+            deflate_announced_only: false,
         }
     }
 }
@@ -108,6 +138,18 @@ impl DovecotOptions {
         self
     }
 
+    /// Offer COMPRESS=DEFLATE after login (the `imap_zlib` plugin).
+    pub fn deflate(mut self) -> Self {
+        self.deflate = true;
+        self
+    }
+
+    /// Announce COMPRESS=DEFLATE after login but refuse the command (no plugin).
+    pub fn deflate_announced_only(mut self) -> Self {
+        self.deflate_announced_only = true;
+        self
+    }
+
     /// Set the special-use layout.
     pub fn layout(mut self, layout: Layout) -> Self {
         self.special_use_layout = layout;
@@ -124,6 +166,18 @@ impl DovecotOptions {
     /// login is refused with `NO [UNAVAILABLE] reason`, as a throttling server does.
     pub fn passdb_extra(mut self, user: &str, fields: &str) -> Self {
         self.passdb_extra.push((user.to_string(), fields.to_string()));
+        self
+    }
+
+    /// Announce SASL-IR or not.
+    pub fn sasl_ir(mut self, on: bool) -> Self {
+        self.sasl_ir = on;
+        self
+    }
+
+    /// Accept OAuth2 tokens of this issuer besides passwords.
+    pub fn oauth2(mut self, validation: OAuth2Validation) -> Self {
+        self.oauth2 = Some(validation);
         self
     }
 
@@ -192,7 +246,7 @@ STATUS=SIZE SAVEDATE SPECIAL-USE";
 impl Dovecot {
     /// Start a fresh server. Fails (never skips) when Dovecot is not installed.
     pub fn start(opts: DovecotOptions) -> Result<Dovecot> {
-        let binary = find_dovecot()?;
+        let binary = find_binary("dovecot")?;
         for (user, pass) in opts.users.iter().chain(opts.master.iter()) {
             if [user, pass].iter().any(|s| s.contains([':', '\n', '\r'])) {
                 bail!("user {user:?}: users and passwords may not contain ':' or newlines (passwd-file)");
@@ -220,6 +274,9 @@ impl Dovecot {
         let (mail_uid, mail_gid, run_as) = mail_owner(&dir)?;
         let cert_path = make_certificate(&dir)?;
         write_users(&dir, &opts, mail_uid, mail_gid)?;
+        if let Some(oauth2) = &opts.oauth2 {
+            write_oauth2(&dir, oauth2)?;
+        }
 
         let mut last_error = None;
         // Free ports are only probably free by the time Dovecot binds them: retry on a clash.
@@ -253,7 +310,8 @@ impl Dovecot {
                 bail!("dovecot -c {} failed ({status}):\n{log_text}", conf.display());
             }
             let pid = read_pid(&base.join("master.pid"), Duration::from_secs(10))?;
-            match wait_for_greeting(imap_port, Duration::from_secs(15)) {
+            let alive = || Path::new(&format!("/proc/{pid}")).exists();
+            match wait_for_greeting(imap_port, Duration::from_secs(15), alive) {
                 Ok(()) => {
                     return Ok(Dovecot {
                         imap_port,
@@ -295,9 +353,93 @@ impl Dovecot {
         self.users.iter().find(|(u, _)| u == user).map(|(_, p)| p.as_str())
     }
 
+    /// The maildir directory of `user`'s `folder` (named as a client sees it, with the
+    /// server's separator and prefix), as Dovecot itself resolves it (`doveadm mailbox path`).
+    pub fn folder_dir(&self, user: &str, folder: &str) -> Result<PathBuf> {
+        let doveadm = find_binary("doveadm")?;
+        let out = Command::new(&doveadm)
+            .arg("-c")
+            .arg(self.dir.join("dovecot.conf"))
+            .args(["mailbox", "path", "-u", user, folder])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", doveadm.display()))?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || path.is_empty() {
+            bail!("doveadm mailbox path -u {user} {folder:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    /// The maildir file that holds message `uid` of `user`'s `folder`: its base name from
+    /// `dovecot-uidlist`, found in `cur/` or `new/`. Look it up again after the server may
+    /// have touched the message: Dovecot renames the file when it moves it to `cur/` or its
+    /// flags change.
+    pub fn message_file(&self, user: &str, folder: &str, uid: u32) -> Result<PathBuf> {
+        let dir = self.folder_dir(user, folder)?;
+        let uidlist = dir.join("dovecot-uidlist");
+        let text = std::fs::read_to_string(&uidlist).with_context(|| format!("reading {}", uidlist.display()))?;
+        // After the header, each line is `<uid> [<extension fields>] :<file base name>`.
+        let base = text
+            .lines()
+            .skip(1)
+            .find_map(|line| {
+                let (first, rest) = line.split_once(' ')?;
+                let (_, base) = rest.split_once(':')?;
+                (first.parse() == Ok(uid)).then_some(base)
+            })
+            .ok_or_else(|| anyhow!("UID {uid} is not in {}", uidlist.display()))?;
+        for sub in ["cur", "new"] {
+            for entry in std::fs::read_dir(dir.join(sub))? {
+                let name = entry?.file_name();
+                let name = name.to_string_lossy();
+                // `new/` holds the bare base name; `cur/` appends `:2,<flags>`.
+                if name == base || name.strip_prefix(base).is_some_and(|tail| tail.starts_with(':')) {
+                    return Ok(dir.join(sub).join(&*name));
+                }
+            }
+        }
+        bail!("no file for UID {uid} ({base}) in {}/cur or new", dir.display())
+    }
+
+    /// Make message `uid` of `user`'s `folder` unreadable to the server (mode 000: the mail
+    /// processes run as the mail owner, never as root). Dovecot 2.3 then answers
+    /// `UID FETCH uid BODY.PEEK[]` with `* BYE FETCH failed: Internal error occurred` and
+    /// closes the connection, every time; FLAGS and the other messages stay readable.
+    /// Returns the file.
+    pub fn make_unreadable(&self, user: &str, folder: &str, uid: u32) -> Result<PathBuf> {
+        let file = self.message_file(user, folder, uid)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000))
+            .with_context(|| format!("chmod 000 {}", file.display()))?;
+        Ok(file)
+    }
+
+    /// Undo [`Dovecot::make_unreadable`]: the mode Dovecot gives new files in that directory
+    /// (the directory's, without execute bits). Returns the file.
+    pub fn make_readable(&self, user: &str, folder: &str, uid: u32) -> Result<PathBuf> {
+        let file = self.message_file(user, folder, uid)?;
+        let dir = file.parent().ok_or_else(|| anyhow!("{} has no parent", file.display()))?;
+        let mode = std::fs::metadata(dir)?.mode() & 0o666;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", file.display()))?;
+        Ok(file)
+    }
+
     /// Stop the server now and wait until its master process is gone.
     pub fn stop(&self) {
         stop_pid(self.pid, Duration::from_secs(10));
+    }
+}
+
+impl crate::servers::ImapServer for Dovecot {
+    fn imap_port(&self) -> u16 {
+        self.imap_port
+    }
+    fn separator(&self) -> char {
+        self.separator
+    }
+    fn kind(&self) -> &'static str {
+        "Dovecot"
     }
 }
 
@@ -343,25 +485,16 @@ fn is_dovecot(pid: u32) -> bool {
     head.ends_with("(dovecot") && !rest.starts_with('Z')
 }
 
-fn find_dovecot() -> Result<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/local/sbin", "/sbin"] {
-        let path = Path::new(dir).join("dovecot");
-        if path.exists() {
-            return Ok(path);
-        }
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("dovecot");
-            if candidate.exists() {
-                return Ok(candidate);
-            }
-        }
-    }
-    bail!(
-        "Dovecot is not installed; the end-to-end tests need a real server. \
-         Install it with: apt-get install -y dovecot-imapd (or run .ci/run)"
-    )
+/// A Dovecot program (`dovecot`, `doveadm`) from the sbin directories or PATH.
+fn find_binary(name: &str) -> Result<PathBuf> {
+    let sbin = ["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from);
+    let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    sbin.into_iter().chain(path).map(|dir| dir.join(name)).find(|candidate| candidate.exists()).ok_or_else(|| {
+        anyhow!(
+            "{name} is not installed; the end-to-end tests need a real server. \
+             Install it with: apt-get install -y dovecot-imapd (or run .ci/run)"
+        )
+    })
 }
 
 /// Who owns the mail: uid/gid 8 (`mail`) when we are root, else ourselves (then Dovecot's
@@ -376,7 +509,7 @@ fn mail_owner(dir: &Path) -> Result<(u32, u32, Option<String>)> {
     Ok((meta.uid(), meta.gid(), Some(name)))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -396,10 +529,14 @@ fn read_pid(path: &Path, wait: Duration) -> Result<u32> {
     }
 }
 
-fn wait_for_greeting(port: u16, wait: Duration) -> Result<()> {
+pub(crate) fn wait_for_greeting(port: u16, wait: Duration, mut alive: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + wait;
     let mut last = String::new();
     while Instant::now() < deadline {
+        // A server that died will not greet: say so now, not after the whole wait.
+        if !alive() {
+            bail!("the server exited before greeting on 127.0.0.1:{port}");
+        }
         match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
             Ok(stream) => {
                 stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -477,8 +614,44 @@ fn write_users(dir: &Path, opts: &DovecotOptions, uid: u32, gid: u32) -> Result<
     Ok(())
 }
 
+/// The key where `local_validation_key_dict` looks for it (`<azp>/<alg>/<kid>`, azp `default`),
+/// and the oauth2 passdb's settings.
+fn write_oauth2(dir: &Path, oauth2: &OAuth2Validation) -> Result<()> {
+    if oauth2.kid.contains(['/', '.', '\n']) {
+        bail!("kid {:?} cannot be a file name", oauth2.kid);
+    }
+    let keys = dir.join("oauth2-keys");
+    let key_dir = keys.join("default").join("RS256");
+    std::fs::create_dir_all(&key_dir)?;
+    for d in [&keys, &keys.join("default"), &key_dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(key_dir.join(&oauth2.kid), &oauth2.public_key_pem)?;
+    std::fs::set_permissions(key_dir.join(&oauth2.kid), std::fs::Permissions::from_mode(0o644))?;
+    let ext = dir.join("oauth2.conf.ext");
+    std::fs::write(
+        &ext,
+        format!(
+            "introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix={}/\nissuers = {}\nusername_attribute = email\nusername_format = %Lu\n",
+            keys.display(),
+            oauth2.issuer
+        ),
+    )?;
+    std::fs::set_permissions(&ext, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
 fn config(dir: &Path, opts: &DovecotOptions, imap: u16, imaps: u16, run_as: Option<&str>) -> String {
     let d = dir.display();
+    let mechanisms = if opts.oauth2.is_some() { " xoauth2 oauthbearer" } else { "" };
+    // Tokens first: passwd-file would only compare a token with a password.
+    let oauth2_passdb = if opts.oauth2.is_some() {
+        format!(
+            "# Logs why each token is refused (expired, signature, user).\nauth_verbose = yes\npassdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"
+        )
+    } else {
+        String::new()
+    };
     let mut c = format!(
         r#"# Generated by mailhaul-tests: a throwaway server.
 protocols = imap
@@ -492,7 +665,7 @@ disable_plaintext_auth = no
 auth_failure_delay = 0
 # Loopback is trusted so anvil's growing per-IP penalty (2, 4, 8, 15 s) does not apply.
 login_trusted_networks = 127.0.0.0/8
-auth_mechanisms = plain login
+auth_mechanisms = plain login{mechanisms}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir:LAYOUT=fs
 mail_max_userip_connections = 100
@@ -500,7 +673,7 @@ default_process_limit = 200
 ssl = yes
 ssl_cert = <{d}/server.pem
 ssl_key = <{d}/server.key
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {d}/users
 }}
@@ -543,10 +716,20 @@ service imap-login {{
         }
         c.push_str("}\n");
     }
-    if !opts.literal_plus {
+    if !opts.literal_plus || !opts.sasl_ir {
         // LITERAL- (RFC 7888, as Gmail): non-synchronizing literals up to 4096 bytes only.
         let minus = if opts.literal_minus { " LITERAL-" } else { "" };
-        writeln!(c, "imap_capability = {CAPS_WITHOUT_LITERAL_PLUS}{minus}").ok();
+        let plus = if opts.literal_plus { " LITERAL+" } else { "" };
+        // imap-login announces this list before login too, SASL-IR included or not.
+        let caps = if opts.sasl_ir {
+            CAPS_WITHOUT_LITERAL_PLUS.to_string()
+        } else {
+            CAPS_WITHOUT_LITERAL_PLUS.replace(" SASL-IR", "")
+        };
+        writeln!(c, "imap_capability = {caps}{minus}{plus}").ok();
+    } else if opts.deflate_announced_only {
+        // `+` adds to the list Dovecot announces after login.
+        writeln!(c, "protocol imap {{\n  imap_capability = +COMPRESS=DEFLATE\n}}").ok();
     }
     writeln!(c, "namespace inbox {{\n  inbox = yes\n  separator = {}", opts.separator).ok();
     if opts.inbox_prefix {
@@ -556,5 +739,9 @@ service imap-login {{
         writeln!(c, "  mailbox \"{name}\" {{\n    auto = subscribe\n    special_use = {special}\n  }}").ok();
     }
     c.push_str("}\n");
+    if opts.deflate {
+        // Last, so `$mail_plugins` already holds every plugin set above.
+        c.push_str("mail_plugins = $mail_plugins zlib\nprotocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n");
+    }
     c
 }

@@ -1,5 +1,6 @@
-//! A small IMAP client for tests: seed folders with messages, dump a whole account, log in over
-//! plain TCP or TLS. Folder names are UTF-8 and use the server's own hierarchy separator.
+//! A small IMAP client for tests: seed folders with messages, dump a whole account, take a
+//! read-only snapshot of it, log in over plain TCP or TLS. Folder names are UTF-8 and use the
+//! server's own hierarchy separator.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::dovecot::Dovecot;
+use crate::servers::ImapServer;
 
 /// A session over plain TCP.
 pub type Session = async_imap::Session<TcpStream>;
@@ -84,11 +86,15 @@ pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// LOGIN over plain TCP on `server.imap_port`.
-pub async fn login(server: &Dovecot, user: &str, pass: &str) -> Result<Session> {
-    let stream = TcpStream::connect((server.host(), server.imap_port))
-        .await
-        .with_context(|| format!("connecting to 127.0.0.1:{}", server.imap_port))?;
+/// LOGIN over plain TCP on the server's plain IMAP port.
+pub async fn login(server: &impl ImapServer, user: &str, pass: &str) -> Result<Session> {
+    login_at(server.imap_port(), user, pass).await
+}
+
+/// LOGIN over plain TCP on 127.0.0.1:`port` (a server or a proxy in front of one).
+pub async fn login_at(port: u16, user: &str, pass: &str) -> Result<Session> {
+    let stream =
+        TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     finish_login(async_imap::Client::new(stream), user, pass).await
 }
 
@@ -144,7 +150,7 @@ where
 }
 
 /// Log in and list the account's folders.
-pub async fn list(server: &Dovecot, user: &str, pass: &str) -> Result<Vec<FolderInfo>> {
+pub async fn list(server: &impl ImapServer, user: &str, pass: &str) -> Result<Vec<FolderInfo>> {
     let mut session = login(server, user, pass).await?;
     let out = folders(&mut session).await;
     session.logout().await.ok();
@@ -152,10 +158,16 @@ pub async fn list(server: &Dovecot, user: &str, pass: &str) -> Result<Vec<Folder
 }
 
 /// Create `folder` (and its parents) if missing, then APPEND every message in order.
-pub async fn seed(server: &Dovecot, user: &str, pass: &str, folder: &str, messages: &[SeedMessage]) -> Result<()> {
+pub async fn seed(
+    server: &impl ImapServer,
+    user: &str,
+    pass: &str,
+    folder: &str,
+    messages: &[SeedMessage],
+) -> Result<()> {
     let mut session = login(server, user, pass).await?;
     let existing: BTreeSet<String> = folders(&mut session).await?.into_iter().map(|f| f.name).collect();
-    let sep = server.separator;
+    let sep = server.separator();
     let mut path = String::new();
     for (i, part) in folder.split(sep).enumerate() {
         if i > 0 {
@@ -185,45 +197,143 @@ pub async fn seed(server: &Dovecot, user: &str, pass: &str, folder: &str, messag
 }
 
 /// Every message of every selectable folder, by decoded folder name, in UID order.
-pub async fn dump(server: &Dovecot, user: &str, pass: &str) -> Result<BTreeMap<String, Vec<DumpedMessage>>> {
+pub async fn dump(server: &impl ImapServer, user: &str, pass: &str) -> Result<BTreeMap<String, Vec<DumpedMessage>>> {
     let mut session = login(server, user, pass).await?;
     let mut out = BTreeMap::new();
     let list: Vec<_> = session.list(Some(""), Some("*")).await?.try_collect().await.context("LIST")?;
     for name in &list {
-        let unselectable = name.attributes().iter().any(|a| {
-            matches!(a, NameAttribute::NoSelect)
-                || matches!(a, NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent"))
-        });
-        if unselectable {
+        if is_unselectable(name.attributes()) {
             continue;
         }
         let decoded = utf7_imap::decode_utf7_imap(name.name().to_string());
-        let mailbox = session.examine(name.name()).await.with_context(|| format!("EXAMINE {decoded:?}"))?;
         let mut messages = Vec::new();
-        if mailbox.exists > 0 {
-            let fetched: Vec<_> = session
-                .uid_fetch("1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
-                .await?
-                .try_collect()
-                .await
-                .with_context(|| format!("UID FETCH in {decoded:?}"))?;
-            for f in &fetched {
-                messages.push(DumpedMessage {
-                    uid: f.uid.ok_or_else(|| anyhow!("FETCH without UID in {decoded:?}"))?,
-                    flags: f.flags().filter(|flag| *flag != Flag::Recent).map(|flag| flag_name(&flag)).collect(),
-                    internal_date: f
-                        .internal_date()
-                        .map(|d| d.format("%d-%b-%Y %H:%M:%S %z").to_string())
-                        .unwrap_or_default(),
-                    body: f.body().unwrap_or_default().to_vec(),
-                });
-            }
-            messages.sort_by_key(|m| m.uid);
+        for (uid, f) in examine_and_fetch(&mut session, name.name(), "(UID FLAGS INTERNALDATE BODY.PEEK[])").await? {
+            messages.push(DumpedMessage {
+                uid,
+                flags: flags_of(&f),
+                internal_date: f
+                    .internal_date()
+                    .map(|d| d.format("%d-%b-%Y %H:%M:%S %z").to_string())
+                    .unwrap_or_default(),
+                body: f.body().unwrap_or_default().to_vec(),
+            });
         }
         out.insert(decoded, messages);
     }
     session.logout().await.ok();
     Ok(out)
+}
+
+/// An account as a read-only observer sees it: what must not change while mailhaul copies
+/// from it. Compare two with `assert_eq!`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceSnapshot {
+    /// Every selectable folder, by decoded name.
+    pub folders: BTreeMap<String, FolderSnapshot>,
+    /// Folders LIST shows as `\Noselect` or `\NonExistent` (they have no messages or UIDs).
+    pub unselectable: BTreeSet<String>,
+}
+
+/// One folder of a [`SourceSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderSnapshot {
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    /// `None` when the server does not offer CONDSTORE.
+    pub highest_modseq: Option<u64>,
+    /// STATUS MESSAGES.
+    pub messages: u32,
+    /// (UID, flags and keywords sorted, without `\Recent`), in UID order.
+    pub flags: Vec<(u32, Vec<String>)>,
+}
+
+/// Log in and take a [`snapshot_of`] the account.
+pub async fn snapshot(server: &impl ImapServer, user: &str, pass: &str) -> Result<SourceSnapshot> {
+    let mut session = login(server, user, pass).await?;
+    let out = snapshot_of(&mut session).await;
+    session.logout().await.ok();
+    out
+}
+
+/// Every folder's UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ (after ENABLE CONDSTORE where offered),
+/// message count and each message's flags. Read-only: STATUS, EXAMINE and `UID FETCH (FLAGS)`
+/// only, never SELECT or STORE, so taking it changes nothing, not even `\Recent`.
+pub async fn snapshot_of<T>(session: &mut async_imap::Session<T>) -> Result<SourceSnapshot>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    let condstore = session.capabilities().await.context("CAPABILITY")?.has_str("CONDSTORE");
+    if condstore {
+        session.run_command_and_check_ok("ENABLE CONDSTORE").await.context("ENABLE CONDSTORE")?;
+    }
+    let items =
+        if condstore { "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" } else { "(MESSAGES UIDNEXT UIDVALIDITY)" };
+    let mut out = SourceSnapshot::default();
+    let list: Vec<_> = session.list(Some(""), Some("*")).await?.try_collect().await.context("LIST")?;
+    for name in &list {
+        let decoded = utf7_imap::decode_utf7_imap(name.name().to_string());
+        if is_unselectable(name.attributes()) {
+            out.unselectable.insert(decoded);
+            continue;
+        }
+        let status = session.status(name.name(), items).await.with_context(|| format!("STATUS {decoded:?}"))?;
+        let missing = |what: &str| anyhow!("STATUS {decoded:?} gave no {what}");
+        let mut folder = FolderSnapshot {
+            uid_validity: status.uid_validity.ok_or_else(|| missing("UIDVALIDITY"))?,
+            uid_next: status.uid_next.ok_or_else(|| missing("UIDNEXT"))?,
+            highest_modseq: condstore
+                .then(|| status.highest_modseq.ok_or_else(|| missing("HIGHESTMODSEQ")))
+                .transpose()?,
+            messages: status.exists,
+            flags: Vec::new(),
+        };
+        for (uid, f) in examine_and_fetch(session, name.name(), "(UID FLAGS)").await? {
+            folder.flags.push((uid, flags_of(&f).into_iter().collect()));
+        }
+        out.folders.insert(decoded, folder);
+    }
+    Ok(out)
+}
+
+/// EXAMINE a folder (its raw, encoded name) and `UID FETCH 1:* items`: (UID, fetch) in UID
+/// order; nothing for an empty folder.
+async fn examine_and_fetch<T>(
+    session: &mut async_imap::Session<T>,
+    raw_name: &str,
+    items: &str,
+) -> Result<Vec<(u32, async_imap::types::Fetch)>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    let decoded = utf7_imap::decode_utf7_imap(raw_name.to_string());
+    let mailbox = session.examine(raw_name).await.with_context(|| format!("EXAMINE {decoded:?}"))?;
+    if mailbox.exists == 0 {
+        return Ok(Vec::new());
+    }
+    let fetched: Vec<_> = session
+        .uid_fetch("1:*", items)
+        .await?
+        .try_collect()
+        .await
+        .with_context(|| format!("UID FETCH {items} in {decoded:?}"))?;
+    let mut out = Vec::with_capacity(fetched.len());
+    for f in fetched {
+        out.push((f.uid.ok_or_else(|| anyhow!("FETCH without UID in {decoded:?}"))?, f));
+    }
+    out.sort_by_key(|(uid, _)| *uid);
+    Ok(out)
+}
+
+/// A message's flags and keywords, without the session flag `\Recent`.
+fn flags_of(fetch: &async_imap::types::Fetch) -> BTreeSet<String> {
+    fetch.flags().filter(|flag| *flag != Flag::Recent).map(|flag| flag_name(&flag)).collect()
+}
+
+fn is_unselectable(attributes: &[NameAttribute<'_>]) -> bool {
+    attributes.iter().any(|a| {
+        matches!(a, NameAttribute::NoSelect)
+            || matches!(a, NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent"))
+    })
 }
 
 /// The wire form of a flag (`\Seen`, `$Label1`).

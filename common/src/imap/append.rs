@@ -31,6 +31,30 @@ pub enum LiteralMode {
     Sync,
 }
 
+impl LiteralMode {
+    /// Whether a literal of `len` bytes may be sent without waiting for the server.
+    fn non_sync(self, len: usize) -> bool {
+        match self {
+            LiteralMode::NonSync => true,
+            LiteralMode::NonSyncSmall => len <= LITERAL_MINUS_MAX,
+            LiteralMode::Sync => false,
+        }
+    }
+}
+
+/// ` (flags) "date" {size+}`: what precedes one message's literal in APPEND.
+fn message_head(message: &AppendMessage<'_>, non_sync: bool) -> String {
+    let mut head = String::new();
+    if !message.flags.is_empty() {
+        head.push_str(&format!(" ({})", message.flags.join(" ")));
+    }
+    if let Some(date) = &message.internal_date {
+        head.push_str(&format!(" \"{date}\""));
+    }
+    head.push_str(&format!(" {{{}{}}}", message.body.len(), if non_sync { "+" } else { "" }));
+    head
+}
+
 /// One message to append.
 #[derive(Debug)]
 pub struct AppendMessage<'a> {
@@ -44,8 +68,8 @@ pub struct AppendMessage<'a> {
 /// The server's verdict on one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Appended {
-    /// Stored; the UID when the server sent APPENDUID.
-    Stored(Option<u32>),
+    /// Stored; the UIDs (in order) when the server sent APPENDUID, else empty.
+    Stored(Vec<u32>),
     /// `NO`/`BAD` with the server's text.
     Refused(String),
 }
@@ -78,19 +102,8 @@ pub async fn append_batch(
     for (index, message) in messages.iter().enumerate() {
         *tag_seq += 1;
         let tag = format!("MH{}", *tag_seq);
-        let non_sync = match mode {
-            LiteralMode::NonSync => true,
-            LiteralMode::NonSyncSmall => message.body.len() <= LITERAL_MINUS_MAX,
-            LiteralMode::Sync => false,
-        };
-        let mut command = format!("{tag} APPEND {quoted}");
-        if !message.flags.is_empty() {
-            command.push_str(&format!(" ({})", message.flags.join(" ")));
-        }
-        if let Some(date) = &message.internal_date {
-            command.push_str(&format!(" \"{date}\""));
-        }
-        command.push_str(&format!(" {{{}{}}}\r\n", message.body.len(), if non_sync { "+" } else { "" }));
+        let non_sync = mode.non_sync(message.body.len());
+        let command = format!("{tag} APPEND {quoted}{}\r\n", message_head(message, non_sync));
         pending.insert(tag.clone(), index);
 
         let stream = session.get_mut();
@@ -112,6 +125,64 @@ pub async fn append_batch(
         read_until(session, &mut pending, &mut known, None).await?;
     }
     Ok(known.into_iter().map(|k| k.unwrap_or_else(|| Appended::Refused("no reply".into()))).collect())
+}
+
+/// How a MULTIAPPEND ended when the connection survived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MultiAppended {
+    /// All stored; the UIDs in order when the server sent APPENDUID.
+    Stored(Option<Vec<u32>>),
+    /// None stored (MULTIAPPEND is all or nothing): the server's words.
+    Refused(String),
+}
+
+/// Append all `messages` to `mailbox` in one MULTIAPPEND command (RFC 3502): one transaction
+/// on the server instead of one per message, which is what makes a big maildir folder fast.
+/// All or nothing: when refused, the caller retries message by message to find the culprit.
+pub async fn append_multi(
+    session: &mut Session,
+    mailbox: &str,
+    messages: &[AppendMessage<'_>],
+    mode: LiteralMode,
+    tag_seq: &mut u64,
+) -> Result<MultiAppended, AppendBroken> {
+    *tag_seq += 1;
+    let tag = format!("MH{}", *tag_seq);
+    let none: Vec<Option<Appended>> = vec![None; messages.len()];
+    let mut pending = HashMap::from([(tag.clone(), 0)]);
+    let mut outcome = vec![None];
+    let mut line = format!("{tag} APPEND {}", quote(mailbox));
+    for message in messages {
+        let non_sync = mode.non_sync(message.body.len());
+        line.push_str(&message_head(message, non_sync));
+        line.push_str("\r\n");
+        let stream = session.get_mut();
+        write(stream, line.as_bytes(), &none).await?;
+        line.clear();
+        if !non_sync {
+            flush(stream, &none).await?;
+            if !read_until(session, &mut pending, &mut outcome, Some(&tag))
+                .await
+                .map_err(|b| AppendBroken { known: none.clone(), ..b })?
+            {
+                break; // refused before the end: the tagged reply is in
+            }
+        }
+        write(session.get_mut(), message.body, &none).await?;
+    }
+    if !pending.is_empty() {
+        write(session.get_mut(), b"\r\n", &none).await?;
+        flush(session.get_mut(), &none).await?;
+        read_until(session, &mut pending, &mut outcome, None)
+            .await
+            .map_err(|b| AppendBroken { known: none.clone(), ..b })?;
+    }
+    Ok(match outcome.pop().flatten() {
+        // A UID set that does not account for every message is no mapping at all.
+        Some(Appended::Stored(uids)) => MultiAppended::Stored((uids.len() == messages.len()).then_some(uids)),
+        Some(Appended::Refused(words)) => MultiAppended::Refused(words),
+        None => MultiAppended::Refused("no reply".into()),
+    })
 }
 
 async fn write(
@@ -160,11 +231,14 @@ async fn read_until(
                 let Some(index) = pending.remove(&tag.0) else { continue };
                 known[index] = Some(match status {
                     Status::Ok => Appended::Stored(match code {
-                        Some(ResponseCode::AppendUid(_, uids)) => uids.first().map(|m| match m {
-                            UidSetMember::Uid(uid) => *uid,
-                            UidSetMember::UidRange(range) => *range.start(),
-                        }),
-                        _ => None,
+                        Some(ResponseCode::AppendUid(_, uids)) => uids
+                            .iter()
+                            .flat_map(|m| match m {
+                                UidSetMember::Uid(uid) => *uid..=*uid,
+                                UidSetMember::UidRange(range) => range.clone(),
+                            })
+                            .collect(),
+                        _ => Vec::new(),
                     }),
                     _ => Appended::Refused(reply_text(code.as_ref(), information.as_deref())),
                 });

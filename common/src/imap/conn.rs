@@ -9,8 +9,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::deflate::Deflate;
 use crate::error::{CopyError, Side};
-use crate::model::{AuthMechanism, Endpoint, Security, ServerSpec};
+use crate::model::{AuthMechanism, Compress, Endpoint, Login, Security, ServerSpec};
+use crate::secret::Secret;
+use async_imap::imap_proto::{Response, ResponseCode};
 
 /// The byte stream under a session: plain TCP or TLS, boxed so both share one type.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
@@ -28,11 +31,23 @@ pub struct Caps {
     pub uidplus: bool,
     pub special_use: bool,
     pub condstore: bool,
+    pub multiappend: bool,
     pub append_limit: Option<u64>,
+    /// COMPRESS=DEFLATE offered.
+    pub deflate: bool,
+    /// Every byte of this session goes through DEFLATE (COMPRESS accepted).
+    pub compressed: bool,
     pub all: Vec<String>,
+    /// The NAMESPACE reply, where the server offers it and it could be read.
+    pub namespaces: Option<super::namespace::Namespaces>,
 }
 
 impl Caps {
+    /// Whether the server announced `name` (case-insensitive), e.g. `UNSELECT`.
+    pub fn has(&self, name: &str) -> bool {
+        self.all.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
     fn from_list(names: Vec<String>) -> Caps {
         let has = |want: &str| names.iter().any(|n| n.eq_ignore_ascii_case(want));
         let append_limit =
@@ -43,14 +58,58 @@ impl Caps {
             uidplus: has("UIDPLUS"),
             special_use: has("SPECIAL-USE"),
             condstore: has("CONDSTORE"),
+            multiappend: has("MULTIAPPEND"),
             append_limit,
+            deflate: has("COMPRESS=DEFLATE"),
+            compressed: false,
             all: names,
+            namespaces: None,
         }
     }
 }
 
 /// Connect, secure and log in. Returns the session and its capabilities.
+///
+/// With OAuth2 the token comes from the cache while it has life left; when the server refuses
+/// a cached token, exactly one new token is tried on a new connection (servers delay or close
+/// a connection after a failed AUTHENTICATE); a refused new token is a permanent failure.
 pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps), CopyError> {
+    match connect_once(endpoint, side, None).await {
+        Ok(connected) => Ok(connected),
+        Err(Attempt::Failed(e)) => Err(e),
+        Err(Attempt::CachedTokenRefused(token)) => {
+            let server = format!("{}:{}", endpoint.server.host, endpoint.server.port);
+            tracing::info!(%side, server, "the server refused the cached OAuth2 token: one new token, new connection");
+            match connect_once(endpoint, side, Some(&token)).await {
+                Ok(connected) => Ok(connected),
+                Err(Attempt::Failed(e)) => Err(e),
+                // Not returned when a refused token is given; never loop.
+                Err(Attempt::CachedTokenRefused(_)) => Err(CopyError::Auth {
+                    side,
+                    server,
+                    user: endpoint.login.user.clone(),
+                    reply: "the server refused the OAuth2 token twice".into(),
+                    hint: "check the token source in the settings".into(),
+                }),
+            }
+        }
+    }
+}
+
+/// Why one connection attempt did not end in a session.
+enum Attempt {
+    Failed(CopyError),
+    /// The server refused a token from the cache: worth one new token.
+    CachedTokenRefused(Secret),
+}
+
+impl From<CopyError> for Attempt {
+    fn from(e: CopyError) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+async fn connect_once(endpoint: &Endpoint, side: Side, refused: Option<&Secret>) -> Result<(Session, Caps), Attempt> {
     let server = &endpoint.server;
     let label = format!("{}:{}", server.host, server.port);
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((server.host.as_str(), server.port)))
@@ -58,6 +117,7 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
         .map_err(|_| CopyError::Connect { side, server: label.clone(), detail: "timed out".into() })?
         .map_err(|e| CopyError::Connect { side, server: label.clone(), detail: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
+    let on_loopback = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
 
     let stream: Box<dyn Io> = match server.security {
         Security::Plain => Box::new(tcp),
@@ -75,11 +135,25 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
     };
 
     let mut client = async_imap::Client::new(stream);
+    let mut greeting_caps = None;
     if server.security != Security::Starttls {
-        read_greeting(&mut client, side, &label).await?;
+        greeting_caps = read_greeting(&mut client, side, &label).await?;
     }
     let login = &endpoint.login;
+    let plain_offered = login.mechanism == AuthMechanism::Login
+        && greeting_caps.as_ref().is_some_and(|caps| caps.iter().any(|c| c.eq_ignore_ascii_case("AUTH=PLAIN")));
+    let no_answer =
+        || CopyError::ConnectionLost { side, server: label.clone(), detail: "no answer to login within 30 s".into() };
     let result = match (login.mechanism, &login.authz) {
+        (mechanism, _) if mechanism.is_oauth2() => {
+            let sasl_ir = match greeting_caps {
+                Some(caps) => caps,
+                None => pre_auth_capabilities(&mut client, side, &label).await?,
+            }
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("SASL-IR"));
+            Ok(Ok(oauth2_login(client, login, side, &label, sasl_ir, refused).await?))
+        }
         (AuthMechanism::Plain, authz) => {
             let auth = PlainAuth {
                 authz: authz.clone().unwrap_or_default(),
@@ -88,16 +162,16 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
             };
             tokio::time::timeout(CONNECT_TIMEOUT, client.authenticate("PLAIN", auth)).await
         }
-        (AuthMechanism::Login, _) => {
-            tokio::time::timeout(CONNECT_TIMEOUT, client.login(&login.user, login.password.expose())).await
-        }
+        (_, _) => tokio::time::timeout(CONNECT_TIMEOUT, client.login(&login.user, login.password.expose())).await,
     };
-    let no_answer =
-        || CopyError::ConnectionLost { side, server: label.clone(), detail: "no answer to login within 30 s".into() };
     let result = result.map_err(|_| no_answer())?;
     let mut session = match result {
         Ok(session) => session,
-        Err((err, _)) => return Err(login_error(err, side, &label, &login.user, &server.host)),
+        Err((err, _)) => {
+            // A LOGIN refused where AUTHENTICATE PLAIN is offered: an admin may need that
+            // (Cyrus takes the mailbox as authorization identity only there).
+            return Err(login_error(err, side, &label, &login.user, &server.host, plain_offered).into());
+        }
     };
     let caps = tokio::time::timeout(CONNECT_TIMEOUT, session.capabilities())
         .await
@@ -111,17 +185,224 @@ pub async fn connect(endpoint: &Endpoint, side: Side) -> Result<(Session, Caps),
             async_imap::types::Capability::Atom(a) => a.to_string(),
         })
         .collect();
-    Ok((session, Caps::from_list(names)))
+    let mut caps = Caps::from_list(names);
+    if caps.has("NAMESPACE") {
+        caps.namespaces = super::namespace::ask(&mut session).await.map_err(|e| CopyError::ConnectionLost {
+            side,
+            server: label.clone(),
+            detail: e.to_string(),
+        })?;
+    }
+    if caps.deflate && server.compress.wanted(on_loopback) {
+        match compress(session, side, &label).await? {
+            Ok(compressed) => {
+                session = compressed;
+                caps.compressed = true;
+            }
+            // The command took the session with it: a new connection, without COMPRESS.
+            Err(reply) => {
+                tracing::warn!(%side, server = label, reply, "COMPRESS offered but refused: connecting again without it");
+                let mut plain = endpoint.clone();
+                plain.server.compress = Compress::Off;
+                return Box::pin(connect_once(&plain, side, refused)).await;
+            }
+        }
+    }
+    Ok((session, caps))
 }
 
-async fn read_greeting<T: Io>(client: &mut async_imap::Client<T>, side: Side, label: &str) -> Result<(), CopyError> {
+/// `COMPRESS DEFLATE` (RFC 4978): from its OK on, every byte both ways is raw DEFLATE
+/// ([`Deflate`], which sync-flushes whenever the session flushes). async-imap's `compress`
+/// sends the command and rebuilds the session over a new stream; we take the plain stream
+/// back out of its own (unused) wrapper and put ours around it.
+/// `Ok(Err(reply))` when the server refused the command (NO or BAD).
+async fn compress(session: Session, side: Side, label: &str) -> Result<Result<Session, String>, CopyError> {
+    let wrap =
+        |theirs: async_imap::DeflateStream<Box<dyn Io>>| Box::new(Deflate::new(theirs.into_inner())) as Box<dyn Io>;
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, session.compress(wrap)).await.map_err(|_| {
+        CopyError::ConnectionLost { side, server: label.into(), detail: "no answer to COMPRESS within 30 s".into() }
+    })?;
+    match answer {
+        Ok(session) => {
+            tracing::debug!(%side, server = label, "COMPRESS=DEFLATE on");
+            Ok(Ok(session))
+        }
+        Err(async_imap::error::Error::No(reply) | async_imap::error::Error::Bad(reply)) => Ok(Err(reply)),
+        Err(e) => Err(classify(e, side, label)),
+    }
+}
+
+/// Reads the greeting; returns the capabilities it announces (`* OK [CAPABILITY ...]`), if any.
+async fn read_greeting<T: Io>(
+    client: &mut async_imap::Client<T>,
+    side: Side,
+    label: &str,
+) -> Result<Option<Vec<String>>, CopyError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, client.read_response()).await {
-        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(Some(greeting))) => Ok(match greeting.parsed() {
+            Response::Data { outcome, .. } => match &outcome.code {
+                Some(ResponseCode::Capabilities(caps)) => Some(cap_names(caps)),
+                _ => None,
+            },
+            _ => None,
+        }),
         Ok(Ok(None)) => {
             Err(CopyError::ConnectionLost { side, server: label.into(), detail: "closed before greeting".into() })
         }
         Ok(Err(e)) => Err(CopyError::ConnectionLost { side, server: label.into(), detail: e.to_string() }),
         Err(_) => Err(CopyError::Connect { side, server: label.into(), detail: "no greeting within 30 s".into() }),
+    }
+}
+
+fn cap_names(caps: &[async_imap::imap_proto::Capability<'_>]) -> Vec<String> {
+    caps.iter()
+        .map(|c| match c {
+            async_imap::imap_proto::Capability::Imap4rev1 => "IMAP4rev1".to_string(),
+            async_imap::imap_proto::Capability::Auth(a) => format!("AUTH={a}"),
+            async_imap::imap_proto::Capability::Atom(a) => a.to_string(),
+        })
+        .collect()
+}
+
+/// `CAPABILITY` before login, for servers whose greeting does not list them (Exchange).
+async fn pre_auth_capabilities<T: Io>(
+    client: &mut async_imap::Client<T>,
+    side: Side,
+    label: &str,
+) -> Result<Vec<String>, CopyError> {
+    use tokio::io::AsyncWriteExt as _;
+    let lost = |detail: String| CopyError::ConnectionLost { side, server: label.into(), detail };
+    // Our own tag: async-imap numbers its commands A1, A2...
+    let stream = client.get_mut();
+    let write = async {
+        stream.write_all(b"mh0 CAPABILITY\r\n").await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, write)
+        .await
+        .map_err(|_| lost("no answer to CAPABILITY within 30 s".into()))?
+        .map_err(|e| lost(e.to_string()))?;
+    let mut names = Vec::new();
+    loop {
+        let response = tokio::time::timeout(CONNECT_TIMEOUT, client.read_response())
+            .await
+            .map_err(|_| lost("no answer to CAPABILITY within 30 s".into()))?
+            .map_err(|e| lost(e.to_string()))?
+            .ok_or_else(|| lost("closed during CAPABILITY".into()))?;
+        match response.parsed() {
+            Response::Capabilities(caps) => names.extend(cap_names(caps)),
+            Response::Done { tag, .. } if tag.0 == "mh0" => return Ok(names),
+            _ => {}
+        }
+    }
+}
+
+/// SASL XOAUTH2/OAUTHBEARER: the initial response, then (on failure) an empty answer to the
+/// server's error challenge, which is kept to report it.
+struct BearerAuth {
+    initial: Option<Vec<u8>>,
+    challenge: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl async_imap::Authenticator for BearerAuth {
+    type Response = Vec<u8>;
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        if let Some(initial) = self.initial.take() {
+            return initial;
+        }
+        // RFC 7628: an error challenge is answered with an empty response (or %x01).
+        if let Ok(mut kept) = self.challenge.lock() {
+            *kept = Some(String::from_utf8_lossy(challenge).chars().take(500).collect());
+        }
+        Vec::new()
+    }
+}
+
+/// Signs in with a bearer token: the cached one, or a new one when there is none, it is about
+/// to expire, or it is `refused`.
+async fn oauth2_login(
+    client: async_imap::Client<Box<dyn Io>>,
+    login: &Login,
+    side: Side,
+    label: &str,
+    sasl_ir: bool,
+    refused: Option<&Secret>,
+) -> Result<Session, Attempt> {
+    let Some(config) = &login.oauth2 else {
+        return Err(Attempt::Failed(CopyError::Auth {
+            side,
+            server: label.into(),
+            user: login.user.clone(),
+            reply: format!("{} needs a token source", login.mechanism.sasl_name()),
+            hint: format!("add a [{side}.oauth2] table to the settings"),
+        }));
+    };
+    let (token, fresh) = crate::oauth2::bearer(config, &login.password, &login.user, side, refused).await?;
+    let refusal = match bearer_attempt(client, login, &token, label, side, sasl_ir).await? {
+        Ok(session) => return Ok(session),
+        Err((refusal, _client)) => refusal,
+    };
+    if !fresh && refused.is_none() {
+        return Err(Attempt::CachedTokenRefused(token));
+    }
+    Err(Attempt::Failed(CopyError::Auth {
+        side,
+        server: label.into(),
+        user: login.user.clone(),
+        reply: format!(
+            "{} refused a new token from {}: {refusal}",
+            login.mechanism.sasl_name(),
+            config.provider().as_str()
+        ),
+        hint: config.imap_hint(),
+    }))
+}
+
+type Refused = (String, async_imap::Client<Box<dyn Io>>);
+
+/// One AUTHENTICATE: `Ok(Err(..))` when the server refused the token (its words and decoded
+/// challenge), `Err` when the connection failed.
+async fn bearer_attempt(
+    client: async_imap::Client<Box<dyn Io>>,
+    login: &Login,
+    token: &Secret,
+    label: &str,
+    side: Side,
+    sasl_ir: bool,
+) -> Result<Result<Session, Refused>, CopyError> {
+    use base64::Engine as _;
+    let response = crate::oauth2::sasl_response(login.mechanism, &login.user, token);
+    let challenge = Arc::new(std::sync::Mutex::new(None));
+    let name = login.mechanism.sasl_name();
+    let (command, auth) = if sasl_ir {
+        let encoded = Secret::new(base64::engine::general_purpose::STANDARD.encode(response.expose()));
+        let command = Secret::new(format!("{name} {}", encoded.expose()));
+        (command, BearerAuth { initial: None, challenge: challenge.clone() })
+    } else {
+        let initial = Some(response.expose().as_bytes().to_vec());
+        (Secret::new(name), BearerAuth { initial, challenge: challenge.clone() })
+    };
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, client.authenticate(command.expose(), auth)).await;
+    let result = attempt.map_err(|_| CopyError::ConnectionLost {
+        side,
+        server: label.into(),
+        detail: "no answer to AUTHENTICATE within 30 s".into(),
+    })?;
+    match result {
+        Ok(session) => Ok(Ok(session)),
+        Err((ImapError::No(reply) | ImapError::Bad(reply), client)) => {
+            let reply = server_text(&reply);
+            if let Some(retry_after) = throttle_hint(&reply) {
+                return Err(CopyError::Throttled { side, server: label.into(), detail: reply, retry_after });
+            }
+            let said = challenge.lock().ok().and_then(|c| c.clone());
+            let words = match said {
+                Some(json) if !json.trim().is_empty() => format!("{reply} (server said {json})"),
+                _ => reply,
+            };
+            Ok(Err((words, client)))
+        }
+        Err((other, _)) => Err(classify(other, side, label)),
     }
 }
 
@@ -139,7 +420,7 @@ impl async_imap::Authenticator for PlainAuth {
     }
 }
 
-fn login_error(err: ImapError, side: Side, label: &str, user: &str, host: &str) -> CopyError {
+fn login_error(err: ImapError, side: Side, label: &str, user: &str, host: &str, plain_offered: bool) -> CopyError {
     match err {
         ImapError::No(reply) | ImapError::Bad(reply) => {
             let reply = server_text(&reply);
@@ -148,9 +429,13 @@ fn login_error(err: ImapError, side: Side, label: &str, user: &str, host: &str) 
             }
             let host = host.to_ascii_lowercase();
             let hint = if host.contains("office365") || host.contains("outlook") {
-                "Microsoft 365 rejects basic auth for IMAP: use an app password, OAuth2 or an admin login (UserName as Domain/Admin/User)"
+                "Microsoft 365 turned basic auth off for IMAP: sign in with OAuth2 (a [side.oauth2] table with provider = \"microsoft\", tenant, client_id and the app's secret; see the README)"
             } else if host.contains("gmail") || host.contains("google") {
-                "Gmail needs an app password for IMAP (2-step verification on), or IMAP enabled in the account settings"
+                "Google Workspace signs in with OAuth2: a service account with domain-wide delegation ([side.oauth2] provider = \"google\"; see the README); a personal Gmail account needs an app password"
+            } else if plain_offered {
+                "check the login and password in this row (fix the row and retry it from failed.csv); for an admin \
+                 logging in to someone else's mailbox, this server offers AUTHENTICATE PLAIN, which carries the \
+                 mailbox as authorization identity (Cyrus): set auth = \"plain\" on this side"
             } else {
                 "check the login and password in this row (fix the row and retry it from failed.csv)"
             };

@@ -3,5 +3,8 @@
 
 pub mod append;
 pub mod conn;
+pub mod deflate;
+pub mod fetch;
+pub mod namespace;
 
 pub use conn::{connect, Caps, Session};

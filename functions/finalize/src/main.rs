@@ -1,5 +1,8 @@
 //! Lambda entry point of the finalize function: wires the AWS adapters around
-//! [`mailhaul_aws::finalize::handle`]; configuration and clients are built once per cold start.
+//! [`mailhaul_aws::finalize::handle_any`] (finalize messages, dead jobs, the scheduled sweep);
+//! configuration and clients are built once per cold start.
+// The sweep's future is deep: the default limit (128) overflows computing its layout.
+#![recursion_limit = "256"]
 
 use anyhow::Context;
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -9,8 +12,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     mailhaul_aws::logging::init_json_logs();
     let services = mailhaul_aws::Services::from_env().await.context("finalize function configuration")?;
     let services = &services;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
-        mailhaul_aws::finalize::handle(services, event).await
+    // SQS records (finalize messages, dead-lettered jobs) or the sweeper's schedule.
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
+        mailhaul_aws::finalize::handle_any(services, event).await
     }))
     .await
 }

@@ -56,6 +56,26 @@ impl ObjectStore for S3Objects {
             .map_err(|e| sdk_err("s3", "DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
         Ok(())
     }
+
+    async fn presigned_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<String, PortError> {
+        let what = format!("s3://{bucket}/{key}");
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| sdk_err("s3", "presign GetObject", &what, e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| sdk_err("s3", "presign GetObject", &what, e))?;
+        Ok(request.uri().to_string())
+    }
 }
 
 /// [`JobQueue`] on SQS.
@@ -63,44 +83,68 @@ pub struct SqsQueue {
     pub client: aws_sdk_sqs::Client,
 }
 
+/// SendMessageBatch calls one [`SqsQueue::send`] keeps in flight.
+const SQS_SENDS_IN_FLIGHT: usize = 16;
+
+impl SqsQueue {
+    /// One SendMessageBatch of at most ten messages; any refused message fails the whole send.
+    async fn send_batch(&self, queue_url: &str, chunk: &[OutMessage]) -> Result<(), PortError> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, m) in chunk.iter().enumerate() {
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(format!("m{i}"))
+                .message_body(&m.body)
+                .delay_seconds(m.delay_seconds.min(MAX_DELAY_SECONDS) as i32)
+                .build()
+                .map_err(|e| sdk_err("sqs", "SendMessageBatch", queue_url, e))?;
+            entries.push(entry);
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_err("sqs", "SendMessageBatch", queue_url, e))?;
+        match out.failed().first() {
+            None => Ok(()),
+            Some(failed) => Err(PortError::new(
+                "sqs",
+                "SendMessageBatch",
+                format!(
+                    "{queue_url}: {} of {} messages refused, e.g. {}: {}",
+                    out.failed().len(),
+                    chunk.len(),
+                    failed.code(),
+                    failed.message().unwrap_or("")
+                ),
+            )),
+        }
+    }
+}
+
 #[async_trait]
 impl JobQueue for SqsQueue {
     async fn send(&self, queue_url: &str, messages: Vec<OutMessage>) -> Result<(), PortError> {
-        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-        for chunk in messages.chunks(10) {
-            let mut entries = Vec::with_capacity(chunk.len());
-            for (i, m) in chunk.iter().enumerate() {
-                let entry = SendMessageBatchRequestEntry::builder()
-                    .id(format!("m{i}"))
-                    .message_body(&m.body)
-                    .delay_seconds(m.delay_seconds.min(MAX_DELAY_SECONDS) as i32)
-                    .build()
-                    .map_err(|e| sdk_err("sqs", "SendMessageBatch", queue_url, e))?;
-                entries.push(entry);
-            }
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sdk_err("sqs", "SendMessageBatch", queue_url, e))?;
-            if let Some(failed) = out.failed().first() {
-                return Err(PortError::new(
-                    "sqs",
-                    "SendMessageBatch",
-                    format!(
-                        "{queue_url}: {} of {} messages refused, e.g. {}: {}",
-                        out.failed().len(),
-                        chunk.len(),
-                        failed.code(),
-                        failed.message().unwrap_or("")
-                    ),
-                ));
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        // Ten messages per call (SQS's limit), several calls at once: a 50,000-row batch is
+        // 5,000 calls.
+        let mut chunks: Vec<Vec<OutMessage>> = Vec::with_capacity(messages.len().div_ceil(10));
+        for message in messages {
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < 10 => chunk.push(message),
+                _ => chunks.push(vec![message]),
             }
         }
-        Ok(())
+        // Owned chunks: a closure over borrowed ones is not general enough for async_trait's
+        // Send bound.
+        stream::iter(chunks)
+            .map(|chunk| async move { self.send_batch(queue_url, &chunk).await })
+            .buffer_unordered(SQS_SENDS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
     }
 
     async fn retry_after(&self, queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), PortError> {

@@ -75,10 +75,10 @@ pub async fn status(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Re
 /// The batch's report built live from the table (also while it runs), as a local run shows it.
 pub async fn live_report(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Result<BatchReport, CliError> {
     let t = Table::new(aws_sdk_dynamodb::Client::new(sdk), table);
-    Ok(build_report(&t.batch_store(batch), &t.checkpoints(batch)).await?)
+    Ok(build_report(&t.batch_store(batch), &t.checkpoints(batch).await?).await?)
 }
 
-/// Downloads `reports/<batch>/` (report.csv, report.json, failed.csv, or the validation
+/// Downloads `reports/<batch>/` (report.html, report.csv, report.json, failed.csv, or the validation
 /// report of a rejected file) into `dir`; returns the files written.
 pub async fn download_report(
     sdk: &aws_config::SdkConfig,
@@ -89,7 +89,7 @@ pub async fn download_report(
     let objects = S3Objects { client: s3_client(sdk) };
     std::fs::create_dir_all(dir).map_err(|source| CliError::Write { path: dir.into(), source })?;
     let mut written = Vec::new();
-    for name in ["report.csv", "report.json", "failed.csv", "validation.json", "validation.txt"] {
+    for name in ["report.html", "report.csv", "report.json", "failed.csv", "validation.json", "validation.txt"] {
         if let Some(bytes) = objects.get(bucket, &format!("reports/{batch}/{name}")).await? {
             let path = dir.join(name);
             std::fs::write(&path, bytes).map_err(|source| CliError::Write { path: path.clone(), source })?;

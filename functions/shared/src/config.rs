@@ -33,6 +33,22 @@ pub struct Config {
     pub retry_delay_seconds: u32,
     /// Delay after a throttled reply that gave no backoff hint.
     pub throttle_delay_seconds: u32,
+    /// How long a mailbox lease outlives the pass's Lambda deadline: after that, a pass still
+    /// marked in the table crashed and the sweeper re-drives it. Default 60 s.
+    pub lease_grace: Duration,
+    /// Shortest time box worth a pass once the safety margin is taken off. Less is a
+    /// configuration error (function timeout too short for the margin): the mailbox fails
+    /// once with a hint instead of looping through empty passes. Default 10 s.
+    pub min_pass: Duration,
+    /// Throttled passes in a row after which the mailbox fails with the server's words.
+    pub max_throttled_passes: u32,
+    /// Time since the first of those throttled passes after which the mailbox fails.
+    pub max_throttled: Duration,
+    /// Crashed passes (found by the sweeper) after which the mailbox fails.
+    pub max_crashed_passes: u32,
+    /// How long the presigned link to report.html in the completion notice stays valid
+    /// (stack parameter ReportLinkSeconds; default and SigV4 maximum 7 days).
+    pub report_link: Duration,
     /// Batch settings defaults as TOML (the stack parameters); a sidecar TOML overrides them.
     pub defaults: toml::Table,
 }
@@ -70,6 +86,13 @@ impl Config {
             if let Some(s) = get(&format!("MAILHAUL_{up}_SECURITY")) {
                 t.insert("security".into(), toml::Value::String(s));
             }
+            // A master user for rows without a password: its password is a secret the copy
+            // function reads, named here (never a value).
+            for key in ["admin_user", "master_separator", "admin_password_secret"] {
+                if let Some(v) = get(&format!("MAILHAUL_{up}_{}", key.to_ascii_uppercase())) {
+                    t.insert(key.into(), toml::Value::String(v));
+                }
+            }
             defaults.insert(side.into(), toml::Value::Table(t));
         }
         if let Some(n) = get("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST") {
@@ -89,6 +112,14 @@ impl Config {
             busy_delay_seconds: num("MAILHAUL_BUSY_DELAY_SECONDS", 60)? as u32,
             retry_delay_seconds: num("MAILHAUL_RETRY_DELAY_SECONDS", 60)? as u32,
             throttle_delay_seconds: num("MAILHAUL_THROTTLE_DELAY_SECONDS", 60)? as u32,
+            lease_grace: Duration::from_secs(num("MAILHAUL_LEASE_GRACE_SECONDS", 60)?),
+            min_pass: Duration::from_secs(num("MAILHAUL_MIN_PASS_SECONDS", 10)?),
+            max_throttled_passes: num("MAILHAUL_MAX_THROTTLED_PASSES", 50)? as u32,
+            max_throttled: Duration::from_secs(num("MAILHAUL_MAX_THROTTLED_SECONDS", 6 * 3600)?),
+            max_crashed_passes: num("MAILHAUL_MAX_CRASHED_PASSES", 3)? as u32,
+            report_link: Duration::from_secs(
+                num("MAILHAUL_REPORT_LINK_SECONDS", 7 * 24 * 3600)?.clamp(1, 7 * 24 * 3600),
+            ),
             defaults,
         })
     }
@@ -174,13 +205,19 @@ mod tests {
             ("MAILHAUL_SOURCE_PORT", "993"),
             ("MAILHAUL_DESTINATION_HOST", ""),
             ("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST", "4"),
+            ("MAILHAUL_DESTINATION_ADMIN_USER", "admin"),
+            ("MAILHAUL_DESTINATION_ADMIN_PASSWORD_SECRET", "mailhaul/s/admin/dst"),
         ]);
         let c = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
         assert_eq!(c.defaults["source"]["host"].as_str(), Some("imap.example.org"));
         assert_eq!(c.defaults["source"]["port"].as_integer(), Some(993));
-        assert!(c.defaults["destination"].as_table().unwrap().is_empty());
+        assert_eq!(c.defaults["destination"]["admin_user"].as_str(), Some("admin"));
+        assert_eq!(c.defaults["destination"]["admin_password_secret"].as_str(), Some("mailhaul/s/admin/dst"));
+        assert!(c.defaults["destination"].get("host").is_none());
         assert_eq!(c.defaults["max_connections_per_source_host"].as_integer(), Some(4));
         assert_eq!(c.max_receive_count, 5);
+        assert_eq!((c.max_throttled_passes, c.max_crashed_passes), (50, 3));
+        assert_eq!((c.min_pass, c.lease_grace), (Duration::from_secs(10), Duration::from_secs(60)));
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use lambda_runtime::LambdaEvent;
-use mailhaul_common::engine::{copy_mailbox, CopyStatus, ProgressSink, TimeBox};
+use mailhaul_common::engine::{copy_mailbox, ProgressSink, TimeBox};
 use mailhaul_common::error::CopyError;
+use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
 use mailhaul_common::model::{FolderCounts, MailboxStatus};
 use mailhaul_common::ports::{CheckpointStore, MailboxRecord, StoreError};
 use mailhaul_common::Secret;
@@ -15,7 +16,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::adapters::MAX_DELAY_SECONDS;
 use crate::config::Services;
-use crate::messages::{FinalizeMessage, JobMessage, MailboxCompleted, SecretChunk, MAILBOX_COMPLETED};
+use crate::messages::{pair_key, FinalizeMessage, JobMessage, MailboxCompleted, SecretChunk, MAILBOX_COMPLETED};
 use crate::ports::{OutMessage, PortError};
 
 /// What one delivery of a job did.
@@ -83,8 +84,9 @@ pub async fn process_message(
     let receive_count: u32 =
         message.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
     let owner = format!("{}/{}", message.message_id.as_deref().unwrap_or("-"), uuid::Uuid::new_v4());
-    // Held past the deadline by a minute so a slow checkpoint write cannot be overtaken.
-    let until = epoch(deadline) + 60;
+    // Held past the deadline so a slow checkpoint write cannot be overtaken; a pass still
+    // marked after that crashed (the sweeper re-drives it).
+    let until = epoch(deadline) + svc.config.lease_grace.as_secs() as i64;
     let mailbox = job.job.mailbox.clone();
     let span = info_span!("mailbox", batch = %job.batch, mailbox = %mailbox, seq = job.seq);
     async {
@@ -119,13 +121,14 @@ async fn requeue(svc: &Services, job: &JobMessage, delay_seconds: u32) -> Result
     Ok(())
 }
 
-/// Queues the next pass, once: only the delivery that moves the mailbox's pass number does.
-async fn next_pass(svc: &Services, job: &JobMessage, delay_seconds: u32) -> Result<(), JobError> {
-    if svc.table.advance_seq(&job.batch, &job.job.mailbox, job.seq).await? {
-        let mut next = job.clone();
-        next.seq += 1;
-        requeue(svc, &next, delay_seconds).await?;
-    }
+/// Queues the next pass, then moves the mailbox's pass number. In that order: a crash in
+/// between leaves a next-pass message that is not stale (the number did not move), and a
+/// duplicate it may make is dropped as stale once either of them moves the number on.
+async fn next_pass(svc: &Services, job: &JobMessage, delay_seconds: u32, throttled: bool) -> Result<(), JobError> {
+    let mut next = job.clone();
+    next.seq += 1;
+    requeue(svc, &next, delay_seconds).await?;
+    svc.table.advance_seq(&job.batch, &job.job.mailbox, next.seq, throttled).await?;
     Ok(())
 }
 
@@ -138,12 +141,36 @@ async fn with_lease(
     receipt_handle: Option<&str>,
     deadline: SystemTime,
 ) -> Result<JobOutcome, JobError> {
-    let Some((mut record, seq)) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
+    let Some(item) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
         warn!("no such mailbox in the batch: dropped");
         return Ok(JobOutcome::Stale);
     };
-    if record.status.is_final() || seq > job.seq {
+    if item.record.status.is_final() {
+        // Its finisher may have died before queuing the batch's finalize: check again.
+        maybe_finalize(svc, &job.batch).await?;
         return Ok(JobOutcome::Stale);
+    }
+    if item.seq > job.seq {
+        return Ok(JobOutcome::Stale);
+    }
+    let mut record = item.record;
+    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+    let budget = remaining.saturating_sub(svc.config.safety_margin);
+    if budget.is_zero() || budget < svc.config.min_pass {
+        // Every pass would end before copying anything: a configuration error, said once.
+        let reason = format!(
+            "the copy function's time box leaves {:.1} s to copy after the {} s safety margin ({:.1} s left of the invocation): too short to copy anything",
+            budget.as_secs_f64(),
+            svc.config.safety_margin.as_secs(),
+            remaining.as_secs_f64()
+        );
+        let hint = format!(
+            "raise the copy function's Timeout (900 s is the most) or lower MAILHAUL_SAFETY_MARGIN_SECONDS so at least {} s remain, then upload the failed rows again",
+            svc.config.min_pass.as_secs().max(1)
+        );
+        error!(reason = %reason, "time box too short: mailbox failed");
+        finish(svc, job, &mut record, MailboxStatus::Failed, Some(reason.clone()), Some(hint)).await?;
+        return Ok(JobOutcome::Failed { reason });
     }
     let host = source_host(job);
     let Some(slot) = svc.table.acquire_slot(&host, job.max_connections_per_source_host, owner, until).await? else {
@@ -152,7 +179,7 @@ async fn with_lease(
             what: format!("all {} connection slots of {host} are in use", job.max_connections_per_source_host),
         });
     };
-    let result = copy_pass(svc, job, &mut record, receive_count, receipt_handle, deadline).await;
+    let result = copy_pass(svc, job, &mut record, receive_count, receipt_handle, until, budget).await;
     if let Err(e) = svc.table.release_slot(&host, slot, owner).await {
         warn!(error = %e, "could not release the connection slot; it expires by itself");
     }
@@ -167,14 +194,58 @@ impl ProgressSink for LogProgress {
     }
 }
 
-async fn fill_passwords(svc: &Services, job: &mut JobMessage) -> Result<bool, JobError> {
-    let Some(secret) = svc.secrets.get(&job.secret).await? else { return Ok(false) };
+/// Fills the job's passwords from its secret chunk and, for a login the CSV gave no password
+/// (a master user), from the side's admin secret. `Err(reason)` inside: the mailbox cannot run.
+async fn fill_passwords(svc: &Services, job: &mut JobMessage) -> Result<Result<(), String>, JobError> {
+    let gone = || format!("the passwords of {} are no longer in Secrets Manager ({})", job.job.mailbox, job.secret);
+    let Some(secret) = svc.secrets.get(&job.secret).await? else { return Ok(Err(gone())) };
     let chunk: SecretChunk = serde_json::from_str(secret.expose())
         .map_err(|_| JobError::Copy(format!("secret {} is not readable", job.secret)))?;
-    let Some(p) = chunk.get(&job.job.mailbox) else { return Ok(false) };
-    job.job.source.login.password = Secret::new(p.source.clone());
-    job.job.destination.login.password = Secret::new(p.destination.clone());
-    Ok(true)
+    let Some(p) = chunk.get(&job.job.mailbox) else { return Ok(Err(gone())) };
+    let (mut source, mut destination) = (Secret::new(p.source.clone()), Secret::new(p.destination.clone()));
+    drop(chunk);
+    for (side, password, admin) in [
+        ("source", &mut source, &job.source_admin_secret),
+        ("destination", &mut destination, &job.destination_admin_secret),
+    ] {
+        if let (true, Some(name)) = (password.is_empty(), admin) {
+            match svc.secrets.get(name).await? {
+                Some(value) if !value.is_empty() => *password = value,
+                _ => {
+                    return Ok(Err(format!(
+                        "the {side} admin password secret {name} does not exist or is empty: create it in Secrets Manager, then upload the failed rows again"
+                    )))
+                }
+            }
+        }
+    }
+    job.job.source.login.password = source;
+    job.job.destination.login.password = destination;
+    Ok(Ok(()))
+}
+
+/// The OAuth2 credential of each side that signs in with tokens, from the Secrets Manager
+/// secret its settings name (`aws_secret`), else the function's environment. `Ok(Err(reason))`
+/// when it is not there: the mailbox fails, nothing is retried.
+async fn fill_oauth2_credentials(svc: &Services, job: &mut JobMessage) -> Result<Result<(), String>, JobError> {
+    for (side, login) in [("source", &mut job.job.source.login), ("destination", &mut job.job.destination.login)] {
+        let Some(config) = login.oauth2.clone() else { continue };
+        let credential = match &config.aws_secret {
+            Some(name) => match svc.secrets.get(name).await? {
+                Some(secret) if !secret.is_empty() => secret,
+                _ => return Ok(Err(format!(
+                    "the {side} OAuth2 credential is not in Secrets Manager: secret {name} (aws_secret in [{side}.oauth2]) does not exist or is empty"
+                ))),
+            },
+            None => match config.local_credential(side, |var| std::env::var(var).ok()) {
+                Ok(Some(secret)) => secret,
+                Ok(None) => return Ok(Err(format!("[{side}.oauth2] names no credential"))),
+                Err(reason) => return Ok(Err(reason)),
+            },
+        };
+        login.password = credential;
+    }
+    Ok(Ok(()))
 }
 
 async fn copy_pass(
@@ -183,11 +254,11 @@ async fn copy_pass(
     record: &mut MailboxRecord,
     receive_count: u32,
     receipt_handle: Option<&str>,
-    deadline: SystemTime,
+    until: i64,
+    budget: Duration,
 ) -> Result<JobOutcome, JobError> {
     let mut job_with_passwords = job.clone();
-    if !fill_passwords(svc, &mut job_with_passwords).await? {
-        let reason = format!("the passwords of {} are no longer in Secrets Manager ({})", job.job.mailbox, job.secret);
+    if let Err(reason) = fill_passwords(svc, &mut job_with_passwords).await? {
         finish(
             svc,
             job,
@@ -199,74 +270,110 @@ async fn copy_pass(
         .await?;
         return Ok(JobOutcome::Failed { reason });
     }
-    let checkpoints = svc.table.checkpoints(&job.batch);
+    if let Err(reason) = fill_oauth2_credentials(svc, &mut job_with_passwords).await? {
+        let hint = "create the secret (its name must start with the stack's OAuth2SecretPrefix) or fix aws_secret in the batch settings, then upload the CSV again".to_string();
+        finish(svc, job, record, MailboxStatus::Failed, Some(reason.clone()), Some(hint)).await?;
+        return Ok(JobOutcome::Failed { reason });
+    }
+    // Checkpoints and ledger of the mailbox pair: a later batch of the same pair is a delta.
+    let checkpoints = svc.table.pair_checkpoints(&job.job.mailbox, &pair_key(&job.job));
+    if record.passes == 0 {
+        // What earlier batches copied, so this batch counts only its own messages.
+        let mut before = FolderCounts::default();
+        for c in checkpoints.load_folders(&job.job.mailbox).await? {
+            before.add(&c.counts);
+        }
+        svc.table.set_baseline(&job.batch, &job.job.mailbox, before.copied, before.bytes).await?;
+    }
     let batch_store = svc.table.batch_store(&job.batch);
     record.status = MailboxStatus::Running;
     record.started_at.get_or_insert_with(Utc::now);
     mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
+    svc.table.begin_pass(&job.batch, &job.job.mailbox, until).await?;
 
-    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
-    let budget = remaining.saturating_sub(svc.config.safety_margin);
     let mut timebox = TimeBox::unlimited();
     timebox.deadline = Some(tokio::time::Instant::now() + budget);
     let started = Instant::now();
+    // One host slot is held per pass, so one pair of connections (splitting a mailbox across
+    // functions is the serverless pipeline's own way to go wide).
+    let options = mailhaul_common::model::CopyOptions { connections_per_mailbox: 1, ..job.options.clone() };
     // Boxed: the engine's future is deep enough to overflow the compiler's layout recursion.
-    let result =
-        Box::pin(copy_mailbox(&job_with_passwords.job, &job.options, &checkpoints, &LogProgress, &timebox)).await;
+    let result = Box::pin(copy_mailbox(&job_with_passwords.job, &options, &checkpoints, &LogProgress, &timebox)).await;
     drop(job_with_passwords);
     record.seconds += started.elapsed().as_secs_f64();
     record.passes += 1;
 
-    match result {
-        Ok(outcome) if outcome.status == CopyStatus::Done => {
+    // What comes next is the shared rule book's (the local runner uses the same).
+    let mut tries = Tries { attempt: receive_count, ..Tries::default() };
+    if let Err(CopyError::Throttled { .. }) = &result {
+        let (passes, since) = svc.table.count_throttled(&job.batch, &job.job.mailbox).await?;
+        tries.throttled_passes = passes;
+        tries.throttled_for = Duration::from_secs((Utc::now().timestamp() - since).max(0) as u64);
+    }
+    let config = &svc.config;
+    let limits = Limits {
+        max_attempts: config.max_receive_count,
+        time_boxed: true,
+        retry_delay: Some(Duration::from_secs(config.retry_delay_seconds.into())),
+        max_throttled_passes: config.max_throttled_passes,
+        max_throttled: config.max_throttled,
+        throttle_delay: Duration::from_secs(config.throttle_delay_seconds.into()),
+    };
+    let end = match &result {
+        Ok(outcome) => PassEnd::Copied(outcome),
+        Err(e) => PassEnd::Error(e),
+    };
+    let error = result.as_ref().err();
+    match next_step(end, tries, &limits) {
+        Next::Done => {
             record.error = None;
             record.hint = None;
             finish(svc, job, record, MailboxStatus::Done, None, None).await?;
             Ok(JobOutcome::Done)
         }
-        Ok(_) => {
+        // Stopped does not happen to a time-boxed runner nobody stops; continue regardless.
+        Next::Continue | Next::Stopped { .. } => {
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
-            next_pass(svc, job, 0).await?;
+            next_pass(svc, job, 0, false).await?;
             Ok(JobOutcome::Continued)
         }
-        Err(e @ CopyError::Throttled { .. }) => {
-            let delay = e
-                .retry_after()
-                .map(|d| d.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32)
-                .unwrap_or(svc.config.throttle_delay_seconds);
-            warn!(error = %e, delay, "throttled: queued again instead of sleeping on paid time");
-            record.error = Some(e.to_string());
-            record.hint = Some(e.hint());
+        Next::Throttled(delay) => {
+            let delay = delay.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32;
+            warn!(error = ?error, delay, passes = tries.throttled_passes, "throttled: queued again instead of sleeping on paid time");
+            record.error = error.map(|e| e.to_string());
+            record.hint = error.map(|e| e.hint());
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
-            next_pass(svc, job, delay).await?;
+            next_pass(svc, job, delay, true).await?;
             Ok(JobOutcome::Throttled { delay_seconds: delay })
         }
-        Err(e) if e.is_retryable() => {
-            if receive_count >= svc.config.max_receive_count {
-                // Last delivery: the job goes to the dead-letter queue, the mailbox is failed.
-                let reason = format!("{e} (gave up after {receive_count} tries)");
-                finish(svc, job, record, MailboxStatus::Failed, Some(reason), Some(e.hint())).await?;
-                return Err(JobError::Copy(e.to_string()));
-            }
-            record.error = Some(e.to_string());
-            record.hint = Some(e.hint());
+        Next::RetryAfter(delay) => {
+            record.error = error.map(|e| e.to_string());
+            record.hint = error.map(|e| e.hint());
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
+            // The pass ended: SQS redelivers this message (not a crash for the sweeper).
+            svc.table.end_pass(&job.batch, &job.job.mailbox).await?;
             if let Some(handle) = receipt_handle {
                 // Sooner than the queue's visibility timeout (6 × 15 min).
-                svc.queue.retry_after(&svc.config.jobs_queue_url, handle, svc.config.retry_delay_seconds).await?;
+                let seconds = delay.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32;
+                svc.queue.retry_after(&config.jobs_queue_url, handle, seconds).await?;
             }
-            Err(JobError::Copy(e.to_string()))
+            Err(JobError::Copy(error.map(|e| e.to_string()).unwrap_or_default()))
         }
-        Err(e) => {
-            let reason = e.to_string();
-            finish(svc, job, record, MailboxStatus::Failed, Some(reason.clone()), Some(e.hint())).await?;
+        Next::Failed { reason, hint, gave_up } => {
+            warn!(%reason, "mailbox failed");
+            finish(svc, job, record, MailboxStatus::Failed, Some(reason.clone()), Some(hint)).await?;
+            if gave_up {
+                // Last delivery: the job goes to the dead-letter queue.
+                return Err(JobError::Copy(reason));
+            }
             Ok(JobOutcome::Failed { reason })
         }
     }
 }
 
-/// Makes the mailbox final (once), counts it in the batch, announces it, and when it was the
-/// last one, queues the batch's finalize message (once).
+/// Makes the mailbox final (once), counts it in the batch, announces it, and when the batch
+/// is complete queues its finalize message. A mailbox already final is not counted again,
+/// but the batch is still checked: its first finisher may have died before that step.
 pub async fn finish(
     svc: &Services,
     job: &JobMessage,
@@ -275,51 +382,59 @@ pub async fn finish(
     error: Option<String>,
     hint: Option<String>,
 ) -> Result<(), JobError> {
-    let checkpoints = svc.table.checkpoints(&job.batch);
+    let checkpoints = svc.table.pair_checkpoints(&job.job.mailbox, &pair_key(&job.job));
     let mut totals = FolderCounts::default();
     for c in checkpoints.load_folders(&job.job.mailbox).await? {
         totals.add(&c.counts);
     }
+    // This batch's own messages: the pair's counts minus what earlier batches copied.
+    let (before, before_bytes) =
+        svc.table.mailbox_item(&job.batch, &job.job.mailbox).await?.and_then(|m| m.baseline).unwrap_or((0, 0));
+    totals.copied = totals.copied.saturating_sub(before);
+    totals.bytes = totals.bytes.saturating_sub(before_bytes);
     record.status = status;
     record.error = error;
     record.hint = hint;
     record.finished_at = Some(Utc::now());
-    if !svc.table.finish_mailbox(&job.batch, record, totals.copied, totals.bytes).await? {
-        return Ok(());
-    }
-    svc.table.release_mailbox(&job.job.mailbox, &job.batch).await?;
-    info!(status = status.as_str(), copied = totals.copied, bytes = totals.bytes, "mailbox finished");
-    let detail = MailboxCompleted {
-        batch: job.batch.clone(),
-        mailbox: record.mailbox.clone(),
-        row: record.row,
-        status: status.as_str().to_string(),
-        error: record.error.clone(),
-        hint: record.hint.clone(),
-        messages_copied: totals.copied,
-        bytes_copied: totals.bytes,
-        seconds: record.seconds,
-        passes: record.passes,
-    };
-    match serde_json::to_value(&detail) {
-        Ok(v) => {
-            if let Err(e) = svc.notifier.event(MAILBOX_COMPLETED, &v).await {
-                // The mailbox is final already; a lost progress event must not copy it again.
-                warn!(error = %e, "MailboxCompleted event not delivered");
+    if svc.table.finish_mailbox(&job.batch, record, totals.copied, totals.bytes).await? {
+        info!(status = status.as_str(), copied = totals.copied, bytes = totals.bytes, "mailbox finished");
+        let detail = MailboxCompleted {
+            batch: job.batch.clone(),
+            mailbox: record.mailbox.clone(),
+            row: record.row,
+            status: status.as_str().to_string(),
+            error: record.error.clone(),
+            hint: record.hint.clone(),
+            messages_copied: totals.copied,
+            bytes_copied: totals.bytes,
+            seconds: record.seconds,
+            passes: record.passes,
+        };
+        match serde_json::to_value(&detail) {
+            Ok(v) => {
+                if let Err(e) = svc.notifier.event(MAILBOX_COMPLETED, &v).await {
+                    // The mailbox is final already; a lost progress event must not copy it again.
+                    warn!(error = %e, "MailboxCompleted event not delivered");
+                }
             }
+            Err(e) => warn!(error = %e, "MailboxCompleted event not serializable"),
         }
-        Err(e) => warn!(error = %e, "MailboxCompleted event not serializable"),
     }
+    // Idempotent, so also done when a crash came between the final write and here.
+    svc.table.release_mailbox(&job.job.mailbox, &job.batch).await?;
     maybe_finalize(svc, &job.batch).await
 }
 
-async fn maybe_finalize(svc: &Services, batch: &str) -> Result<(), JobError> {
+/// Queues the batch's finalize message when every mailbox is final. Finalizing is idempotent
+/// (only the delivery that marks the batch completed announces it), so a second message,
+/// from a redelivery or the sweeper, does no harm; a lost one is sent again by the sweeper.
+pub async fn maybe_finalize(svc: &Services, batch: &str) -> Result<(), JobError> {
     let Some(state) = svc.table.batch_state(batch).await? else { return Ok(()) };
-    if state.done + state.failed >= state.total && svc.table.claim_finalize(batch).await? {
+    if state.state != "completed" && state.done + state.failed >= state.total {
         let body = serde_json::to_string(&FinalizeMessage { batch: batch.to_string() })
             .map_err(|e| JobError::BadMessage(e.to_string()))?;
         svc.queue.send(&svc.config.finalize_queue_url, vec![OutMessage { body, delay_seconds: 0 }]).await?;
-        info!(batch, done = state.done, failed = state.failed, "last mailbox final: finalize queued");
+        info!(batch, done = state.done, failed = state.failed, "every mailbox final: finalize queued");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use mailhaul_common::model::MailboxStatus;
 use tracing::{info, info_span, Instrument};
 
 use crate::config::Services;
-use crate::copy::{finish, JobError};
+use crate::copy::{finish, maybe_finalize, JobError};
 use crate::messages::JobMessage;
 
 /// What became of one dead-lettered job.
@@ -26,27 +26,40 @@ pub fn is_job(body: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("job").is_some_and(|j| j.is_object()))
 }
 
+/// Reason and hint of a mailbox failed because the copy function died on it `times` times;
+/// `last` is the last transient error a pass saved, if one got that far.
+pub fn crashed(times: u32, last: Option<String>) -> (String, String) {
+    let reason = match last {
+        Some(last) => {
+            format!("the copy function crashed or timed out {times} times on this mailbox (last error: {last})")
+        }
+        None => format!("the copy function crashed or timed out {times} times on this mailbox"),
+    };
+    let hint = "see the copy function's logs for this mailbox; a very large message or folder may need more CopyMemorySize, then retry the row from failed.csv";
+    (reason, hint.to_string())
+}
+
 /// Marks the dead-lettered job's mailbox failed, unless it is already final or has moved on.
 pub async fn process_dead_letter(svc: &Services, message: &SqsMessage) -> Result<DeadLetterOutcome, JobError> {
     let body = message.body.as_deref().ok_or_else(|| JobError::BadMessage("no body".into()))?;
     let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
     let span = info_span!("dead_letter", batch = %job.batch, mailbox = %job.job.mailbox, seq = job.seq);
     async {
-        let Some((mut record, seq)) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
+        let Some(item) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
             info!("no such mailbox in the batch: dropped");
             return Ok(DeadLetterOutcome::Stale);
         };
-        if record.status.is_final() || seq > job.seq {
+        if item.record.status.is_final() {
+            // Its finisher may have died before queuing the batch's finalize: check again.
+            maybe_finalize(svc, &job.batch).await?;
             return Ok(DeadLetterOutcome::Stale);
         }
-        let tries = svc.config.max_receive_count;
-        // The last transient error the copy function saved, if it got that far.
-        let reason = match record.error.take() {
-            Some(last) => format!("the copy function crashed or timed out {tries} times on this mailbox (last error: {last})"),
-            None => format!("the copy function crashed or timed out {tries} times on this mailbox"),
-        };
-        let hint = "see the copy function's logs for this mailbox; a very large message or folder may need more CopyMemorySize, then retry the row from failed.csv";
-        finish(svc, &job, &mut record, MailboxStatus::Failed, Some(reason.clone()), Some(hint.into())).await?;
+        if item.seq > job.seq {
+            return Ok(DeadLetterOutcome::Stale);
+        }
+        let mut record = item.record;
+        let (reason, hint) = crashed(svc.config.max_receive_count, record.error.take());
+        finish(svc, &job, &mut record, MailboxStatus::Failed, Some(reason.clone()), Some(hint)).await?;
         info!(reason = %reason, "dead-lettered mailbox marked failed");
         Ok(DeadLetterOutcome::Failed { reason })
     }

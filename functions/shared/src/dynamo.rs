@@ -6,10 +6,17 @@
 //! Items:
 //! - `BATCH#<id>` / `META`: BatchMeta (`data`), `state`, `total_count`, counters `done`,
 //!   `failed`, `messages_copied`, `bytes_copied`, `secret_names`, `finalize_sent`, `finished_at`.
-//! - `BATCH#<id>` / `MBX#<mailbox>`: MailboxRecord (`data`), `status`, `row`, `pass_seq`.
-//! - `CKPT#<id>#<mailbox>` / `F#<folder>`: FolderCheckpoint; `/ S#<folder>#<uid>#<reason>`: SkippedMessage.
+//! - `BATCH#<id>` / `MBX#<mailbox>`: MailboxRecord (`data`), `status`, `row`, `pass_seq`, the
+//!   job message without passwords (`job`, for the sweeper to re-drive), `pass_until` (epoch s,
+//!   set while a pass holds the mailbox: still there after it expired means the pass crashed),
+//!   `crashes`, `throttled_passes`, `throttled_since`.
+//! - `RUNNING` / `BATCH#<id>`: the batches the sweeper looks at, until they are announced.
+//! - `CKPT#<pair>` / `F#<folder>`: FolderCheckpoint; `/ S#<folder>#<uid>#<reason>`: SkippedMessage;
+//!   `/ L#...`: ledger runs. `<pair>` is [`crate::messages::pair_key`] of the mailbox pair, not the
+//!   batch: a later batch of the same pair resumes from them (a delta pass).
 //! - `LEASE#<mailbox>` / `LEASE` and `SLOT#<host:port>` / `<n>`: `holder`, `expires_at` (epoch s), `ttl`.
-//! - `ACTIVE#<mailbox>` / `ACTIVE`: `batch_id` holding the mailbox until it is final.
+//! - `ACTIVE#<mailbox>` / `ACTIVE`: `batch_id` holding the mailbox until it is final. A claim
+//!   whose batch is over, rejected, or never got past submitting is taken over (claims expire).
 //!
 //! Leases carry their own expiry and are checked in the condition, so they work where
 //! TTL deletion is late (up to days on AWS) or absent (moto).
@@ -20,7 +27,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
-use mailhaul_common::model::{FolderCheckpoint, MailboxStatus, SkippedMessage};
+use mailhaul_common::ledger::Run;
+use mailhaul_common::model::{FolderCheckpoint, MailboxStatus, SkipReason, SkippedMessage};
 use mailhaul_common::ports::{BatchMeta, BatchStore, CheckpointStore, MailboxRecord, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -71,6 +79,38 @@ pub struct BatchState {
     /// Names of the secrets holding this batch's passwords.
     pub secrets: Vec<String>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// `BatchCompleted` was published.
+    pub announced: bool,
+    /// For a delta pass: the completed batch whose file was uploaded again.
+    pub delta_of: Option<String>,
+}
+
+/// A mailbox item as the copy function and the sweeper see it.
+#[derive(Clone, Debug)]
+pub struct MailboxItem {
+    pub record: MailboxRecord,
+    /// The current pass number.
+    pub seq: u32,
+    /// The job message body (no passwords), as upload queued it.
+    pub job: Option<String>,
+    /// End of the lease of the pass in progress; `None` when no pass is running.
+    pub pass_until: Option<i64>,
+    /// Passes the sweeper found crashed.
+    pub crashes: u32,
+    /// Throttled passes in a row, and when the first of them began (epoch s).
+    pub throttled_passes: u32,
+    pub throttled_since: Option<i64>,
+    /// Messages and bytes the pair's checkpoints counted before this batch's first pass.
+    pub baseline: Option<(u64, u64)>,
+}
+
+/// How a claim on a mailbox turned out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed (or already ours, or taken over from a batch that is over).
+    Ours,
+    /// Another batch is running it.
+    HeldBy(String),
 }
 
 /// The state table.
@@ -223,7 +263,20 @@ impl Table {
     /// Creates the batch in state `submitting`; `Ok(false)` when it already exists
     /// (the same object delivered or uploaded twice never makes two batches).
     pub async fn create_batch(&self, meta: &BatchMeta, source_key: &str) -> Result<bool, StoreError> {
+        self.create_delta_batch(meta, source_key, None).await
+    }
+
+    /// [`Table::create_batch`], marking a delta pass of the completed batch `delta_of`.
+    pub async fn create_delta_batch(
+        &self,
+        meta: &BatchMeta,
+        source_key: &str,
+        delta_of: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut item = key(batch_pk(&meta.id), "META");
+        if let Some(d) = delta_of {
+            item.insert("delta_of".into(), s(d));
+        }
         item.insert("data".into(), to_json(meta)?);
         item.insert("state".into(), s("submitting"));
         item.insert("source_key".into(), s(source_key));
@@ -256,6 +309,8 @@ impl Table {
             finished_at: get_s(&item, "finished_at")
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc)),
+            announced: item.get("announced").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            delta_of: get_s(&item, "delta_of").map(str::to_string),
         }))
     }
 
@@ -289,17 +344,45 @@ impl Table {
         Ok(())
     }
 
-    /// Claims the right to send the batch's finalize message: true for exactly one caller.
-    pub async fn claim_finalize(&self, batch: &str) -> Result<bool, StoreError> {
+    /// Lists the batch among those the sweeper watches (from submit until announced).
+    pub async fn watch_batch(&self, batch: &str) -> Result<(), StoreError> {
+        let mut item = key("RUNNING", batch_pk(batch));
+        item.insert("batch_id".into(), s(batch));
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| err("PutItem", batch, e))?;
+        Ok(())
+    }
+
+    /// The batches the sweeper watches.
+    pub async fn watched_batches(&self) -> Result<Vec<String>, StoreError> {
+        let items = self.query("RUNNING", "BATCH#").await?;
+        Ok(items.iter().filter_map(|i| get_s(i, "batch_id").map(str::to_string)).collect())
+    }
+
+    /// Marks `BatchCompleted` published and stops watching the batch.
+    pub async fn mark_announced(&self, batch: &str) -> Result<(), StoreError> {
         self.update_if(
             key(batch_pk(batch), "META"),
-            "SET finalize_sent = :t",
-            Some("attribute_exists(pk) AND attribute_not_exists(finalize_sent)"),
+            "SET announced = :t",
+            Some("attribute_exists(pk)"),
             HashMap::new(),
             HashMap::from([(":t".into(), AttributeValue::Bool(true))]),
             batch,
         )
-        .await
+        .await?;
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(key("RUNNING", batch_pk(batch))))
+            .send()
+            .await
+            .map_err(|e| err("DeleteItem", batch, e))?;
+        Ok(())
     }
 
     /// Marks the batch completed; false when it already was.
@@ -318,24 +401,51 @@ impl Table {
 
     // ---- "mailbox in a running batch" claims ----
 
-    /// Claims `mailbox` for `batch`. `Ok(None)` when claimed (or already ours), else the
-    /// id of the running batch that holds it.
-    pub async fn claim_mailbox(&self, mailbox: &str, batch: &str) -> Result<Option<String>, StoreError> {
-        let mut item = key(format!("ACTIVE#{mailbox}"), "ACTIVE");
-        item.insert("batch_id".into(), s(batch));
-        let ok = self
-            .put_if(
-                item,
-                "attribute_not_exists(pk) OR batch_id = :b",
-                HashMap::from([(":b".into(), s(batch))]),
-                mailbox,
-            )
-            .await?;
-        if ok {
-            return Ok(None);
+    /// Claims `mailbox` for `batch`. A claim held by a batch that no longer runs the mailbox
+    /// (the mailbox is final there, the batch is completed or rejected, or its upload died
+    /// while submitting) has expired and is taken over.
+    pub async fn claim_mailbox(&self, mailbox: &str, batch: &str) -> Result<Claim, StoreError> {
+        let claim_key = || key(format!("ACTIVE#{mailbox}"), "ACTIVE");
+        let item = || {
+            let mut item = claim_key();
+            item.insert("batch_id".into(), s(batch));
+            item
+        };
+        for _ in 0..3 {
+            let ok = self
+                .put_if(
+                    item(),
+                    "attribute_not_exists(pk) OR batch_id = :b",
+                    HashMap::from([(":b".into(), s(batch))]),
+                    mailbox,
+                )
+                .await?;
+            if ok {
+                return Ok(Claim::Ours);
+            }
+            let Some(holder) = self.get(claim_key(), mailbox).await? else { continue };
+            let other = get_s(&holder, "batch_id").unwrap_or("another batch").to_string();
+            if !self.claim_expired(&other, mailbox).await? {
+                return Ok(Claim::HeldBy(other));
+            }
+            if self.put_if(item(), "batch_id = :o", HashMap::from([(":o".into(), s(&other))]), mailbox).await? {
+                return Ok(Claim::Ours);
+            }
         }
-        let holder = self.get(key(format!("ACTIVE#{mailbox}"), "ACTIVE"), mailbox).await?;
-        Ok(Some(holder.as_ref().and_then(|i| get_s(i, "batch_id")).unwrap_or("another batch").to_string()))
+        Ok(Claim::HeldBy("another batch".into()))
+    }
+
+    /// Whether `other`'s claim on `mailbox` is over: see [`Table::claim_mailbox`].
+    async fn claim_expired(&self, other: &str, mailbox: &str) -> Result<bool, StoreError> {
+        /// Longer than the upload function's timeout: a batch still submitting after this died.
+        const SUBMIT_AT_MOST: i64 = 900;
+        let Some(state) = self.batch_state(other).await? else { return Ok(true) };
+        match state.state.as_str() {
+            "completed" | "rejected" => return Ok(true),
+            "submitting" if now_epoch() - state.meta.created_at.timestamp() > SUBMIT_AT_MOST => return Ok(true),
+            _ => {}
+        }
+        Ok(self.mailbox_item(other, mailbox).await?.is_some_and(|m| m.record.status.is_final()))
     }
 
     /// Releases `batch`'s claim on `mailbox` (no-op when another batch holds it).
@@ -352,10 +462,12 @@ impl Table {
 
     // ---- mailboxes ----
 
-    /// Creates a mailbox record at pass 0 unless it exists (an upload retried keeps progress).
-    pub async fn create_mailbox(&self, batch: &str, record: &MailboxRecord) -> Result<(), StoreError> {
+    /// Creates a mailbox record at pass 0 unless it exists (an upload retried keeps progress),
+    /// with its job message (no passwords) for the sweeper.
+    pub async fn create_mailbox(&self, batch: &str, record: &MailboxRecord, job: &str) -> Result<(), StoreError> {
         let mut item = key(batch_pk(batch), mailbox_sk(&record.mailbox));
         item.insert("data".into(), to_json(record)?);
+        item.insert("job".into(), s(job));
         item.insert("status".into(), s(record.status.as_str()));
         item.insert("row".into(), n(record.row));
         item.insert("pass_seq".into(), n(0));
@@ -363,24 +475,121 @@ impl Table {
         Ok(())
     }
 
-    /// The mailbox's record and current pass number.
-    pub async fn mailbox_item(&self, batch: &str, mailbox: &str) -> Result<Option<(MailboxRecord, u32)>, StoreError> {
+    /// The mailbox's item.
+    pub async fn mailbox_item(&self, batch: &str, mailbox: &str) -> Result<Option<MailboxItem>, StoreError> {
         let Some(item) = self.get(key(batch_pk(batch), mailbox_sk(mailbox)), mailbox).await? else { return Ok(None) };
-        let record = from_json(&item, mailbox)?;
-        Ok(Some((record, get_n(&item, "pass_seq") as u32)))
+        Ok(Some(mailbox_item(&item, mailbox)?))
     }
 
-    /// Moves the mailbox from pass `from` to `from + 1`; false when it was not at `from`.
-    pub async fn advance_seq(&self, batch: &str, mailbox: &str, from: u32) -> Result<bool, StoreError> {
+    /// Every mailbox item of a batch, by row.
+    pub async fn mailbox_items(&self, batch: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        let items = self.query(&batch_pk(batch), "MBX#").await?;
+        let mut out = items.iter().map(|i| mailbox_item(i, batch)).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|m| m.record.row);
+        Ok(out)
+    }
+
+    /// A pass holds the mailbox until `until` (epoch s): if it is still marked after that,
+    /// the pass crashed.
+    pub async fn begin_pass(&self, batch: &str, mailbox: &str, until: i64) -> Result<(), StoreError> {
         self.update_if(
             key(batch_pk(batch), mailbox_sk(mailbox)),
-            "SET pass_seq = :next",
-            Some("pass_seq = :cur"),
+            "SET pass_until = :u",
+            None,
             HashMap::new(),
-            HashMap::from([(":next".into(), n(from + 1)), (":cur".into(), n(from))]),
+            HashMap::from([(":u".into(), n(until))]),
+            mailbox,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The pass ended without moving on (a transient error retried by SQS).
+    pub async fn end_pass(&self, batch: &str, mailbox: &str) -> Result<(), StoreError> {
+        self.update_if(
+            key(batch_pk(batch), mailbox_sk(mailbox)),
+            "REMOVE pass_until",
+            None,
+            HashMap::new(),
+            Item::new(),
+            mailbox,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the mailbox to pass `to` (never backwards) and ends the pass in progress; a pass
+    /// that was not throttled also clears the throttle count. Called after the message of
+    /// pass `to` is sent, so a crash in between leaves a message that is not stale.
+    pub async fn advance_seq(&self, batch: &str, mailbox: &str, to: u32, throttled: bool) -> Result<bool, StoreError> {
+        let update = if throttled {
+            "SET pass_seq = :next REMOVE pass_until"
+        } else {
+            "SET pass_seq = :next REMOVE pass_until, throttled_passes, throttled_since"
+        };
+        self.update_if(
+            key(batch_pk(batch), mailbox_sk(mailbox)),
+            update,
+            Some("attribute_exists(pk) AND pass_seq < :next"),
+            HashMap::new(),
+            HashMap::from([(":next".into(), n(to))]),
             mailbox,
         )
         .await
+    }
+
+    /// Records what the pair's checkpoints counted before this batch copied anything (once).
+    pub async fn set_baseline(&self, batch: &str, mailbox: &str, copied: u64, bytes: u64) -> Result<(), StoreError> {
+        self.update_if(
+            key(batch_pk(batch), mailbox_sk(mailbox)),
+            "SET baseline_copied = :c, baseline_bytes = :b",
+            Some("attribute_not_exists(baseline_copied)"),
+            HashMap::new(),
+            HashMap::from([(":c".into(), n(copied)), (":b".into(), n(bytes))]),
+            mailbox,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a throttled pass: (throttled passes in a row, epoch s of the first).
+    pub async fn count_throttled(&self, batch: &str, mailbox: &str) -> Result<(u32, i64), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key(batch_pk(batch), mailbox_sk(mailbox))))
+            .update_expression("ADD throttled_passes :one SET throttled_since = if_not_exists(throttled_since, :now)")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now_epoch()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| err("UpdateItem", mailbox, e))?;
+        let item = out.attributes.unwrap_or_default();
+        Ok((get_n(&item, "throttled_passes") as u32, get_n(&item, "throttled_since") as i64))
+    }
+
+    /// The sweeper found the pass that held the mailbox until `seen_until` crashed: ends it and
+    /// counts the crash. `None` when another sweeper (or the pass itself) got there first.
+    pub async fn count_crash(&self, batch: &str, mailbox: &str, seen_until: i64) -> Result<Option<u32>, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key(batch_pk(batch), mailbox_sk(mailbox))))
+            .update_expression("REMOVE pass_until ADD crashes :one")
+            .condition_expression("pass_until = :seen")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":seen", n(seen_until))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(get_n(&out.attributes.unwrap_or_default(), "crashes") as u32)),
+            Err(e) if e.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(None),
+            Err(e) => Err(err("UpdateItem", mailbox, e)),
+        }
     }
 
     /// Saves a final record and counts it in the batch, atomically and once: false when the
@@ -398,7 +607,7 @@ impl Table {
         let mailbox_update = Update::builder()
             .table_name(&self.name)
             .set_key(Some(key(batch_pk(batch), mailbox_sk(&record.mailbox))))
-            .update_expression("SET #d = :d, #st = :st")
+            .update_expression("SET #d = :d, #st = :st REMOVE pass_until")
             .condition_expression("#st <> :done AND #st <> :failed")
             .expression_attribute_names("#d", "data")
             .expression_attribute_names("#st", "status")
@@ -521,10 +730,38 @@ impl Table {
         DynamoBatchStore { table: self.clone(), batch: batch.to_string() }
     }
 
-    /// The [`CheckpointStore`] of one batch.
-    pub fn checkpoints(&self, batch: &str) -> DynamoCheckpoints {
-        DynamoCheckpoints { table: self.clone(), batch: batch.to_string() }
+    /// The [`CheckpointStore`] of one mailbox pair (see [`crate::messages::pair_key`]).
+    pub fn pair_checkpoints(&self, mailbox: &str, pair: &str) -> DynamoCheckpoints {
+        let pairs = HashMap::from([(mailbox.to_string(), pair.to_string())]);
+        DynamoCheckpoints { table: self.clone(), pairs: std::sync::Arc::new(pairs) }
     }
+
+    /// The [`CheckpointStore`] of every mailbox of a batch (for its report), from the pairs
+    /// of the jobs stored on its mailbox items.
+    pub async fn checkpoints(&self, batch: &str) -> Result<DynamoCheckpoints, StoreError> {
+        let mut pairs = HashMap::new();
+        for item in self.mailbox_items(batch).await? {
+            let Some(job) = item.job.as_deref() else { continue };
+            let job: crate::messages::JobMessage =
+                serde_json::from_str(job).map_err(|e| StoreError::new(format!("{batch}: stored job: {e}")))?;
+            pairs.insert(job.job.mailbox.clone(), crate::messages::pair_key(&job.job));
+        }
+        Ok(DynamoCheckpoints { table: self.clone(), pairs: std::sync::Arc::new(pairs) })
+    }
+}
+
+fn mailbox_item(item: &Item, what: &str) -> Result<MailboxItem, StoreError> {
+    let opt_n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    Ok(MailboxItem {
+        record: from_json(item, what)?,
+        seq: get_n(item, "pass_seq") as u32,
+        job: get_s(item, "job").map(str::to_string),
+        pass_until: opt_n("pass_until"),
+        crashes: get_n(item, "crashes") as u32,
+        throttled_passes: get_n(item, "throttled_passes") as u32,
+        throttled_since: opt_n("throttled_since"),
+        baseline: item.get("baseline_copied").map(|_| (get_n(item, "baseline_copied"), get_n(item, "baseline_bytes"))),
+    })
 }
 
 /// [`BatchStore`] on the table, for one batch.
@@ -570,7 +807,7 @@ impl BatchStore for DynamoBatchStore {
     }
 
     async fn mailbox(&self, mailbox: &str) -> Result<Option<MailboxRecord>, StoreError> {
-        Ok(self.table.mailbox_item(&self.batch, mailbox).await?.map(|(r, _)| r))
+        Ok(self.table.mailbox_item(&self.batch, mailbox).await?.map(|m| m.record))
     }
 
     async fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError> {
@@ -582,16 +819,21 @@ impl BatchStore for DynamoBatchStore {
     }
 }
 
-/// [`CheckpointStore`] on the table, for one batch.
+/// [`CheckpointStore`] on the table, keyed by mailbox pair.
 #[derive(Clone, Debug)]
 pub struct DynamoCheckpoints {
     table: Table,
-    batch: String,
+    /// Mailbox -> pair key.
+    pairs: std::sync::Arc<HashMap<String, String>>,
 }
 
 impl DynamoCheckpoints {
     fn pk(&self, mailbox: &str) -> String {
-        format!("CKPT#{}#{mailbox}", self.batch)
+        match self.pairs.get(mailbox) {
+            Some(pair) => format!("CKPT#{pair}"),
+            // Not a mailbox of this batch: a partition that holds nothing.
+            None => format!("CKPT#none#{mailbox}"),
+        }
     }
 
     /// Write one item of this mailbox's checkpoint partition.
@@ -606,6 +848,12 @@ impl DynamoCheckpoints {
             .map_err(|e| err("PutItem", mailbox, e))?;
         Ok(())
     }
+}
+
+/// Sort-key prefix of one folder's ledger items. The name's length makes a folder's prefix
+/// no prefix of another folder's (`A` and `A#B`).
+fn ledger_prefix(folder: &str, uid_validity: u32) -> String {
+    format!("L#{uid_validity:010}#{}:{folder}#", folder.len())
 }
 
 #[async_trait]
@@ -626,6 +874,50 @@ impl CheckpointStore for DynamoCheckpoints {
         let mut item = key(self.pk(mailbox), sk);
         item.insert("data".into(), to_json(message)?);
         self.put(item, mailbox).await
+    }
+
+    async fn forget_skipped(&self, mailbox: &str, folder: &str, uid: u32) -> Result<(), StoreError> {
+        for reason in [SkipReason::TooBig, SkipReason::Refused, SkipReason::Unreadable] {
+            let sk = format!("S#{folder}#{uid:010}#{}", reason.as_str());
+            self.table
+                .client
+                .delete_item()
+                .table_name(&self.table.name)
+                .set_key(Some(key(self.pk(mailbox), sk)))
+                .send()
+                .await
+                .map_err(|e| err("DeleteItem", mailbox, e))?;
+        }
+        Ok(())
+    }
+
+    async fn record_ledger(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+        runs: &[Run],
+    ) -> Result<(), StoreError> {
+        // One item per call (a batch: at most a few hundred runs, far below 400 KB), keyed so a
+        // prefix query returns them in the order written. Micros since the epoch order the
+        // writes of one mailbox: only one worker holds its lease at a time.
+        for chunk in runs.chunks(500) {
+            let micros = Utc::now().timestamp_micros();
+            let sk = format!("{}{micros:020}#{:010}", ledger_prefix(folder, uid_validity), chunk[0].source_uid);
+            let mut item = key(self.pk(mailbox), sk);
+            item.insert("data".into(), to_json(&chunk)?);
+            self.put(item, mailbox).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_ledger(&self, mailbox: &str, folder: &str, uid_validity: u32) -> Result<Vec<Run>, StoreError> {
+        let items = self.table.query(&self.pk(mailbox), &ledger_prefix(folder, uid_validity)).await?;
+        let mut runs = Vec::new();
+        for item in &items {
+            runs.extend(from_json::<Vec<Run>>(item, mailbox)?);
+        }
+        Ok(runs)
     }
 
     async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, StoreError> {

@@ -59,29 +59,59 @@ pub async fn handle(svc: &Services, event: LambdaEvent<SqsEvent>) -> Result<SqsB
     Ok(response)
 }
 
-/// Writes the reports, deletes the secrets and announces the batch. `None` when the batch
-/// was already completed (a redelivered message).
+/// Longer than the finalize function's timeout: a batch completed this long ago and still not
+/// announced lost its announcer, and the next finalize message (from the sweeper) announces it.
+pub const ANNOUNCE_AT_MOST_SECONDS: i64 = 300;
+
+/// Writes the reports, deletes the secrets, marks the batch completed and announces it.
+/// Idempotent: only the delivery that marks the batch completed announces it (or, if that
+/// one died, a delivery more than [`ANNOUNCE_AT_MOST_SECONDS`] later). `None` when there
+/// was nothing to announce.
 pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchCompleted>, FinalizeError> {
     let bucket = svc.config.bucket.clone().ok_or(FinalizeError::NoBucket)?;
     let Some(state) = svc.table.batch_state(batch).await? else {
         warn!(batch, "no such batch");
         return Ok(None);
     };
-    if state.state == "completed" {
-        return Ok(None);
-    }
-    let report = build_report(&svc.table.batch_store(batch), &svc.table.checkpoints(batch)).await?;
     let prefix = format!("reports/{batch}");
     let uri = |name: &str| format!("s3://{bucket}/{prefix}/{name}");
-    svc.objects.put(&bucket, &format!("{prefix}/report.csv"), report.to_csv(), "text/csv; charset=utf-8").await?;
-    svc.objects.put(&bucket, &format!("{prefix}/report.json"), report.to_json(), "application/json").await?;
-    svc.objects.put(&bucket, &format!("{prefix}/failed.csv"), report.failed_csv(), "text/csv; charset=utf-8").await?;
-    for name in &state.secrets {
-        svc.secrets.delete(name).await?;
-    }
-    let finished_at = Utc::now();
+    let finished_at = if state.state == "completed" {
+        let finished_at = state.finished_at.unwrap_or_else(Utc::now);
+        if state.announced || (Utc::now() - finished_at).num_seconds() < ANNOUNCE_AT_MOST_SECONDS {
+            return Ok(None);
+        }
+        warn!(batch, "completed but never announced: announcing now");
+        finished_at
+    } else {
+        if state.done + state.failed < state.total {
+            warn!(batch, done = state.done, failed = state.failed, total = state.total, "not every mailbox is final");
+            return Ok(None);
+        }
+        let mut report = build_report(&svc.table.batch_store(batch), &svc.table.checkpoints(batch).await?).await?;
+        // A delta pass says so; its counts are the pair's cumulative checkpoint counts, as a
+        // local delta run reports them.
+        report.delta_of = state.delta_of.clone();
+        let csv_type = "text/csv; charset=utf-8";
+        svc.objects.put(&bucket, &format!("{prefix}/report.csv"), report.to_csv(), csv_type).await?;
+        svc.objects.put(&bucket, &format!("{prefix}/report.json"), report.to_json(), "application/json").await?;
+        svc.objects
+            .put(&bucket, &format!("{prefix}/report.html"), report.to_html(), "text/html; charset=utf-8")
+            .await?;
+        svc.objects.put(&bucket, &format!("{prefix}/failed.csv"), report.failed_csv(), csv_type).await?;
+        for name in &state.secrets {
+            svc.secrets.delete(name).await?;
+        }
+        let finished_at = Utc::now();
+        if !svc.table.complete_batch(batch, finished_at).await? {
+            return Ok(None);
+        }
+        finished_at
+    };
+    let report_link =
+        svc.objects.presigned_get(&bucket, &format!("{prefix}/report.html"), svc.config.report_link).await?;
     let detail = BatchCompleted {
         batch: batch.to_string(),
+        delta_of: state.delta_of.clone(),
         total: state.total,
         done: state.done,
         failed: state.failed,
@@ -92,17 +122,64 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
         duration_seconds: (finished_at - state.meta.created_at).num_milliseconds() as f64 / 1000.0,
         report_csv: uri("report.csv"),
         report_json: uri("report.json"),
+        report_html: uri("report.html"),
+        report_link,
+        report_link_expires_at: Utc::now()
+            + chrono::Duration::from_std(svc.config.report_link).unwrap_or(chrono::Duration::days(7)),
         failed_csv: uri("failed.csv"),
     };
     let value = serde_json::to_value(&detail).map_err(|e| FinalizeError::BadMessage(e.to_string()))?;
     svc.notifier.event(BATCH_COMPLETED, &value).await?;
-    let text = format!(
-        "mailhaul batch {batch} is complete: {} of {} mailboxes done, {} failed; {} messages, {} bytes copied in {:.0} s.\nReport: {}\nFailed rows (fix and upload again): {}\n",
-        detail.done, detail.total, detail.failed, detail.messages_copied, detail.bytes_copied, detail.duration_seconds, detail.report_csv, detail.failed_csv
-    );
+    let text = completion_notice(&detail);
     svc.notifier.notify(&format!("mailhaul: batch {batch} complete ({} failed)", detail.failed), &text).await?;
-    if !svc.table.complete_batch(batch, finished_at).await? {
-        return Ok(None);
-    }
+    svc.table.mark_announced(batch).await?;
     Ok(Some(detail))
+}
+
+/// The e-mail text of the notice: the counts, and the link a person clicks first.
+fn completion_notice(d: &BatchCompleted) -> String {
+    let pass = match &d.delta_of {
+        Some(first) => format!(" (a delta pass after batch {first})"),
+        None => String::new(),
+    };
+    format!(
+        "mailhaul batch {batch}{pass} is complete: {done} of {total} mailboxes done, {failed} failed; \
+         {messages} messages, {mb:.1} MB copied in {seconds:.0} s.\n\n\
+         Report (opens in a browser; link valid until {expires} UTC):\n{link}\n\n\
+         The same report as files: {html}, {json}, {csv}\n\
+         Failed rows (fix and upload again): {failed_csv}\n",
+        batch = d.batch,
+        done = d.done,
+        total = d.total,
+        failed = d.failed,
+        messages = d.messages_copied,
+        mb = d.bytes_copied as f64 / 1e6,
+        seconds = d.duration_seconds,
+        expires = d.report_link_expires_at.format("%Y-%m-%d %H:%M"),
+        link = d.report_link,
+        html = d.report_html,
+        json = d.report_json,
+        csv = d.report_csv,
+        failed_csv = d.failed_csv,
+    )
+}
+
+/// The finalize function's entry point for any event: SQS records (finalize messages and
+/// dead-lettered jobs) or the scheduled sweep (an EventBridge "Scheduled Event").
+pub async fn handle_any(
+    svc: &Services,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, lambda_runtime::Error> {
+    let (payload, context) = (event.payload, event.context);
+    if payload.get("Records").is_some() {
+        let sqs: SqsEvent = serde_json::from_value(payload)?;
+        let response = handle(svc, LambdaEvent::new(sqs, context)).await?;
+        return Ok(serde_json::to_value(response)?);
+    }
+    if payload.get("detail-type").and_then(|t| t.as_str()) == Some("Scheduled Event") {
+        let outcome = crate::sweep::sweep(svc).await.map_err(|e| format!("sweep: {e}"))?;
+        info!(outcome = ?outcome, "sweep done");
+        return Ok(serde_json::to_value(outcome)?);
+    }
+    Err("the finalize function takes SQS records or a scheduled event".into())
 }

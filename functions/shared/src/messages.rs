@@ -21,6 +21,12 @@ pub struct JobMessage {
     pub secret: String,
     /// Cap on connections to the job's source host across all copy functions.
     pub max_connections_per_source_host: usize,
+    /// Secrets holding the source / destination admin (master user) password, for logins
+    /// the CSV gave no password of their own (the Exchange and TrekMail forms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_admin_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_admin_secret: Option<String>,
 }
 
 /// "Every mailbox of this batch is final": the body of a finalize-queue message.
@@ -30,7 +36,8 @@ pub struct FinalizeMessage {
 }
 
 /// The passwords of one mailbox as stored in a secret chunk (`{mailbox: passwords}`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// No `Debug`: nothing may print it.
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct StoredPasswords {
     #[serde(default)]
     pub source: String,
@@ -82,6 +89,9 @@ pub struct MailboxCompleted {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchCompleted {
     pub batch: String,
+    /// For a delta pass: the batch whose rows it copies again (only what is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_of: Option<String>,
     pub total: u64,
     pub done: u64,
     pub failed: u64,
@@ -92,6 +102,15 @@ pub struct BatchCompleted {
     pub duration_seconds: f64,
     pub report_csv: String,
     pub report_json: String,
+    /// `s3://` address of report.html, the report for people.
+    #[serde(default)]
+    pub report_html: String,
+    /// A presigned HTTPS link to report.html: a browser opens it without AWS credentials.
+    #[serde(default)]
+    pub report_link: String,
+    /// When `report_link` stops working (the stack's ReportLinkSeconds from finalizing).
+    #[serde(default)]
+    pub report_link_expires_at: DateTime<Utc>,
     pub failed_csv: String,
 }
 
@@ -115,6 +134,31 @@ pub fn batch_id(key: &str, content: &[u8]) -> String {
     h.update(content);
     let digest = hex::encode(h.finalize());
     format!("{clean}-{}", &digest[..10])
+}
+
+/// The key of a mailbox pair (source server + login, destination server + login): checkpoints
+/// and the ledger live under it, so any later batch with the same pair is a delta pass.
+pub fn pair_key(job: &MailboxJob) -> String {
+    let mut h = Sha256::new();
+    for side in [&job.source, &job.destination] {
+        h.update(side.server.host.to_ascii_lowercase().as_bytes());
+        h.update([0]);
+        h.update(side.server.port.to_be_bytes());
+        h.update(side.login.user.as_bytes());
+        h.update([0]);
+        h.update(side.login.authz.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+    }
+    h.update(job.user_root.as_deref().unwrap_or("").as_bytes());
+    hex::encode(h.finalize())[..32].to_string()
+}
+
+/// The id of a delta pass: the same file uploaded again after its batch `batch` completed.
+/// `upload` tells the uploads apart (the S3 event's sequencer), so a retried invocation of
+/// one upload makes one batch.
+pub fn delta_batch_id(batch: &str, upload: &str) -> String {
+    let digest = hex::encode(Sha256::digest(upload.as_bytes()));
+    format!("{batch}-delta-{}", &digest[..8])
 }
 
 /// Decodes an S3 event key: URL-encoded, with `+` for spaces.

@@ -29,6 +29,14 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), PortError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), PortError>;
+    /// An HTTPS URL that lets whoever holds it GET the object until `expires_in` has passed
+    /// (signed here, no call to the service).
+    async fn presigned_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<String, PortError>;
 }
 
 /// One message to send to a queue.

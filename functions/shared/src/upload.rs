@@ -3,6 +3,7 @@
 
 use aws_lambda_events::event::s3::S3Event;
 use chrono::Utc;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use lambda_runtime::LambdaEvent;
 use mailhaul_common::batch::{validate_batch, Problem, Severity, ValidatedBatch};
 use mailhaul_common::model::MailboxJob;
@@ -12,21 +13,27 @@ use mailhaul_common::Secret;
 use tracing::{info, warn};
 
 use crate::config::Services;
+use crate::dynamo::Claim;
 use crate::messages::{
-    batch_id, decode_s3_key, BatchRejected, JobMessage, SecretChunk, StoredPasswords, BATCH_REJECTED,
+    batch_id, decode_s3_key, delta_batch_id, BatchRejected, JobMessage, SecretChunk, StoredPasswords, BATCH_REJECTED,
 };
 use crate::ports::OutMessage;
 
 /// Bytes of JSON per secret chunk: under Secrets Manager's 64 KB limit with room to spare.
 pub const SECRET_CHUNK_BYTES: usize = 60_000;
 
+/// DynamoDB writes one upload keeps in flight: enough to hide each call's latency, few enough
+/// to stay under a new on-demand table's initial write throughput.
+const TABLE_WRITES_IN_FLIGHT: usize = 32;
+
 /// What became of one uploaded object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum UploadOutcome {
-    /// Jobs are queued for every mailbox.
-    Submitted { batch: String, mailboxes: usize },
-    /// The file (or its settings) is invalid, or a mailbox is in another running batch.
+    /// Jobs are queued for `mailboxes` rows; `refused` rows (their mailbox is in another
+    /// running batch) are failed in this batch with the reason.
+    Submitted { batch: String, mailboxes: usize, refused: usize },
+    /// The file (or its settings) is invalid.
     Rejected { batch: String, errors: usize },
     /// This object already made a batch.
     AlreadySubmitted { batch: String },
@@ -54,7 +61,10 @@ pub async fn handle(svc: &Services, event: LambdaEvent<S3Event>) -> Result<Vec<U
             continue;
         };
         let key = decode_s3_key(&raw_key);
-        let outcome = process_object(svc, &bucket, &key).await.map_err(|e| format!("s3://{bucket}/{key}: {e}"))?;
+        // Tells two uploads of the same file apart (a retried invocation keeps it).
+        let upload = record.s3.object.sequencer.clone().unwrap_or_else(|| record.event_time.to_rfc3339());
+        let outcome =
+            process_object(svc, &bucket, &key, Some(&upload)).await.map_err(|e| format!("s3://{bucket}/{key}: {e}"))?;
         info!(bucket = %bucket, key = %key, outcome = ?outcome, "upload processed");
         outcomes.push(outcome);
     }
@@ -77,26 +87,84 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Sub-prefix (under the stack's secret prefix) of the secrets a batch may name as an admin
+/// password. Batch password chunks live at `<prefix>/<batch>/<n>`, never under it, so a sidecar
+/// cannot point a login at another batch's passwords.
+pub const ADMIN_SECRETS: &str = "admin";
+
 /// The batch settings: the stack's defaults, overridden by the optional sidecar TOML.
-pub fn batch_settings(defaults: &toml::Table, sidecar: Option<&str>, sidecar_name: &str) -> Result<Settings, String> {
+///
+/// The sidecar is written by whoever uploads, so it may not reach into the function's
+/// environment (`admin_password_env`: it would send e.g. AWS_SESSION_TOKEN as a password to a
+/// host the uploader chooses), and may name only admin secrets under
+/// `<secret_prefix>/admin/`. Errors give line and column, never the text of a line.
+pub fn batch_settings(
+    defaults: &toml::Table,
+    sidecar: Option<&str>,
+    sidecar_name: &str,
+    secret_prefix: &str,
+) -> Result<Settings, String> {
     let mut table = defaults.clone();
     if let Some(text) = sidecar {
-        let over: toml::Table = toml::from_str(text).map_err(|e| format!("settings file {sidecar_name}: {e}"))?;
+        let over: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(", line {line}, column {column}")
+            });
+            format!("settings file {sidecar_name}{}: {}", at.unwrap_or_default(), e.message().trim())
+        })?;
+        for side in ["source", "destination"] {
+            if over.get(side).and_then(|t| t.get("admin_password_env")).is_some() {
+                return Err(format!(
+                    "settings file {sidecar_name}: [{side}] admin_password_env is not available on AWS: store the admin password as a secret named {secret_prefix}/{ADMIN_SECRETS}/NAME in Secrets Manager and set admin_password_secret to that name"
+                ));
+            }
+        }
         merge(&mut table, over);
     }
     let text = toml::to_string(&table).map_err(|e| format!("settings: {e}"))?;
-    let mut settings =
+    let settings =
         Settings::from_toml_str(&text).map_err(|e| format!("{e} (in the stack defaults or {sidecar_name})"))?;
-    settings.resolve_secrets(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    let allowed = format!("{secret_prefix}/{ADMIN_SECRETS}/");
+    for (side, s) in [("source", &settings.source), ("destination", &settings.destination)] {
+        if s.admin_password_env.is_some() {
+            return Err(format!("[{side}] admin_password_env is not available on AWS: use admin_password_secret"));
+        }
+        if let Some(name) = s.admin_password_secret.as_deref() {
+            let rest = name.strip_prefix(&allowed).unwrap_or("");
+            let ok = !rest.is_empty()
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+                && !rest.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+            if !ok {
+                // Not echoed: a password may have been pasted here by mistake.
+                return Err(format!(
+                    "[{side}] admin_password_secret must be the name of a secret under {allowed} (letters, digits and /_+=.@-): the stack's functions may read no other secret"
+                ));
+            }
+        }
+    }
     Ok(settings)
 }
 
-fn file_problem(message: String) -> Problem {
-    Problem { row: None, column: None, severity: Severity::Error, message }
+async fn batch_state_name(svc: &Services, batch: &str) -> Result<String, UploadError> {
+    Ok(svc.table.batch_state(batch).await?.map(|s| s.state).unwrap_or_default())
 }
 
-/// Validates and submits one uploaded CSV.
-pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<UploadOutcome, UploadError> {
+fn file_problem(message: String) -> Problem {
+    Problem { row: None, column: None, severity: Severity::Error, message, settings_rows: None }
+}
+
+/// Validates and submits one uploaded CSV. `upload` identifies this upload of the object (the
+/// S3 event's sequencer): the same file uploaded again after its batch completed is a delta
+/// pass, a new batch `<batch>-delta-<digest of upload>` that copies only what is new.
+pub async fn process_object(
+    svc: &Services,
+    bucket: &str,
+    key: &str,
+    upload: Option<&str>,
+) -> Result<UploadOutcome, UploadError> {
     if !key.starts_with("incoming/") || !key.to_ascii_lowercase().ends_with(".csv") {
         return Ok(UploadOutcome::Ignored { key: key.into(), why: "not a .csv under incoming/".into() });
     }
@@ -104,7 +172,7 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
         // Deleted after a successful submit: this is a redelivered event.
         return Ok(UploadOutcome::Ignored { key: key.into(), why: "object is gone (already processed)".into() });
     };
-    let batch = batch_id(key, &bytes);
+    let mut batch = batch_id(key, &bytes);
     let sidecar_name = sidecar_key(key);
     let sidecar = svc.objects.get(bucket, &sidecar_name).await?;
     let sidecar_text = match sidecar.map(String::from_utf8) {
@@ -117,67 +185,70 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
             return reject(svc, bucket, key, &batch, v).await;
         }
     };
-    let settings = match batch_settings(&svc.config.defaults, sidecar_text.as_deref(), &sidecar_name) {
-        Ok(s) => s,
-        Err(message) => return reject(svc, bucket, key, &batch, invalid_batch(file_problem(message))).await,
-    };
+    let settings =
+        match batch_settings(&svc.config.defaults, sidecar_text.as_deref(), &sidecar_name, &svc.config.secret_prefix) {
+            Ok(s) => s,
+            Err(message) => return reject(svc, bucket, key, &batch, invalid_batch(file_problem(message))).await,
+        };
     let validated = validate_batch(&bytes, &settings);
     if !validated.is_valid() {
         return reject(svc, bucket, key, &batch, validated).await;
     }
     let jobs: Vec<&MailboxJob> = validated.valid_jobs();
-    let meta =
+    let mut meta =
         BatchMeta { id: batch.clone(), headers: validated.headers.clone(), total: jobs.len(), created_at: Utc::now() };
-    if !svc.table.create_batch(&meta, key).await? {
-        let state = svc.table.batch_state(&batch).await?.map(|s| s.state).unwrap_or_default();
-        // "submitting": an earlier try died half-way; "rejected": a conflicting batch may be over.
-        if state != "submitting" && state != "rejected" {
-            svc.objects.delete(bucket, key).await?;
-            return Ok(UploadOutcome::AlreadySubmitted { batch });
-        }
+    let mut created = svc.table.create_batch(&meta, key).await?;
+    let mut state = if created { String::new() } else { batch_state_name(svc, &batch).await? };
+    if state == "completed" {
+        // The same file again after its batch ended: a delta pass of its rows.
+        let upload = upload.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let delta = delta_batch_id(&batch, &upload);
+        let first = std::mem::replace(&mut batch, delta);
+        meta.id = batch.clone();
+        created = svc.table.create_delta_batch(&meta, key, Some(&first)).await?;
+        state = if created { String::new() } else { batch_state_name(svc, &batch).await? };
+        info!(batch = %batch, delta_of = %first, "the file of a completed batch again: delta pass");
+    }
+    // "submitting": an earlier try died half-way; "rejected": a conflicting batch may be over.
+    if !created && state != "submitting" && state != "rejected" {
+        svc.objects.delete(bucket, &sidecar_name).await?;
+        svc.objects.delete(bucket, key).await?;
+        return Ok(UploadOutcome::AlreadySubmitted { batch });
     }
 
-    // A mailbox in another running batch is refused, as Exchange does.
-    let mut claimed = Vec::new();
-    let mut conflicts = Vec::new();
-    for job in &jobs {
-        match svc.table.claim_mailbox(&job.mailbox, &batch).await? {
-            None => claimed.push(job.mailbox.clone()),
-            Some(other) => conflicts.push(Problem {
-                row: Some(job.row),
-                column: None,
-                severity: Severity::Error,
-                message: format!(
-                    "row {}: mailbox {} is already being migrated by batch {other}: remove the row, or upload again when that batch is complete",
-                    job.row, job.mailbox
-                ),
-            }),
-        }
-    }
-    if !conflicts.is_empty() {
-        for m in &claimed {
-            svc.table.release_mailbox(m, &batch).await?;
-        }
-        svc.table.set_batch_state(&batch, "rejected").await?;
-        let mut v = validated.clone();
-        v.problems.extend(conflicts);
-        return reject(svc, bucket, key, &batch, v).await;
-    }
-
-    for row in &validated.rows {
-        let record = MailboxRecord::pending(&row.mailbox, row.row, &row.source_user, row.cells.clone());
-        svc.table.create_mailbox(&batch, &record).await?;
-    }
+    // A mailbox another batch is running is refused, by row: the others go ahead. Claims are
+    // conditional writes (no BatchWriteItem), so they go out concurrently: 50,000 rows in
+    // seconds, not minutes.
+    let claims: Vec<(String, Claim)> = stream::iter(&jobs)
+        .map(|job| async {
+            let claim = svc.table.claim_mailbox(&job.mailbox, &batch).await?;
+            Ok::<_, UploadError>((job.mailbox.clone(), claim))
+        })
+        .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let refused: std::collections::BTreeMap<String, String> = claims
+        .into_iter()
+        .filter_map(|(mailbox, claim)| match claim {
+            Claim::HeldBy(other) => Some((mailbox, other)),
+            Claim::Ours => None,
+        })
+        .collect();
+    let runnable: Vec<&MailboxJob> = jobs.iter().copied().filter(|j| !refused.contains_key(&j.mailbox)).collect();
 
     // Passwords: chunked into secrets (one per row would cost $0.40 a month each).
     let mut chunks: Vec<SecretChunk> = vec![SecretChunk::new()];
     let mut size = 2;
-    let mut secret_of = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        let entry = StoredPasswords {
-            source: job.source.login.password.expose().to_string(),
-            destination: job.destination.login.password.expose().to_string(),
+    let mut secret_of = std::collections::BTreeMap::new();
+    for job in &runnable {
+        // An OAuth2 side's credential is not copied here: the copy function reads it from
+        // where the settings name it (aws_secret).
+        let password = |login: &mailhaul_common::model::Login| match login.oauth2 {
+            Some(_) => String::new(),
+            None => login.password.expose().to_string(),
         };
+        let entry =
+            StoredPasswords { source: password(&job.source.login), destination: password(&job.destination.login) };
         let entry_size =
             serde_json::to_string(&entry).map_err(|e| UploadError::Other(e.to_string()))?.len() + job.mailbox.len() + 4;
         if size + entry_size > SECRET_CHUNK_BYTES && !chunks.last().is_some_and(|c| c.is_empty()) {
@@ -188,7 +259,7 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
         if let Some(c) = chunks.last_mut() {
             c.insert(job.mailbox.clone(), entry);
         }
-        secret_of.push(chunks.len() - 1);
+        secret_of.insert(job.mailbox.clone(), chunks.len() - 1);
     }
     let names: Vec<String> = (0..chunks.len()).map(|i| format!("{}/{batch}/{i}", svc.config.secret_prefix)).collect();
     // Names first, so finalize deletes them even if this upload dies half-way.
@@ -199,24 +270,55 @@ pub async fn process_object(svc: &Services, bucket: &str, key: &str) -> Result<U
     }
 
     let mut messages = Vec::with_capacity(jobs.len());
-    for (job, chunk) in jobs.iter().zip(&secret_of) {
+    for job in &jobs {
         let msg = JobMessage {
             batch: batch.clone(),
             seq: 0,
             job: (*job).clone(),
             options: settings.copy.clone(),
-            secret: names[*chunk].clone(),
+            // A refused row's job is stored, never sent: it has no secret.
+            secret: secret_of.get(&job.mailbox).map(|i| names[*i].clone()).unwrap_or_default(),
             max_connections_per_source_host: settings.max_connections_per_source_host,
+            source_admin_secret: settings.source.admin_password_secret.clone(),
+            destination_admin_secret: settings.destination.admin_password_secret.clone(),
         };
         let body = serde_json::to_string(&msg).map_err(|e| UploadError::Other(e.to_string()))?;
         messages.push(OutMessage { body, delay_seconds: 0 });
     }
-    svc.queue.send(&svc.config.jobs_queue_url, messages).await?;
+    // Records before messages: a job never arrives for a mailbox the table does not know.
+    let to_send: Vec<Option<OutMessage>> =
+        stream::iter(validated.rows.iter().filter(|r| r.job.is_some()).zip(messages))
+            .map(|(row, message)| {
+                let (batch, refused) = (&batch, &refused);
+                async move {
+                    let mut record = MailboxRecord::pending(&row.mailbox, row.row, &row.source_user, row.cells.clone());
+                    svc.table.create_mailbox(batch, &record, &message.body).await?;
+                    let Some(other) = refused.get(&row.mailbox) else { return Ok(Some(message)) };
+                    record.status = mailhaul_common::model::MailboxStatus::Failed;
+                    record.error = Some(format!(
+                        "not started: mailbox {} is being migrated by batch {other}, which is still running",
+                        row.mailbox
+                    ));
+                    record.hint = Some(format!("upload this row again when batch {other} is complete"));
+                    record.finished_at = Some(Utc::now());
+                    svc.table.finish_mailbox(batch, &record, 0, 0).await?;
+                    Ok::<_, UploadError>(None)
+                }
+            })
+            .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+    let to_send: Vec<OutMessage> = to_send.into_iter().flatten().collect();
+    svc.table.watch_batch(&batch).await?;
+    svc.queue.send(&svc.config.jobs_queue_url, to_send).await?;
     svc.table.set_batch_state(&batch, "running").await?;
-    // The passwords now live only in Secrets Manager.
+    // Every row refused: nothing will finish it, so it is finalized now.
+    crate::copy::maybe_finalize(svc, &batch).await.map_err(|e| UploadError::Other(e.to_string()))?;
+    // The passwords now live only in Secrets Manager; the settings are in the job messages.
+    svc.objects.delete(bucket, &sidecar_name).await?;
     svc.objects.delete(bucket, key).await?;
-    info!(batch = %batch, mailboxes = jobs.len(), secrets = names.len(), "batch submitted");
-    Ok(UploadOutcome::Submitted { batch, mailboxes: jobs.len() })
+    info!(batch = %batch, mailboxes = runnable.len(), refused = refused.len(), secrets = names.len(), "batch submitted");
+    Ok(UploadOutcome::Submitted { batch, mailboxes: runnable.len(), refused: refused.len() })
 }
 
 fn invalid_batch(problem: Problem) -> ValidatedBatch {
@@ -254,6 +356,7 @@ async fn reject(
         detail.problems.join("\n")
     );
     svc.notifier.notify(&format!("mailhaul: batch {batch} rejected"), &text).await?;
+    svc.objects.delete(bucket, &sidecar_key(key)).await?;
     svc.objects.delete(bucket, key).await?;
     warn!(batch = %batch, errors = errors.len(), "batch rejected");
     Ok(UploadOutcome::Rejected { batch: batch.to_string(), errors: errors.len() })
@@ -272,6 +375,7 @@ mod tests {
             &defaults,
             Some("[source]\nport = 143\nsecurity = \"plain\"\n[copy]\nskip_duplicates = false\n"),
             "x.toml",
+            "mailhaul/s",
         )
         .unwrap();
         assert_eq!(s.source.host.as_deref(), Some("a.example"));
@@ -281,9 +385,43 @@ mod tests {
     }
 
     #[test]
-    fn bad_sidecar_names_the_file() {
-        let err = batch_settings(&toml::Table::new(), Some("[source\n"), "incoming/b.toml").unwrap_err();
-        assert!(err.contains("incoming/b.toml"), "{err}");
+    fn bad_sidecar_names_the_file_line_and_column_but_never_the_line() {
+        let text = "[copy]\nbatch_messages = 5\n[destination\nadmin_user = \"Hunter2-pw\"\n";
+        let err = batch_settings(&toml::Table::new(), Some(text), "incoming/b.toml", "mailhaul/s").unwrap_err();
+        assert!(err.contains("incoming/b.toml, line 3, column"), "{err}");
+        let text = "[source]\nhost = \"x\"\nport = Hunter2-pw\n";
+        let err = batch_settings(&toml::Table::new(), Some(text), "incoming/b.toml", "mailhaul/s").unwrap_err();
+        assert!(err.contains("line 3, column 8") && !err.contains("Hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_sidecar_cannot_read_the_functions_environment_or_other_secrets() {
+        let env =
+            "[destination]\nadmin_user = \"a\"\nmaster_separator = \"*\"\nadmin_password_env = \"AWS_SESSION_TOKEN\"\n";
+        let err = batch_settings(&toml::Table::new(), Some(env), "b.toml", "mailhaul/s").unwrap_err();
+        assert!(
+            err.contains("admin_password_env is not available on AWS") && err.contains("mailhaul/s/admin/"),
+            "{err}"
+        );
+        for name in [
+            "mailhaul/s/sales-0123456789/0",
+            "mailhaul/s/admin/",
+            "mailhaul/s/admin/../sales-0123456789/0",
+            "other/admin/x",
+            "mailhaul/s/adminx",
+            "Hunter2 pw",
+        ] {
+            let text = format!(
+                "[destination]\nadmin_user = \"a\"\nmaster_separator = \"*\"\nadmin_password_secret = \"{name}\"\n"
+            );
+            let err = batch_settings(&toml::Table::new(), Some(&text), "b.toml", "mailhaul/s").unwrap_err();
+            assert!(err.contains("under mailhaul/s/admin/"), "{name}: {err}");
+            // Never echoed: it may be a password pasted in the wrong place.
+            assert!(!err.contains("sales-") && !err.contains("other/") && !err.contains("Hunter2"), "{err}");
+        }
+        let ok = "[destination]\nadmin_user = \"a\"\nmaster_separator = \"*\"\nadmin_password_secret = \"mailhaul/s/admin/dst\"\n";
+        let s = batch_settings(&toml::Table::new(), Some(ok), "b.toml", "mailhaul/s").unwrap();
+        assert_eq!(s.destination.admin_password_secret.as_deref(), Some("mailhaul/s/admin/dst"));
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Stack {
     bucket: String,
     s3_events_url: String,
     events_url: String,
+    /// Receives what the SNS topic publishes (the completion notice people get by e-mail).
+    notices_url: String,
     /// Every SQS body the test saw (job and finalize messages), to check for passwords.
     bodies: Vec<String>,
 }
@@ -70,6 +72,11 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<(String, String)
 
 impl Stack {
     async fn start() -> Result<Stack> {
+        Stack::start_with(&[]).await
+    }
+
+    /// A stack whose functions see these environment variables besides the test defaults.
+    async fn start_with(overrides: &[(&'static str, &str)]) -> Result<Stack> {
         let moto = Moto::start()?;
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&moto.url)
@@ -130,7 +137,15 @@ impl Stack {
             .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(&events_arn).build()?)
             .send()
             .await?;
-        let topic = aws_sdk_sns::Client::new(&sdk).create_topic().name("mailhaul").send().await?.topic_arn;
+        let sns = aws_sdk_sns::Client::new(&sdk);
+        let topic = sns.create_topic().name("mailhaul").send().await?.topic_arn;
+        let (notices_url, notices_arn) = queue(&sqs, "notices").await?;
+        sns.subscribe()
+            .topic_arn(topic.as_deref().context("topic arn")?)
+            .protocol("sqs")
+            .endpoint(&notices_arn)
+            .send()
+            .await?;
         let env: HashMap<&str, String> = HashMap::from([
             ("MAILHAUL_BUCKET", bucket.clone()),
             ("MAILHAUL_TABLE", "mailhaul".into()),
@@ -142,11 +157,20 @@ impl Stack {
             ("MAILHAUL_RETRY_DELAY_SECONDS", "1".into()),
             ("MAILHAUL_THROTTLE_DELAY_SECONDS", "1".into()),
             ("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST", "4".into()),
+            // 150 ms time boxes force continuations; a lease outlives its pass by 1 s.
+            ("MAILHAUL_MIN_PASS_SECONDS", "0".into()),
+            ("MAILHAUL_LEASE_GRACE_SECONDS", "1".into()),
+            ("MAILHAUL_MAX_THROTTLED_PASSES", "3".into()),
+            ("MAILHAUL_MAX_CRASHED_PASSES", "2".into()),
         ]);
+        let mut env = env;
+        for (k, v) in overrides {
+            env.insert(k, v.to_string());
+        }
         let config = Config::from_lookup(|k| env.get(k).cloned())?;
         let svc = Services::aws(&sdk, config, NotifyTargets { bus: Some("mailhaul-events".into()), topic_arn: topic });
         svc.table.create().await?;
-        Ok(Stack { _moto: moto, sdk, svc, bucket, s3_events_url, events_url, bodies: Vec::new() })
+        Ok(Stack { _moto: moto, sdk, svc, bucket, s3_events_url, events_url, notices_url, bodies: Vec::new() })
     }
 
     fn sqs(&self) -> aws_sdk_sqs::Client {
@@ -269,6 +293,8 @@ impl Stack {
                 invocations += 1;
                 if resp.batch_item_failures.is_empty() {
                     self.delete(&jobs, &m).await?;
+                } else {
+                    self.redeliver_soon(&jobs, &m).await?;
                 }
             }
             for m in self.receive(&fin, 0).await? {
@@ -281,9 +307,49 @@ impl Stack {
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 if resp.batch_item_failures.is_empty() {
                     self.delete(&fin, &m).await?;
+                } else {
+                    self.redeliver_soon(&fin, &m).await?;
                 }
             }
         }
+    }
+
+    /// A failed delivery comes back, as after the queue's visibility timeout, but in 1 s.
+    async fn redeliver_soon(&self, url: &str, m: &SqsMessage) -> Result<()> {
+        self.sqs()
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+            .visibility_timeout(1)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// One run of the scheduled sweep, as EventBridge invokes the finalize function.
+    async fn sweep(&self) -> Result<mailhaul_aws::sweep::SweepOutcome> {
+        let event: serde_json::Value = serde_json::from_str(include_str!("fixtures/scheduled-event.json"))?;
+        let out = mailhaul_aws::finalize::handle_any(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::from_value(out)?)
+    }
+
+    /// The upload's one job per mailbox, by mailbox.
+    async fn first_jobs(&self, count: usize) -> Result<BTreeMap<String, SqsMessage>> {
+        let url = self.svc.config.jobs_queue_url.clone();
+        let mut jobs = BTreeMap::new();
+        while jobs.len() < count {
+            let got = self.receive(&url, 1).await?;
+            if got.is_empty() {
+                bail!("expected {count} jobs, got {}", jobs.len());
+            }
+            for m in got {
+                let job: JobMessage = serde_json::from_str(m.body.as_deref().unwrap_or(""))?;
+                jobs.insert(job.job.mailbox.clone(), m);
+            }
+        }
+        Ok(jobs)
     }
 
     /// Every event the bus delivered to the test queue so far: (detail-type, detail).
@@ -298,6 +364,23 @@ impl Stack {
                 let v: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap_or("{}"))?;
                 out.push((v["detail-type"].as_str().unwrap_or("").to_string(), v["detail"].clone()));
                 self.delete(&self.events_url, &m).await?;
+            }
+        }
+    }
+
+    /// Every notice the topic published so far: (subject, message).
+    async fn notices(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        loop {
+            let batch = self.receive(&self.notices_url, 1).await?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            for m in batch {
+                let v: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap_or("{}"))?;
+                let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                out.push((field("Subject"), field("Message")));
+                self.delete(&self.notices_url, &m).await?;
             }
         }
     }
@@ -407,7 +490,7 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
     );
     let outcomes = stack.upload("spring batch", &csv, &sidecar(&src, &dst, 4)).await?;
     let batch = match outcomes.as_slice() {
-        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, mailboxes: 3 }] => batch.clone(),
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, mailboxes: 3, refused: 0 }] => batch.clone(),
         other => bail!("upload: {other:?}"),
     };
     assert_eq!(
@@ -467,7 +550,28 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
     assert_eq!(done.1["batch"], batch.as_str());
     assert_eq!((done.1["done"].as_u64(), done.1["failed"].as_u64()), (Some(2), Some(1)));
     assert_eq!(done.1["report_csv"], format!("s3://mailhaul-test/reports/{batch}/report.csv"));
+    assert_eq!(done.1["report_html"], format!("s3://mailhaul-test/reports/{batch}/report.html"));
     assert!(done.1["bytes_copied"].as_u64().unwrap_or(0) > 0);
+
+    // report.html, and a presigned link to it that works without credentials, valid 7 days.
+    let html = String::from_utf8(stack.object(&format!("reports/{batch}/report.html")).await?.context("report.html")?)?;
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains(&batch), "report.html");
+    let link = done.1["report_link"].as_str().context("report_link")?.to_string();
+    assert!(link.contains(&format!("reports/{batch}/report.html")) && link.contains("X-Amz-Expires=604800"), "{link}");
+    assert!(link.contains("X-Amz-Signature="), "{link}");
+    let response = reqwest::get(&link).await?;
+    assert!(response.status().is_success(), "GET {link}: {}", response.status());
+    assert_eq!(response.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/html; charset=utf-8"));
+    assert_eq!(response.text().await?, html, "the link serves report.html");
+    let unsigned = link.split('?').next().unwrap_or_default().to_string();
+    assert!(!reqwest::get(&unsigned).await?.status().is_success(), "only the signature opens it");
+
+    // The notice people get by e-mail: the counts and the link.
+    let notices = stack.notices().await?;
+    let (subject, notice) = notices.iter().find(|(s, _)| s.contains("complete")).context("completion notice")?;
+    assert_eq!(subject, &format!("mailhaul: batch {batch} complete (1 failed)"));
+    assert!(notice.contains("2 of 3 mailboxes done, 1 failed"), "{notice}");
+    assert!(notice.contains(&link), "{notice}");
 
     // Secrets deleted; no password anywhere.
     assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
@@ -477,6 +581,7 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
         haystacks.push(("s3", format!("{key}: {}", String::from_utf8_lossy(&body))));
     }
     haystacks.push(("events", format!("{events:?}")));
+    haystacks.push(("notices", format!("{notices:?}")));
     assert!(stack.bodies.iter().any(|b| b.contains("\"mailbox\":\"alice\"")), "job bodies were seen");
     assert!(logs.text().contains("mailbox finished"), "logs were captured");
     for (what, text) in &haystacks {
@@ -485,6 +590,108 @@ async fn csv_to_report_through_the_whole_pipeline() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An OAuth2 source: the client secret lives in a Secrets Manager secret the batch settings
+/// name; the copy function reads it, tokens come from a real OAuth2 server and Dovecot
+/// validates them. The secret and the tokens reach no queue, table, object or log.
+#[tokio::test]
+async fn an_oauth2_side_signs_in_with_the_secret_the_settings_name() -> Result<()> {
+    const APP_SECRET: &str = "Entra-App-Secret-2718";
+    let logs = capture_logs();
+    let mock = mailhaul_tests::oauth2::OAuthMock::start(serde_json::json!({
+        "clients": { "app-aws": { "secret": APP_SECRET, "email": "alice", "jwt_ttl": 3600 } }
+    }))?;
+    let src = Dovecot::start(DovecotOptions::with_users(&[("alice", SRC_ALICE)]).oauth2(mock.validation()))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("alice", DST_ALICE)]))?;
+    seed(&src, "alice", SRC_ALICE, "INBOX", &corpus::mailbox("oauth-in", 9)).await?;
+
+    let mut stack = Stack::start().await?;
+    let secrets = aws_sdk_secretsmanager::Client::new(&stack.sdk);
+    secrets.create_secret().name("mailhaul-oauth2/entra-app").secret_string(APP_SECRET).send().await?;
+    let settings = format!(
+        "{}[source.oauth2]\nprovider = \"generic\"\ntoken_url = \"{}\"\nclient_id = \"app-aws\"\naws_secret = \"mailhaul-oauth2/entra-app\"\nscope = \"mail\"\n",
+        sidecar(&src, &dst, 4),
+        mock.token_url()
+    );
+    // The source password cell is empty: the source signs in with tokens.
+    let csv = format!("source_user,source_password,destination_user,destination_password\nalice,,alice,{DST_ALICE}\n");
+    let batch = match stack.upload("oauth batch", &csv, &settings).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, mailboxes: 1, .. }] => batch.clone(),
+        other => bail!("upload: {other:?}"),
+    };
+    let mut chunks = String::new();
+    for name in stack.secret_names().await?.iter().filter(|n| n.starts_with("mailhaul/test/")) {
+        let value = secrets.get_secret_value().secret_id(name).send().await?;
+        chunks.push_str(value.secret_string().unwrap_or_default());
+    }
+    assert!(
+        chunks.contains("alice") && !chunks.contains(APP_SECRET),
+        "the batch's secret holds no copy of it: {chunks}"
+    );
+
+    stack.drain(&batch, Duration::from_secs(60), Duration::from_secs(120)).await?;
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    let records = mailhaul_common::ports::BatchStore::mailboxes(&stack.svc.table.batch_store(&batch)).await?;
+    assert_eq!((state.done, state.failed), (1, 0), "{records:?}");
+    assert_eq!(contents(&dst, "alice", DST_ALICE).await?, contents(&src, "alice", SRC_ALICE).await?);
+    assert!(src.log().contains("method=XOAUTH2"), "{}", src.log());
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!((requests[0]["client_id"].as_str(), requests[0]["status"].as_u64()), (Some("app-aws"), Some(200)));
+
+    let job: JobMessage = serde_json::from_str(stack.bodies.first().context("a job body")?)?;
+    assert_eq!(
+        job.job.source.login.oauth2.as_ref().and_then(|o| o.aws_secret.as_deref()),
+        Some("mailhaul-oauth2/entra-app"),
+        "the job names the secret"
+    );
+    let mut haystacks =
+        vec![("sqs", stack.bodies.join("\n")), ("dynamodb", stack.table_dump().await?), ("logs", logs.text())];
+    for (key, body) in stack.all_objects().await? {
+        haystacks.push(("s3", format!("{key}: {}", String::from_utf8_lossy(&body))));
+    }
+    for (what, text) in &haystacks {
+        assert!(!text.contains(APP_SECRET), "the app's secret leaked into {what}");
+        // No token either. Not a bare "eyJ" (base64 of `{"`): the SDK's debug logs of other
+        // tests' calls carry such strings.
+        if let Some(token) = jwt_in(text) {
+            panic!("a token leaked into {what}: {token}");
+        }
+    }
+
+    // A secret that is not there fails the mailbox at once, saying which.
+    let csv =
+        format!("source_user,source_password,destination_user,destination_password\nalice,,alice,{DST_ALICE}\n\n");
+    let missing = settings.replace("mailhaul-oauth2/entra-app", "mailhaul-oauth2/nope");
+    let batch = match stack.upload("oauth missing", &csv, &missing).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, .. }] => batch.clone(),
+        other => bail!("upload: {other:?}"),
+    };
+    stack.drain(&batch, Duration::from_secs(60), Duration::from_secs(120)).await?;
+    let records = mailhaul_common::ports::BatchStore::mailboxes(&stack.svc.table.batch_store(&batch)).await?;
+    let error = records[0].error.clone().unwrap_or_default();
+    assert!(error.contains("mailhaul-oauth2/nope") && error.contains("Secrets Manager"), "{records:?}");
+    Ok(())
+}
+
+/// The first JWT-shaped string in `text`: a header and a payload, each base64url JSON
+/// (so starting "eyJ"), joined by a dot.
+fn jwt_in(text: &str) -> Option<&str> {
+    let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    text.match_indices("eyJ").find_map(|(at, _)| {
+        let rest = &text[at..];
+        let header = rest.find(|c| !base64url(c)).unwrap_or(rest.len());
+        let payload = rest[header..].strip_prefix('.')?;
+        payload.starts_with("eyJ").then(|| &rest[..header + 4])
+    })
+}
+
+#[test]
+fn a_jwt_is_told_from_other_base64_json() {
+    assert_eq!(jwt_in("x eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln y"), Some("eyJhbGciOiJSUzI1NiJ9.eyJ"));
+    assert_eq!(jwt_in("body eyJzb3VyY2UiOlsibWFpbGhhdWwiXX0= done"), None);
+    assert_eq!(jwt_in("eyJ"), None);
 }
 
 #[tokio::test]
@@ -532,7 +739,7 @@ async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<(
         other => bail!("upload: {other:?}"),
     };
     // The same object's event delivered again makes no second batch.
-    let again = mailhaul_aws::upload::process_object(&stack.svc, &stack.bucket, "incoming/dup.csv").await?;
+    let again = mailhaul_aws::upload::process_object(&stack.svc, &stack.bucket, "incoming/dup.csv", None).await?;
     assert!(matches!(again, mailhaul_aws::upload::UploadOutcome::Ignored { .. }), "{again:?}");
 
     let jobs_url = stack.svc.config.jobs_queue_url.clone();
@@ -592,7 +799,8 @@ async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Re
     let sent_at = Instant::now();
 
     // Neither failed nor done; the reason is on the record for `mailhaul status`.
-    let (record, seq) = stack.svc.table.mailbox_item(&batch, "frank").await?.context("frank's record")?;
+    let item = stack.svc.table.mailbox_item(&batch, "frank").await?.context("frank's record")?;
+    let (record, seq) = (item.record, item.seq);
     assert_eq!(record.status, mailhaul_common::model::MailboxStatus::Running, "{record:?}");
     assert!(record.error.as_deref().unwrap_or("").contains("Try"), "the server's words are kept: {:?}", record.error);
     assert_eq!(seq, first.seq + 1, "the re-sent job is the next pass");
@@ -678,7 +886,7 @@ async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_complete
     assert!(resp.batch_item_failures.is_empty(), "{:?}", resp.batch_item_failures);
     stack.delete(&dlq_url, &dead[0]).await?;
 
-    let (record, _) = stack.svc.table.mailbox_item(&batch, "hugo").await?.context("hugo")?;
+    let record = stack.svc.table.mailbox_item(&batch, "hugo").await?.context("hugo")?.record;
     assert_eq!(record.status, mailhaul_common::model::MailboxStatus::Failed);
     assert!(record.error.as_deref().unwrap_or("").contains("crashed or timed out 5 times"), "{:?}", record.error);
     assert!(record.hint.is_some());
@@ -701,5 +909,507 @@ async fn a_job_in_the_dead_letter_queue_fails_its_mailbox_and_the_batch_complete
     assert_eq!(hugo_done.1["status"], "failed");
     assert!(events.iter().any(|(t, _)| t == "BatchCompleted"), "{events:?}");
     assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
+    Ok(())
+}
+
+/// The real SQS adapter, except that the next send to an armed queue fails: the function
+/// died, or SQS refused, between two steps of a handler.
+struct FlakyQueue {
+    inner: Arc<dyn mailhaul_aws::JobQueue>,
+    armed: Mutex<Vec<String>>,
+    failed: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl mailhaul_aws::JobQueue for FlakyQueue {
+    async fn send(
+        &self,
+        queue_url: &str,
+        messages: Vec<mailhaul_aws::OutMessage>,
+    ) -> Result<(), mailhaul_aws::PortError> {
+        let fire = {
+            let mut armed = self.armed.lock().unwrap();
+            let hit = armed.iter().position(|u| u == queue_url);
+            hit.map(|i| armed.remove(i)).is_some()
+        };
+        if fire {
+            self.failed.lock().unwrap().push(queue_url.to_string());
+            return Err(mailhaul_aws::PortError::new("sqs", "SendMessageBatch", "injected failure"));
+        }
+        self.inner.send(queue_url, messages).await
+    }
+
+    async fn retry_after(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        seconds: u32,
+    ) -> Result<(), mailhaul_aws::PortError> {
+        self.inner.retry_after(queue_url, receipt_handle, seconds).await
+    }
+}
+
+fn submitted(outcomes: &[mailhaul_aws::upload::UploadOutcome]) -> Result<String> {
+    match outcomes {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, .. }] => Ok(batch.clone()),
+        other => bail!("upload: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_lost_continuation_or_finalize_message_is_sent_again_and_the_batch_ends_once() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("jane", "pw-jane-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("jane", "pw-jane-dst")]))?;
+    seed(&src, "jane", "pw-jane-src", "INBOX", &corpus::mailbox("jane", 30)).await?;
+    let mut stack = Stack::start().await?;
+    let flaky =
+        Arc::new(FlakyQueue { inner: stack.svc.queue.clone(), armed: Mutex::default(), failed: Mutex::default() });
+    stack.svc.queue = flaky.clone();
+    let csv = "source_user,source_password,destination_user,destination_password\njane,pw-jane-src,jane,pw-jane-dst\n";
+    let batch = submitted(&stack.upload("lost", csv, &sidecar(&src, &dst, 5)).await?)?;
+    // The first continuation and the first finalize message both fail to go out.
+    let (jobs_url, fin_url) = (stack.svc.config.jobs_queue_url.clone(), stack.svc.config.finalize_queue_url.clone());
+    flaky.armed.lock().unwrap().extend([jobs_url.clone(), fin_url.clone()]);
+
+    stack.drain(&batch, Duration::from_millis(150), Duration::from_secs(120)).await?;
+
+    assert_eq!(*flaky.failed.lock().unwrap(), vec![jobs_url, fin_url], "both sends failed once");
+    let got = contents(&dst, "jane", "pw-jane-dst").await?;
+    assert_eq!(got, contents(&src, "jane", "pw-jane-src").await?, "every message exactly once");
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.done, state.failed, state.state.as_str(), state.announced), (1, 0, "completed", true));
+    let events = stack.events().await?;
+    let completed = events.iter().filter(|(t, _)| t == "BatchCompleted").count();
+    assert_eq!(completed, 1, "{events:?}");
+    assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
+    // A sweep afterwards finds nothing to do and announces nothing again.
+    let swept = stack.sweep().await?;
+    assert!(swept.redriven.is_empty() && swept.finalized.is_empty(), "{swept:?}");
+    assert!(stack.events().await?.is_empty());
+    Ok(())
+}
+
+/// Starts a pass of `message` and kills it as a Lambda timeout or out-of-memory would, once
+/// the pass is marked in the table. Returns the end of its lease (epoch s).
+async fn crash_a_pass(stack: &Stack, message: &SqsMessage, deadline_in: Duration) -> Result<i64> {
+    let job: JobMessage = serde_json::from_str(message.body.as_deref().unwrap_or(""))?;
+    let svc = stack.svc.clone();
+    let m = message.clone();
+    let pass = tokio::spawn(async move {
+        let _ = mailhaul_aws::copy::process_message(&svc, &m, SystemTime::now() + deadline_in).await;
+    });
+    let started = Instant::now();
+    let until = loop {
+        let item = stack.svc.table.mailbox_item(&job.batch, &job.job.mailbox).await?.context("mailbox")?;
+        if let Some(until) = item.pass_until {
+            break until;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the pass of {} never started", job.job.mailbox);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!pass.is_finished(), "the pass of {} ended before it could be killed", job.job.mailbox);
+    pass.abort();
+    let _ = pass.await;
+    // SQS would hand the message out again only after its visibility timeout (90 min).
+    stack.delete(&stack.svc.config.jobs_queue_url, message).await?;
+    Ok(until)
+}
+
+/// Sleeps until the lease that ends at `until` (epoch s) has run out.
+async fn wait_past(until: i64) {
+    while chrono::Utc::now().timestamp() <= until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweeper_re_drives_a_crashed_pass_fails_a_mailbox_that_keeps_crashing_and_the_batch_ends_once() -> Result<()>
+{
+    capture_logs();
+    let users = [("kim", "pw-kim-src"), ("leo", "pw-leo-src")];
+    let src = Dovecot::start(DovecotOptions::with_users(&users))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("kim", "pw-kim-dst"), ("leo", "pw-leo-dst")]))?;
+    seed(&src, "kim", "pw-kim-src", "INBOX", &corpus::mailbox("kim", 80)).await?;
+    seed(&src, "leo", "pw-leo-src", "INBOX", &corpus::mailbox("leo", 20)).await?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\nkim,pw-kim-src,kim,pw-kim-dst\nleo,pw-leo-src,leo,pw-leo-dst\n";
+    let batch = submitted(&stack.upload("crash", csv, &sidecar(&src, &dst, 2)).await?)?;
+    let jobs = stack.first_jobs(2).await?;
+    // A running mailbox stays claimed by its batch.
+    let other = stack.svc.table.claim_mailbox("kim", "other-batch").await?;
+    assert_eq!(other, mailhaul_aws::dynamo::Claim::HeldBy(batch.clone()));
+
+    // Both first passes die mid-copy; their messages stay invisible in SQS.
+    let deadline_in = Duration::from_secs(3);
+    let kim_until = crash_a_pass(&stack, &jobs["kim"], deadline_in).await?;
+    let leo_until = crash_a_pass(&stack, &jobs["leo"], deadline_in).await?;
+    // While their leases run, the passes may still be alive: nothing is re-driven.
+    let early = stack.sweep().await?;
+    assert!(early.redriven.is_empty() && early.failed.is_empty(), "{early:?}");
+    // Lease = deadline + 1 s grace; the sweep after that re-drives both at once.
+    wait_past(kim_until.max(leo_until)).await;
+    let swept = stack.sweep().await?;
+    let mut redriven = swept.redriven.clone();
+    redriven.sort();
+    assert_eq!(redriven, vec![format!("{batch}/kim"), format!("{batch}/leo")], "{swept:?}");
+    assert!(stack.sweep().await?.redriven.is_empty(), "a crash is re-driven once");
+
+    // Leo's second pass dies too: with MAILHAUL_MAX_CRASHED_PASSES = 2 the sweeper fails him.
+    let again = stack.first_jobs(2).await?;
+    let leo_until = crash_a_pass(&stack, &again["leo"], Duration::from_secs(2)).await?;
+    stack.redeliver_soon(&stack.svc.config.jobs_queue_url.clone(), &again["kim"]).await?;
+    wait_past(leo_until).await;
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.failed, vec![format!("{batch}/leo")], "{swept:?}");
+    let leo = stack.svc.table.mailbox_item(&batch, "leo").await?.context("leo")?;
+    assert_eq!(leo.record.status, mailhaul_common::model::MailboxStatus::Failed);
+    assert!(
+        leo.record.error.as_deref().unwrap_or("").contains("crashed or timed out 2 times"),
+        "{:?}",
+        leo.record.error
+    );
+
+    // Kim resumes from the crashed pass's checkpoints and the batch completes, once.
+    stack.drain(&batch, Duration::from_secs(20), Duration::from_secs(120)).await?;
+    let got = contents(&dst, "kim", "pw-kim-dst").await?;
+    assert_eq!(got, contents(&src, "kim", "pw-kim-src").await?, "kim: every message exactly once");
+    let kim = stack.svc.table.mailbox_item(&batch, "kim").await?.context("kim")?;
+    assert_eq!((kim.record.status, kim.crashes), (mailhaul_common::model::MailboxStatus::Done, 1));
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.done, state.failed, state.state.as_str()), (1, 1, "completed"));
+    assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
+    let after = stack.sweep().await?;
+    assert!(after.redriven.is_empty() && after.finalized.is_empty(), "{after:?}");
+    // The old messages of the crashed passes, delivered at last, change nothing.
+    for m in [&jobs["kim"], &jobs["leo"], &again["leo"]] {
+        let out =
+            mailhaul_aws::copy::process_message(&stack.svc, m, SystemTime::now() + Duration::from_secs(20)).await?;
+        assert_eq!(out, mailhaul_aws::copy::JobOutcome::Stale);
+    }
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(t, _)| t == "MailboxCompleted").count(), 2, "{events:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_always_throttles_fails_the_mailbox_after_the_bound_with_its_words() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(
+        DovecotOptions::with_users(&[("mona", "pw-mona-src")])
+            .passdb_extra("mona", &format!("nologin reason={}", BUSY_REPLY_SHORT.replace(' ', "\u{a0}"))),
+    )?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("mona", "pw-mona-dst")]))?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\nmona,pw-mona-src,mona,pw-mona-dst\n";
+    let batch = submitted(&stack.upload("throttled", csv, &sidecar(&src, &dst, 5)).await?)?;
+    // MAILHAUL_MAX_THROTTLED_PASSES = 3: two passes go back to the queue, the third fails.
+    let invocations = stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    assert_eq!(invocations, 3);
+    let mona = stack.svc.table.mailbox_item(&batch, "mona").await?.context("mona")?;
+    assert_eq!(mona.record.status, mailhaul_common::model::MailboxStatus::Failed);
+    // The server's last words (Dovecot passes the test's no-break spaces through).
+    let error = mona.record.error.unwrap_or_default().replace('\u{a0}', " ");
+    assert!(error.contains("throttled 3 passes") && error.contains("Too many logins"), "{error}");
+    assert!(mona.record.hint.unwrap_or_default().contains("limits"));
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
+    assert!(stack.secret_names().await?.is_empty());
+    Ok(())
+}
+
+const BUSY_REPLY_SHORT: &str = "[THROTTLED] Too many logins. Try again in 1 seconds";
+
+#[tokio::test]
+async fn a_time_box_shorter_than_the_safety_margin_fails_the_mailbox_once_with_a_hint() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("ned", "pw-ned-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("ned", "pw-ned-dst")]))?;
+    seed(&src, "ned", "pw-ned-src", "INBOX", &corpus::mailbox("ned", 5)).await?;
+    // A 30 s function with the default 60 s margin (and the default 10 s minimum pass).
+    let mut stack =
+        Stack::start_with(&[("MAILHAUL_SAFETY_MARGIN_SECONDS", "60"), ("MAILHAUL_MIN_PASS_SECONDS", "10")]).await?;
+    let csv = "source_user,source_password,destination_user,destination_password\nned,pw-ned-src,ned,pw-ned-dst\n";
+    let batch = submitted(&stack.upload("short", csv, &sidecar(&src, &dst, 5)).await?)?;
+    let invocations = stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(30)).await?;
+    assert_eq!(invocations, 1, "one pass, no loop of empty passes");
+    let ned = stack.svc.table.mailbox_item(&batch, "ned").await?.context("ned")?;
+    assert_eq!((ned.record.status, ned.record.passes), (mailhaul_common::model::MailboxStatus::Failed, 0));
+    assert!(ned.record.error.unwrap_or_default().contains("time box"));
+    let hint = ned.record.hint.unwrap_or_default();
+    assert!(hint.contains("Timeout") && hint.contains("MAILHAUL_SAFETY_MARGIN_SECONDS"), "{hint}");
+    assert!(contents(&dst, "ned", "pw-ned-dst").await?.is_empty(), "nothing copied");
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
+    Ok(())
+}
+
+const OLGA_SRC: &str = "Src-Olga-pw-1357";
+const DST_ADMIN: &str = "Dst-Admin-pw-2468";
+
+#[tokio::test]
+async fn the_exchange_form_logs_in_to_the_destination_as_the_master_user_from_a_secret() -> Result<()> {
+    let logs = capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("olga@example.com", OLGA_SRC)]))?;
+    // Olga's own destination password is nowhere in the CSV: the admin logs in for her.
+    let dst = Dovecot::start(
+        DovecotOptions::with_users(&[("olga@example.com", "Dst-Olga-unknown-pw")]).master("admin", DST_ADMIN),
+    )?;
+    seed(&src, "olga@example.com", OLGA_SRC, "INBOX", &corpus::mailbox("olga-in", 12)).await?;
+    seed(&src, "olga@example.com", OLGA_SRC, "Archive", &corpus::mailbox("olga-arch", 5)).await?;
+    // The stack parameters name the master user and the secret of its password.
+    let mut stack = Stack::start_with(&[
+        ("MAILHAUL_DESTINATION_ADMIN_USER", "admin"),
+        ("MAILHAUL_DESTINATION_MASTER_SEPARATOR", "*"),
+        ("MAILHAUL_DESTINATION_ADMIN_PASSWORD_SECRET", "mailhaul/test/admin/destination"),
+    ])
+    .await?;
+    stack.svc.secrets.put("mailhaul/test/admin/destination", &mailhaul_common::Secret::new(DST_ADMIN)).await?;
+
+    // A sidecar may not hand the function's environment to a login (the old hole: on AWS,
+    // AWS_SESSION_TOKEN; here HOME, which every test process has, so only the rule refuses it).
+    let evil = format!(
+        "[source]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[destination]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\nadmin_user = \"admin\"\nmaster_separator = \"*\"\nadmin_password_env = \"HOME\"\n",
+        src.imap_port, dst.imap_port
+    );
+    let csv = format!("EmailAddress,UserName,Password\nolga@example.com,olga@example.com,{OLGA_SRC}\n");
+    match stack.upload("evil", &csv, &evil).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Rejected { .. }] => {}
+        other => bail!("a sidecar naming an environment variable must be rejected: {other:?}"),
+    }
+    assert!(stack.object("incoming/evil.toml").await?.is_none(), "a rejected sidecar is deleted too");
+    assert!(stack.receive(&stack.svc.config.jobs_queue_url, 0).await?.is_empty(), "nothing queued");
+    let rejected = stack.events().await?;
+    let problems = format!("{rejected:?}");
+    assert!(problems.contains("admin_password_secret"), "{problems}");
+
+    // ... the Exchange form with the stack's master user runs.
+    let batch = submitted(&stack.upload("exchange", &csv, &sidecar(&src, &dst, 50)).await?)?;
+    assert!(stack.object("incoming/exchange.toml").await?.is_none(), "the sidecar is deleted after ingest");
+    assert!(stack.object("incoming/exchange.csv").await?.is_none());
+    stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!(
+        (state.done, state.failed),
+        (1, 0),
+        "{:?}",
+        stack.svc.table.mailbox_item(&batch, "olga@example.com").await?
+    );
+    let got = contents(&dst, "olga@example.com", "Dst-Olga-unknown-pw").await?;
+    assert_eq!(got, contents(&src, "olga@example.com", OLGA_SRC).await?, "every message exactly once");
+    // The batch's own secrets are gone; the operator's admin secret stays.
+    assert_eq!(stack.secret_names().await?, vec!["mailhaul/test/admin/destination".to_string()]);
+    let mut haystacks =
+        vec![("sqs", stack.bodies.join("\n")), ("dynamodb", stack.table_dump().await?), ("logs", logs.text())];
+    for (key, body) in stack.all_objects().await? {
+        haystacks.push(("s3", format!("{key}: {}", String::from_utf8_lossy(&body))));
+    }
+    haystacks.push(("events", format!("{:?}", stack.events().await?)));
+    for (what, text) in &haystacks {
+        for pw in [OLGA_SRC, DST_ADMIN] {
+            assert!(!text.contains(pw), "a password leaked into {what}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_csv_uploaded_again_is_a_delta_pass_that_copies_only_new_mail() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("pia", "pw-pia-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("pia", "pw-pia-dst")]))?;
+    seed(&src, "pia", "pw-pia-src", "INBOX", &corpus::mailbox("pia-in", 20)).await?;
+    seed(&src, "pia", "pw-pia-src", "Work", &corpus::mailbox("pia-work", 6)).await?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\npia,pw-pia-src,pia,pw-pia-dst\n";
+    // No duplicate detection: only the pair's checkpoints keep the delta from copying again.
+    let settings = format!("{}skip_duplicates = false\n", sidecar(&src, &dst, 50));
+    let first = submitted(&stack.upload("cutover", csv, &settings).await?)?;
+    stack.drain(&first, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    assert_eq!(contents(&dst, "pia", "pw-pia-dst").await?, contents(&src, "pia", "pw-pia-src").await?);
+    stack.events().await?;
+
+    // A finisher that died before giving the mailbox's claim back leaves it held by the first
+    // batch; the claim expired with that batch and does not block the next one.
+    assert_eq!(stack.svc.table.claim_mailbox("pia", &first).await?, mailhaul_aws::dynamo::Claim::Ours);
+    assert_eq!(
+        stack.svc.table.claim_mailbox("pia", "another-batch").await?,
+        mailhaul_aws::dynamo::Claim::Ours,
+        "a claim of a completed batch is taken over"
+    );
+    stack.svc.table.release_mailbox("pia", "another-batch").await?;
+    assert_eq!(stack.svc.table.claim_mailbox("pia", &first).await?, mailhaul_aws::dynamo::Claim::Ours);
+
+    // New mail arrives before the cut-over; the same CSV is uploaded again.
+    seed(&src, "pia", "pw-pia-src", "INBOX", &corpus::mailbox("pia-late", 3)).await?;
+    let delta = submitted(&stack.upload("cutover", csv, &settings).await?)?;
+    assert_ne!(delta, first, "a new batch");
+    assert!(delta.starts_with(&format!("{first}-delta-")), "{delta}");
+    stack.drain(&delta, Duration::from_secs(30), Duration::from_secs(60)).await?;
+
+    // Exactly the source: the 26 messages copied before are not copied twice.
+    let got = contents(&dst, "pia", "pw-pia-dst").await?;
+    assert_eq!(got, contents(&src, "pia", "pw-pia-src").await?, "every message exactly once");
+    assert_eq!(got["INBOX"].len(), 23);
+    let events = stack.events().await?;
+    let done = events.iter().find(|(t, _)| t == "BatchCompleted").context("BatchCompleted")?;
+    assert_eq!((done.1["batch"].as_str(), done.1["delta_of"].as_str()), (Some(delta.as_str()), Some(first.as_str())));
+    assert_eq!(done.1["messages_copied"].as_u64(), Some(3), "the delta counts only its own messages");
+    let mailbox = events.iter().find(|(t, _)| t == "MailboxCompleted").context("MailboxCompleted")?;
+    assert_eq!(mailbox.1["messages_copied"].as_u64(), Some(3));
+    // Its own report, which says it is a delta; the first batch's report is untouched.
+    let report: serde_json::Value =
+        serde_json::from_slice(&stack.object(&format!("reports/{delta}/report.json")).await?.context("report")?)?;
+    assert_eq!(report["delta_of"], first.as_str());
+    assert!(stack.object(&format!("reports/{first}/report.json")).await?.is_some());
+    assert!(stack.secret_names().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_row_whose_mailbox_another_batch_is_running_is_refused_alone_with_the_reason() -> Result<()> {
+    capture_logs();
+    let users = [("quinn", "pw-quinn-src"), ("rosa", "pw-rosa-src")];
+    let src = Dovecot::start(DovecotOptions::with_users(&users))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("quinn", "pw-quinn-dst"), ("rosa", "pw-rosa-dst")]))?;
+    seed(&src, "quinn", "pw-quinn-src", "INBOX", &corpus::mailbox("quinn", 8)).await?;
+    seed(&src, "rosa", "pw-rosa-src", "INBOX", &corpus::mailbox("rosa", 5)).await?;
+    let mut stack = Stack::start().await?;
+    let header = "source_user,source_password,destination_user,destination_password\n";
+    let quinn = "quinn,pw-quinn-src,quinn,pw-quinn-dst\n";
+    let first = submitted(&stack.upload("quinn-only", &format!("{header}{quinn}"), &sidecar(&src, &dst, 50)).await?)?;
+    let first_job = stack.first_jobs(1).await?;
+
+    // While quinn runs in the first batch, a second file with quinn and rosa: rosa goes ahead.
+    let second_csv = format!("{header}{quinn}rosa,pw-rosa-src,rosa,pw-rosa-dst\n");
+    let second = match stack.upload("both", &second_csv, &sidecar(&src, &dst, 50)).await?.as_slice() {
+        [mailhaul_aws::upload::UploadOutcome::Submitted { batch, mailboxes: 1, refused: 1 }] => batch.clone(),
+        other => bail!("upload: {other:?}"),
+    };
+    stack.drain(&second, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let state = stack.svc.table.batch_state(&second).await?.context("batch")?;
+    assert_eq!((state.done, state.failed), (1, 1));
+    assert_eq!(contents(&dst, "rosa", "pw-rosa-dst").await?, contents(&src, "rosa", "pw-rosa-src").await?);
+    let failed_csv =
+        String::from_utf8(stack.object(&format!("reports/{second}/failed.csv")).await?.context("failed.csv")?)?;
+    assert!(failed_csv.contains("quinn") && !failed_csv.contains("rosa"), "{failed_csv}");
+    let report = String::from_utf8(stack.object(&format!("reports/{second}/report.csv")).await?.context("report")?)?;
+    assert!(report.contains(&format!("being migrated by batch {first}")), "{report}");
+
+    // The first batch was not disturbed: quinn is copied there, once.
+    stack.redeliver_soon(&stack.svc.config.jobs_queue_url.clone(), &first_job["quinn"]).await?;
+    stack.drain(&first, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    assert_eq!(contents(&dst, "quinn", "pw-quinn-dst").await?, contents(&src, "quinn", "pw-quinn-src").await?);
+    let state = stack.svc.table.batch_state(&first).await?.context("batch")?;
+    assert_eq!((state.done, state.failed), (1, 0));
+    Ok(())
+}
+
+/// A loopback TCP proxy in front of an IMAP server that records the command of every line
+/// the client sends (`SELECT`, `UID FETCH`, ...), to count what a pass costs the server.
+struct CommandLog {
+    port: u16,
+    commands: Arc<Mutex<Vec<String>>>,
+}
+
+impl CommandLog {
+    async fn start(target: u16) -> Result<CommandLog> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let log = commands.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let (client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let mut lines = tokio::io::BufReader::new(client_read);
+                    let mut line = Vec::new();
+                    while lines.read_until(b'\n', &mut line).await.is_ok_and(|n| n > 0) {
+                        let text = String::from_utf8_lossy(&line);
+                        let words: Vec<&str> = text.split_whitespace().take(3).collect();
+                        if let [_tag, cmd, rest @ ..] = words.as_slice() {
+                            let cmd = cmd.to_ascii_uppercase();
+                            let name = match (cmd.as_str(), rest.first()) {
+                                ("UID", Some(sub)) => format!("UID {}", sub.to_ascii_uppercase()),
+                                _ => cmd,
+                            };
+                            log.lock().unwrap().push(name);
+                        }
+                        if server_write.write_all(&line).await.is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                    down.abort();
+                });
+            }
+        });
+        Ok(CommandLog { port, commands })
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
+}
+
+/// An unchanged folder costs its EXAMINE and nothing else: its verdict is kept from the
+/// pass that verified it (`reverify_unchanged` off, the default).
+#[tokio::test]
+async fn a_delta_of_an_unchanged_mailbox_fetches_nothing_and_costs_one_command_per_folder() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("sam", "pw-sam-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("sam", "pw-sam-dst")]))?;
+    for (folder, n) in [("INBOX", 30), ("Work", 8), ("Archive/2024", 5)] {
+        seed(&src, "sam", "pw-sam-src", folder, &corpus::mailbox(&format!("sam-{folder}"), n)).await?;
+    }
+    // Every batch reaches the source through the same counting proxy (same pair).
+    let log = CommandLog::start(src.imap_port).await?;
+    let mut stack = Stack::start().await?;
+    let settings = format!(
+        "[source]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[destination]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n",
+        log.port, dst.imap_port
+    );
+    let csv = "source_user,source_password,destination_user,destination_password\nsam,pw-sam-src,sam,pw-sam-dst\n";
+    let first = submitted(&stack.upload("sam", csv, &settings).await?)?;
+    stack.drain(&first, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let full = log.take();
+    let delta = submitted(&stack.upload("sam", csv, &settings).await?)?;
+    stack.drain(&delta, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let first_delta = log.take();
+    assert!(!first_delta.iter().any(|c| c.contains("FETCH") || c == "APPEND"), "{first_delta:?}");
+    // Dovecot lists the parent "Archive" as \Noselect at first and as an empty folder later:
+    // the first delta may copy (and verify) it as new. The second finds everything unchanged.
+    let delta = submitted(&stack.upload("sam", csv, &settings).await?)?;
+    stack.drain(&delta, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let unchanged = log.take();
+    eprintln!("first pass: {} commands; unchanged delta: {unchanged:?}", full.len());
+    let per_folder: Vec<&String> = unchanged
+        .iter()
+        .filter(|c| {
+            !["CAPABILITY", "LOGIN", "AUTHENTICATE", "LOGOUT", "NAMESPACE", "LIST", "ID", "ENABLE", "NOOP", "COMPRESS"]
+                .contains(&c.as_str())
+        })
+        .collect();
+    let folders = dump(&src, "sam", "pw-sam-src").await?.len();
+    assert!(folders >= 3, "{folders}");
+    assert_eq!(per_folder.len(), folders, "one command per folder, nothing new: {per_folder:?}");
+    let records = mailhaul_common::ports::BatchStore::mailboxes(&stack.svc.table.batch_store(&delta)).await?;
+    assert_eq!(records[0].status, mailhaul_common::model::MailboxStatus::Done, "{records:?}");
+    let report = stack.object(&format!("reports/{delta}/report.csv")).await?.context("the delta's report")?;
+    let report = String::from_utf8(report)?;
+    assert!(report.lines().nth(1).is_some_and(|row| row.contains(",ok,")), "still verified: {report}");
+    assert!(!unchanged.iter().any(|c| c.contains("FETCH") || c == "APPEND"), "{unchanged:?}");
+    assert_eq!(contents(&dst, "sam", "pw-sam-dst").await?, contents(&src, "sam", "pw-sam-src").await?);
     Ok(())
 }

@@ -36,6 +36,13 @@ enum Command {
         /// Extra round-trip time through a delay proxy in front of both IMAPS ports.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Both servers offer COMPRESS=DEFLATE (Dovecot's imap_zlib plugin).
+        #[arg(long)]
+        deflate: bool,
+        /// With --latency-ms: each proxy carries at most this many megabits per second each
+        /// way, shared by its connections (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        bandwidth_mbit: u64,
     },
     /// Stop servers left running by an `up` in DIR.
     Down {
@@ -48,7 +55,9 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Up { dir, users, messages, latency_ms } => up(&dir, users, messages, latency_ms).await,
+        Command::Up { dir, users, messages, latency_ms, deflate, bandwidth_mbit } => {
+            up(&dir, users, messages, latency_ms, deflate, bandwidth_mbit).await
+        }
         Command::Down { dir } => down(&dir),
     };
     if let Err(e) = result {
@@ -58,8 +67,10 @@ async fn main() {
 }
 
 const PID_FILE: &str = "testenv.pid";
+/// Bytes the delay proxies carried so far (a bench reads it before and after a run).
+const WIRE_FILE: &str = "wire-bytes";
 
-async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()> {
+async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64, deflate: bool, bandwidth_mbit: u64) -> Result<()> {
     if users == 0 {
         bail!("--users must be at least 1");
     }
@@ -89,6 +100,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
         master: Some(("admin".into(), "src-admin-pass".into())),
         special_use_layout: Layout::Outlook,
         dir: Some(dir.join("source")),
+        deflate,
         ..DovecotOptions::default()
     })
     .context("starting the source Dovecot")?;
@@ -96,6 +108,7 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
         users: accounts("dst"),
         special_use_layout: Layout::Standard,
         dir: Some(dir.join("destination")),
+        deflate,
         ..DovecotOptions::default()
     })
     .context("starting the destination Dovecot")?;
@@ -114,8 +127,9 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
     let mut proxies = Vec::new();
     let (src_port, dst_port) = if latency_ms > 0 {
         let one_way = Duration::from_millis(latency_ms) / 2;
-        let src = DelayProxy::start(([127, 0, 0, 1], source.imaps_port).into(), one_way)?;
-        let dst = DelayProxy::start(([127, 0, 0, 1], destination.imaps_port).into(), one_way)?;
+        let rate = (bandwidth_mbit > 0).then_some(bandwidth_mbit * 1_000_000 / 8);
+        let src = DelayProxy::with_bandwidth(([127, 0, 0, 1], source.imaps_port).into(), one_way, rate)?;
+        let dst = DelayProxy::with_bandwidth(([127, 0, 0, 1], destination.imaps_port).into(), one_way, rate)?;
         let ports = (src.port, dst.port);
         proxies.push(src);
         proxies.push(dst);
@@ -159,7 +173,29 @@ async fn up(dir: &Path, users: u32, messages: u32, latency_ms: u64) -> Result<()
     println!("  config:      {}", dir.join("mailhaul.toml").display());
     println!("Stop with Ctrl-C, SIGTERM, or: mailhaul-testenv down --dir {}", dir.display());
 
-    wait_for_stop().await?;
+    if !proxies.is_empty() {
+        println!(
+            "  wire bytes:  {} (through the proxies, both ways, updated every 100 ms)",
+            dir.join(WIRE_FILE).display()
+        );
+    }
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        let carried: u64 = proxies.iter().map(DelayProxy::bytes).sum();
+        if !proxies.is_empty() {
+            // Whole or not at all for a reader: write aside, then rename.
+            std::fs::write(dir.join("wire-bytes.tmp"), format!("{carried}\n"))?;
+            std::fs::rename(dir.join("wire-bytes.tmp"), dir.join(WIRE_FILE))?;
+        }
+        tokio::select! {
+            stopped = &mut stop => {
+                stopped?;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
     eprintln!("mailhaul-testenv: stopping servers");
     drop(proxies);
     drop(source);
