@@ -131,7 +131,7 @@ impl Courier {
                 .context("starting Courier with unshare (util-linux)")?;
             let mut server = ProcessGroup::new(child);
             match wait_for_greeting(port, Duration::from_secs(15), || server.exited().is_none()) {
-                Ok(()) if !server.listens_on(port) => {
+                Ok(()) if !server.owns_port(port) => {
                     // Another server took the port first: ours could not bind it.
                     server.stop(Duration::from_secs(5));
                     last_error = Some(anyhow!("port {port} was taken by another server"));

@@ -132,7 +132,7 @@ impl Cyrus {
                 .context("starting Cyrus master")?;
             let mut master = ProcessGroup::new(child);
             match wait_for_greeting(port, Duration::from_secs(15), || master.exited().is_none()) {
-                Ok(()) if !master.listens_on(port) => {
+                Ok(()) if !master.owns_port(port) => {
                     // Another server took the port first: ours cannot bind it.
                     master.stop(Duration::from_secs(5));
                     last_error = Some(anyhow!("port {port} was taken by another server"));

@@ -85,9 +85,10 @@ pub struct DovecotOptions {
     pub sasl_ir: bool,
     /// Offer COMPRESS=DEFLATE (RFC 4978) after login: Dovecot's `imap_zlib` plugin.
     pub deflate: bool,
-    /// Announce COMPRESS=DEFLATE without the plugin, so the command itself is refused (BAD):
-    /// a server (or a proxy in front of it) that offers what it cannot do.
-    pub deflate_announced_only: bool,
+    /// Capabilities announced after login without Dovecot doing them: `COMPRESS=DEFLATE`
+    /// without the plugin (the command is refused: a server, or a proxy in front of it, that
+    /// offers what it cannot do), `X-GM-EXT-1` (a Gmail-like source as far as detection goes).
+    pub announced_only: Vec<String>,
 }
 
 /// What Dovecot's `passdb oauth2` needs to validate an issuer's RS256 tokens locally.
@@ -118,7 +119,7 @@ impl Default for DovecotOptions {
             oauth2: None,
             sasl_ir: true,
             deflate: false,
-            deflate_announced_only: false,
+            announced_only: Vec::new(),
         }
     }
 }
@@ -145,8 +146,13 @@ impl DovecotOptions {
     }
 
     /// Announce COMPRESS=DEFLATE after login but refuse the command (no plugin).
-    pub fn deflate_announced_only(mut self) -> Self {
-        self.deflate_announced_only = true;
+    pub fn deflate_announced_only(self) -> Self {
+        self.announce_only("COMPRESS=DEFLATE")
+    }
+
+    /// Announce `capability` after login without doing it (see `announced_only`).
+    pub fn announce_only(mut self, capability: &str) -> Self {
+        self.announced_only.push(capability.to_string());
         self
     }
 
@@ -509,9 +515,21 @@ fn mail_owner(dir: &Path) -> Result<(u32, u32, Option<String>)> {
     Ok((meta.uid(), meta.gid(), Some(name)))
 }
 
+/// A port no server of this process was given before. The kernel hands a just-released
+/// port out again soon, so two servers started at once by tests running in parallel could be
+/// given the same one; Cyrus's master binds with SO_REUSEPORT, and the kernel then spreads
+/// connections over both servers (one test's APPENDs landed in the other's mailbox).
 pub(crate) fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no port this process has not handed out already")
 }
 
 fn read_pid(path: &Path, wait: Duration) -> Result<u32> {
@@ -727,9 +745,9 @@ service imap-login {{
             CAPS_WITHOUT_LITERAL_PLUS.replace(" SASL-IR", "")
         };
         writeln!(c, "imap_capability = {caps}{minus}{plus}").ok();
-    } else if opts.deflate_announced_only {
+    } else if !opts.announced_only.is_empty() {
         // `+` adds to the list Dovecot announces after login.
-        writeln!(c, "protocol imap {{\n  imap_capability = +COMPRESS=DEFLATE\n}}").ok();
+        writeln!(c, "protocol imap {{\n  imap_capability = +{}\n}}", opts.announced_only.join(" ")).ok();
     }
     writeln!(c, "namespace inbox {{\n  inbox = yes\n  separator = {}", opts.separator).ok();
     if opts.inbox_prefix {

@@ -65,33 +65,20 @@ impl ProcessGroup {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Whether a process of this group listens on 127.0.0.1:`port`. A free port found by
-    /// binding port 0 is only probably free when the server binds it; a server that lost that
-    /// race (Cyrus's master keeps running, couriertcpd exits) must not be mistaken for the one
-    /// that won, whose greeting looks the same.
-    pub fn listens_on(&self, port: u16) -> bool {
+    /// Whether this group, and only this group, listens on 127.0.0.1:`port`. A free port
+    /// found by binding port 0 is only probably free when the server binds it: a server that
+    /// lost that race (Cyrus's master keeps running, couriertcpd exits) must not be mistaken
+    /// for the one that won, whose greeting looks the same; and a server binding with
+    /// SO_REUSEPORT (Cyrus) shares the port with the winner, which then gets part of its
+    /// connections. Whichever of two such servers checks last sees the other and retries.
+    pub fn owns_port(&self, port: u16) -> bool {
         let Ok(pgid) = i32::try_from(self.child.id()) else { return false };
-        let inodes = listening_inodes(port);
-        if inodes.is_empty() {
+        let listening = listening_inodes(port);
+        if listening.is_empty() {
             return false;
         }
-        let Ok(procs) = std::fs::read_dir("/proc") else { return false };
-        for entry in procs.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
-            if process_group_of(pid) != Some(pgid) {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-            for fd in fds.flatten() {
-                if let Ok(target) = std::fs::read_link(fd.path()) {
-                    let target = target.to_string_lossy();
-                    if inodes.iter().any(|inode| target == format!("socket:[{inode}]")) {
-                        return true;
-                    }
-                }
-            }
-        }
-        false
+        let ours = socket_inodes_of_group(pgid);
+        listening.iter().all(|inode| ours.contains(inode))
     }
 
     /// Stop the group now and reap the leader.
@@ -135,6 +122,27 @@ fn listening_inodes(port: u16) -> Vec<String> {
             let listening = *state == "0A";
             let on_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port);
             if listening && on_port {
+                out.push(inode.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The inodes of every socket a process of group `pgid` holds open.
+fn socket_inodes_of_group(pgid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if process_group_of(pid) != Some(pgid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
                 out.push(inode.to_string());
             }
         }
@@ -241,6 +249,47 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt as _;
 
+    /// A process group listening on `port` with SO_REUSEPORT, as Cyrus's master does.
+    fn reuse_port_listener(port: u16) -> ProcessGroup {
+        let script = format!(
+            "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1)\n\
+             s.bind(('127.0.0.1',{port}))\ns.listen()\ntime.sleep(30)"
+        );
+        let child =
+            std::process::Command::new("python3").args(["-c", &script]).process_group(0).spawn().expect("python3");
+        ProcessGroup::new(child)
+    }
+
+    fn wait_for_listeners(port: u16, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while listening_inodes(port).len() < count {
+            assert!(std::time::Instant::now() < deadline, "{count} listener(s) on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn two_servers_sharing_a_port_both_see_the_clash() {
+        let port = crate::dovecot::free_port().expect("port");
+        let mut first = reuse_port_listener(port);
+        wait_for_listeners(port, 1);
+        assert!(first.owns_port(port), "alone on the port");
+        let mut second = reuse_port_listener(port);
+        wait_for_listeners(port, 2);
+        assert!(!second.owns_port(port), "the later server sees the earlier one");
+        assert!(!first.owns_port(port), "and the earlier one sees the later");
+        second.stop(Duration::from_secs(5));
+        assert!(first.owns_port(port), "alone again");
+        first.stop(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_port_is_handed_out_once_per_process() {
+        let ports: Vec<u16> = (0..200).map(|_| crate::dovecot::free_port().expect("port")).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
     #[test]
     fn a_port_someone_else_listens_on_is_not_the_groups() {
         let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).expect("bind");
@@ -248,7 +297,7 @@ mod tests {
         assert_eq!(listening_inodes(port).len(), 1, "the test process listens there");
         let child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
         let group = ProcessGroup::new(child);
-        assert!(!group.listens_on(port), "a server that lost the race for its port is told apart");
+        assert!(!group.owns_port(port), "a server that lost the race for its port is told apart");
         assert_eq!(process_group_of(i32::try_from(group.pid()).expect("pid")), i32::try_from(group.pid()).ok());
     }
 }
