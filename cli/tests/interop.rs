@@ -466,53 +466,130 @@ async fn validate_check_lists_capabilities_folders_and_quirks() {
     }
 }
 
-/// A Gmail-like source (a Dovecot with `[Gmail]/All Mail` holding every message and
-/// `[Gmail]/Important`), one message labelled both INBOX and Work: mail archived without a
-/// label lands in Archive exactly once, labelled mail once per label folder (or, with
-/// `gmail_labels = "first"`, once in all), Important is not copied. Returns the bodies per
-/// destination folder.
-async fn gmail_copy(options: CopyOptions) -> (BTreeMap<String, Vec<Vec<u8>>>, Vec<SeedMessage>) {
-    let source = Server::dovecot(Layout::Gmail);
-    let destination = Server::dovecot(Layout::Standard);
+/// What a Gmail-like source holds: one message labelled both INBOX and Work, two archived
+/// without a label, every message in `[Gmail]/All Mail`, the first of INBOX also Important.
+struct GmailSource {
+    server: Server,
+    /// Every message of All Mail.
+    all: Vec<SeedMessage>,
+    /// Work's own two messages (not in INBOX).
+    work_only: Vec<SeedMessage>,
+    /// In All Mail only.
+    archived: Vec<SeedMessage>,
+}
+
+/// A Dovecot that looks like Gmail over IMAP: `[Gmail]/All Mail` (`\All`) and
+/// `[Gmail]/Important` (`\Important`), announcing X-GM-EXT-1.
+async fn gmail_source() -> GmailSource {
+    let options = DovecotOptions::with_users(&[(USER, PASSWORD)]).layout(Layout::Gmail).announce_only("X-GM-EXT-1");
+    let server = Server::Dovecot(Dovecot::start(options).expect("Dovecot"));
     let inbox = corpus::mailbox("g-inbox", 3);
     let mut work = corpus::mailbox("g-work", 2);
+    let work_only = work.clone();
     work.push(inbox[1].clone()); // labelled INBOX and Work
     let archived = corpus::mailbox("g-archived", 2);
-    seed(&source, USER, PASSWORD, "INBOX", &inbox).await.expect("seed");
-    seed(&source, USER, PASSWORD, "Work", &work).await.expect("seed");
-    let all: Vec<SeedMessage> = inbox.iter().chain(&work[..2]).chain(&archived).cloned().collect();
-    seed(&source, USER, PASSWORD, "[Gmail]/All Mail", &all).await.expect("seed");
-    seed(&source, USER, PASSWORD, "[Gmail]/Important", &inbox[..1]).await.expect("seed");
-    let job = job(&source, source.imap_port(), &destination);
+    seed(&server, USER, PASSWORD, "INBOX", &inbox).await.expect("seed");
+    seed(&server, USER, PASSWORD, "Work", &work).await.expect("seed");
+    let all: Vec<SeedMessage> = inbox.iter().chain(&work_only).chain(&archived).cloned().collect();
+    seed(&server, USER, PASSWORD, "[Gmail]/All Mail", &all).await.expect("seed");
+    seed(&server, USER, PASSWORD, "[Gmail]/Important", &inbox[..1]).await.expect("seed");
+    GmailSource { server, all, work_only, archived }
+}
+
+/// The destination's non-empty folders, bodies in UID order; never a view folder.
+async fn bodies_by_folder(destination: &Server) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let copied = dump(destination, USER, PASSWORD).await.expect("dump");
+    assert!(
+        copied.keys().all(|f| !f.contains("Important") && !f.contains("All Mail")),
+        "views are not copied: {:?}",
+        copied.keys()
+    );
+    copied
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(f, m)| (f, m.into_iter().map(|m| m.body).collect()))
+        .collect()
+}
+
+/// Copy the Gmail-like source (mail archived without a label lands in Archive exactly once,
+/// labelled mail once per label folder or, with `gmail_labels = "first"`, once in all;
+/// Important is not copied), then a delta that copies nothing. Returns the bodies per
+/// destination folder.
+async fn gmail_copy(options: CopyOptions) -> (BTreeMap<String, Vec<Vec<u8>>>, Vec<SeedMessage>) {
+    let source = gmail_source().await;
+    let destination = Server::dovecot(Layout::Standard);
+    let job = job(&source.server, source.server.imap_port(), &destination);
     let store = SqliteStore::in_memory().expect("store");
     let first = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("copy");
     assert_verified(&first, "Gmail");
     let delta = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("delta");
     assert_verified(&delta, "Gmail, delta");
     assert_eq!(delta.this_pass.copied, 0);
-    let copied = dump(&destination, USER, PASSWORD).await.expect("dump");
-    assert!(
-        copied.keys().all(|f| !f.contains("Important") && !f.contains("All Mail")),
-        "views are not copied: {:?}",
-        copied.keys()
-    );
-    let bodies: BTreeMap<String, Vec<Vec<u8>>> = copied
-        .into_iter()
-        .filter(|(_, m)| !m.is_empty())
-        .map(|(f, m)| (f, m.into_iter().map(|m| m.body).collect()))
-        .collect();
+    let bodies = bodies_by_folder(&destination).await;
     // Every All Mail message is either copied to Archive or counted as left to its label
     // folder (with "first", so is Work's copy of the message INBOX holds), none as a duplicate.
     let in_archive = bodies.get("Archive").map_or(0, Vec::len) as u64;
     let first_label_only = u64::from(options.gmail_labels == GmailLabels::First);
     assert_eq!(
         first.this_pass.in_label_folder + in_archive,
-        all.len() as u64 + first_label_only,
+        source.all.len() as u64 + first_label_only,
         "{:?}",
         first.this_pass
     );
     assert_eq!(first.this_pass.skipped_duplicate, 0, "{:?}", first.this_pass);
-    (bodies, archived)
+    (bodies, source.archived)
+}
+
+/// A label folder whose copy fails does not hold its mail for All Mail: All Mail waits for
+/// the label folders (here copied on three connection pairs at once) and copies what none of
+/// them settled into Archive. Nothing is lost; the failed folder is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn gmail_mail_of_a_label_folder_that_fails_lands_in_archive() {
+    let source = gmail_source().await;
+    let Server::Dovecot(destination) = Server::dovecot(Layout::Standard) else { unreachable!() };
+    // Work exists on the destination but Dovecot (running as another user) cannot open it.
+    seed(&destination, USER, PASSWORD, "Work", &[]).await.expect("create Work");
+    let work_dir = destination.folder_dir(USER, "Work").expect("Work's directory");
+    std::fs::set_permissions(&work_dir, std::os::unix::fs::PermissionsExt::from_mode(0o000)).expect("chmod");
+    let destination = Server::Dovecot(destination);
+    let job = job(&source.server, source.server.imap_port(), &destination);
+    let store = SqliteStore::in_memory().expect("store");
+    let options = CopyOptions { connections_per_mailbox: 3, ..CopyOptions::default() };
+    let failed = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await;
+    let error = failed.expect_err("the Work folder cannot be copied");
+    assert!(error.to_string().contains("Work"), "the failed folder is named: {error}");
+    std::fs::set_permissions(&work_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod back");
+    let bodies = bodies_by_folder(&destination).await;
+    let archive: BTreeSet<&Vec<u8>> = bodies["Archive"].iter().collect();
+    let expected: BTreeSet<&Vec<u8>> = source.archived.iter().chain(&source.work_only).map(|m| &m.raw).collect();
+    assert_eq!(archive, expected, "Work's own mail went to Archive with the archived-only mail");
+    assert_eq!(bodies["INBOX"].len(), 3, "INBOX's mail (one message also labelled Work) once, in INBOX");
+    assert_eq!(bodies.get("Work"), None, "{:?}", bodies.keys());
+}
+
+/// Gmail is recognised by X-GM-EXT-1: `validate --check` says how its labels are copied, and
+/// warns when All Mail is hidden from IMAP (mail without a label would be out of reach).
+#[tokio::test(flavor = "multi_thread")]
+async fn gmail_is_recognised_and_a_hidden_all_mail_is_warned_about() {
+    use mailhaul_common::error::Side;
+    use mailhaul_common::inspect::{inspect, ALL_MAIL_HIDDEN};
+    let source = gmail_source().await;
+    let destination = Server::dovecot(Layout::Standard);
+    let shown = inspect(&job(&source.server, source.server.imap_port(), &destination).source, Side::Source, None)
+        .await
+        .expect("inspect");
+    assert!(shown.capabilities.iter().any(|c| c == "X-GM-EXT-1"), "{:?}", shown.capabilities);
+    assert!(shown.quirks.iter().any(|q| q.starts_with("Gmail (X-GM-EXT-1): labels are folders")), "{:?}", shown.quirks);
+    assert!(!shown.quirks.iter().any(|q| q == ALL_MAIL_HIDDEN), "{:?}", shown.quirks);
+
+    let hidden = DovecotOptions::with_users(&[(USER, PASSWORD)]).layout(Layout::None).announce_only("X-GM-EXT-1");
+    let hidden = Server::Dovecot(Dovecot::start(hidden).expect("Dovecot"));
+    let seen =
+        inspect(&job(&hidden, hidden.imap_port(), &destination).source, Side::Source, None).await.expect("inspect");
+    assert!(seen.quirks.iter().any(|q| q == ALL_MAIL_HIDDEN), "{:?}", seen.quirks);
+    let plain =
+        inspect(&destination.endpoint(destination.imap_port()), Side::Destination, None).await.expect("inspect");
+    assert!(!plain.quirks.iter().any(|q| q.contains("Gmail")), "not Gmail: {:?}", plain.quirks);
 }
 
 #[tokio::test(flavor = "multi_thread")]

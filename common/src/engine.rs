@@ -8,6 +8,7 @@
 //! once the destination is quiet, so nothing lands twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -201,6 +202,34 @@ struct Prepared {
     label_folders: Vec<String>,
     /// The source has an All Mail folder (Gmail): labels are folders.
     has_all_mail: bool,
+    /// Each label folder's (UID, identity) list, read once per call and shared by the
+    /// connection pairs: All Mail and, with `gmail_labels = "first"`, later label folders ask.
+    label_listings: tokio::sync::Mutex<HashMap<String, Arc<LabelListing>>>,
+    /// Label folders taken from the queue and not finished yet. All Mail is queued last and
+    /// waits for them, so that it knows what they really copied.
+    labels_in_progress: std::sync::atomic::AtomicUsize,
+}
+
+/// What a label folder of a Gmail source holds.
+struct LabelListing {
+    uid_validity: u32,
+    messages: Vec<(u32, String)>,
+}
+
+/// Counts a label folder as in progress until dropped, however its copy ends.
+struct LabelInProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LabelInProgress<'a> {
+    fn start(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LabelInProgress(counter)
+    }
+}
+
+impl Drop for LabelInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How one connection pair's share of the folders ended.
@@ -277,6 +306,8 @@ struct Copier<'a> {
     multiappend: bool,
     /// The source has CONDSTORE (enabled): HIGHESTMODSEQ tells which flags changed.
     source_condstore: bool,
+    /// The source announces X-GM-EXT-1.
+    source_caps_gmail: bool,
     batches_confirmed: u64,
     started_in_time: bool,
     source_label: String,
@@ -336,6 +367,7 @@ impl<'a> Copier<'a> {
             destination_tags: 0,
             multiappend: caps.multiappend && options.multiappend,
             source_condstore: source_caps.condstore,
+            source_caps_gmail: source_caps.gmail(),
             batches_confirmed: 0,
             started_in_time: timebox.deadline.is_none_or(|d| tokio::time::Instant::now() < d),
             source_label: label(&job.source.server),
@@ -429,6 +461,9 @@ impl Copier<'_> {
         };
         let mut existing: BTreeSet<String> = destination_folders.iter().map(|f| f.raw.clone()).collect();
         let has_all_mail = source_folders.iter().any(|f| !f.noselect && f.roles.contains(&Role::All));
+        if self.source_caps_gmail && !has_all_mail {
+            tracing::warn!(mailbox = %self.job.mailbox, "{}", crate::inspect::ALL_MAIL_HIDDEN);
+        }
         let (mut plans, excluded) =
             folders::plan_folders(&source_folders, &layout, self.options, source_root.as_deref());
         // The label folders All Mail defers to are those this run copies (not those excluded),
@@ -454,27 +489,78 @@ impl Copier<'_> {
                 Err(other) => return Err(other),
             }
         }
-        Ok(Prepared { plans, layout, existing, label_folders, has_all_mail })
+        // All Mail last: it defers to the label folders, which must have been copied first.
+        plans.sort_by_key(|p| p.all_mail);
+        Ok(Prepared {
+            plans,
+            layout,
+            existing,
+            label_folders,
+            has_all_mail,
+            label_listings: tokio::sync::Mutex::new(HashMap::new()),
+            labels_in_progress: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
-    /// Identities (Message-ID, or a hash of identifying headers) of every message in `folders`.
-    async fn identities_in(&mut self, folders: &[String]) -> Result<HashSet<String>, CopyError> {
+    /// A label folder's (UID, identity) list: read from the source once per call.
+    async fn label_listing(&mut self, prepared: &Prepared, raw: &str) -> Result<Arc<LabelListing>, CopyError> {
+        if let Some(listing) = prepared.label_listings.lock().await.get(raw) {
+            return Ok(Arc::clone(listing));
+        }
+        let plan = FolderPlan {
+            source_raw: raw.to_string(),
+            source_display: crate::mutf7::decode(raw),
+            destination: Vec::new(),
+            renamed: None,
+            all_mail: false,
+        };
+        let mailbox = self.examine_source(&plan).await?;
+        let uid_validity = mailbox.uid_validity.unwrap_or(0);
+        let messages = if mailbox.exists > 0 {
+            let listing = self.source_metas(&plan, uid_validity, "1:*").await?;
+            listing.metas.into_iter().map(|m| (m.uid, m.key)).collect()
+        } else {
+            Vec::new()
+        };
+        let listing = Arc::new(LabelListing { uid_validity, messages });
+        prepared.label_listings.lock().await.insert(raw.to_string(), Arc::clone(&listing));
+        Ok(listing)
+    }
+
+    /// Identities of every message in the label folders `folders` (`gmail_labels = "first"`:
+    /// what an earlier label folder holds is copied there).
+    async fn identities_in(&mut self, prepared: &Prepared, folders: &[String]) -> Result<HashSet<String>, CopyError> {
         let mut out = HashSet::new();
         for raw in folders {
-            let plan = FolderPlan {
-                source_raw: raw.clone(),
-                source_display: crate::mutf7::decode(raw),
-                destination: Vec::new(),
-                renamed: None,
-                all_mail: false,
-            };
-            let mailbox = self.examine_source(&plan).await?;
-            if mailbox.exists > 0 {
-                let listing = self.source_metas(&plan, mailbox.uid_validity.unwrap_or(0), "1:*").await?;
-                out.extend(listing.metas.into_iter().map(|m| m.key));
-            }
+            let listing = self.label_listing(prepared, raw).await?;
+            out.extend(listing.messages.iter().map(|(_, key)| key.clone()));
         }
         Ok(out)
+    }
+
+    /// Identities of the messages the label folders have settled (copied, found already
+    /// there, or reported): All Mail leaves those to them and copies the rest to Archive,
+    /// including the mail of a label folder whose copy failed.
+    async fn settled_in_label_folders(&mut self, prepared: &Prepared) -> Result<HashSet<String>, CopyError> {
+        let mut out = HashSet::new();
+        for raw in &prepared.label_folders {
+            let listing = self.label_listing(prepared, raw).await?;
+            let recorded = self.store.load_ledger(&self.job.mailbox, raw, listing.uid_validity).await?;
+            let ledger = FolderLedger::from_recorded(recorded);
+            out.extend(listing.messages.iter().filter(|(uid, _)| !ledger.pending(*uid)).map(|(_, key)| key.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Wait until no label folder is being copied by another connection pair.
+    async fn wait_for_label_folders(&mut self, prepared: &Prepared) -> Result<(), Stopped> {
+        while prepared.labels_in_progress.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if self.time_is_up() {
+                return Err(Stopped::TimeUp);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Other users' and shared folders: copied under `shared_folders` when set, else listed
@@ -526,8 +612,22 @@ impl Copier<'_> {
                 end.time_up = true;
                 return Ok(end);
             }
-            let Some(next) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { return Ok(end) };
-            let folder = &prepared.plans[next];
+            // Counted as in progress while the queue is still locked: All Mail, taken after
+            // it, then sees every label folder taken before it.
+            let (folder, _in_progress) = {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(next) = queue.pop_front() else { return Ok(end) };
+                let folder = &prepared.plans[next];
+                let in_progress = (prepared.has_all_mail && !folder.all_mail)
+                    .then(|| LabelInProgress::start(&prepared.labels_in_progress));
+                (folder, in_progress)
+            };
+            if folder.all_mail {
+                if let Err(Stopped::TimeUp) = self.wait_for_label_folders(prepared).await {
+                    end.time_up = true;
+                    return Ok(end);
+                }
+            }
             let checkpoint = checkpoints.lock().unwrap_or_else(|p| p.into_inner()).remove(&folder.source_raw);
             match self.copy_folder(folder, checkpoint, prepared, &mut existing).await {
                 Ok(Ok(())) => {}
@@ -608,14 +708,14 @@ impl Copier<'_> {
         // Gmail's All Mail: what any label folder holds is copied there, not again from here.
         // With gmail_labels = "first", a label folder leaves out what an earlier one holds.
         let elsewhere = if folder.all_mail {
-            Some(self.identities_in(&prepared.label_folders).await?)
+            Some(self.settled_in_label_folders(prepared).await?)
         } else if prepared.has_all_mail && self.options.gmail_labels == GmailLabels::First {
             let earlier: Vec<String> =
                 prepared.label_folders.iter().take_while(|raw| **raw != folder.source_raw).cloned().collect();
             if earlier.is_empty() {
                 None
             } else {
-                Some(self.identities_in(&earlier).await?)
+                Some(self.identities_in(prepared, &earlier).await?)
             }
         } else {
             None

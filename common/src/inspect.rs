@@ -29,7 +29,7 @@ pub struct Inspection {
 }
 
 /// The capabilities that change how mailhaul copies, as `validate --check` lists them.
-pub const CAPABILITIES_THAT_MATTER: [&str; 9] = [
+pub const CAPABILITIES_THAT_MATTER: [&str; 10] = [
     "LITERAL+",
     "LITERAL-",
     "MULTIAPPEND",
@@ -39,6 +39,7 @@ pub const CAPABILITIES_THAT_MATTER: [&str; 9] = [
     "NAMESPACE",
     "APPENDLIMIT",
     "COMPRESS",
+    "X-GM-EXT-1",
 ];
 
 /// Of [`CAPABILITIES_THAT_MATTER`], those the server announces (`APPENDLIMIT=35651584`,
@@ -53,7 +54,10 @@ pub fn capabilities_that_matter(all: &[String]) -> (Vec<String>, Vec<&'static st
             .cloned()
             .collect();
         if found.is_empty() {
-            missing.push(want);
+            // Gmail's extension is worth naming where it is, not as missing everywhere else.
+            if want != "X-GM-EXT-1" {
+                missing.push(want);
+            }
         } else {
             offered.extend(found);
         }
@@ -61,9 +65,21 @@ pub fn capabilities_that_matter(all: &[String]) -> (Vec<String>, Vec<&'static st
     (offered, missing)
 }
 
+/// A Gmail account whose All Mail is hidden from IMAP: its mail without a label is out of reach.
+pub const ALL_MAIL_HIDDEN: &str = "Gmail's All Mail is not shown over IMAP: mail archived without a label cannot be \
+     copied. Tick \"Show in IMAP\" for All Mail in Gmail's settings (Labels) before migrating";
+
 /// One sentence per server behaviour mailhaul adapts to.
 pub fn quirks(caps: &Caps, examine_without_uidnext: bool) -> Vec<String> {
     let mut out = Vec::new();
+    if caps.gmail() {
+        out.push(
+            "Gmail (X-GM-EXT-1): labels are folders, a message is copied into each of its labels \
+             (gmail_labels = \"first\": into the first only), mail without a label from All Mail into \
+             Archive; Important and Starred are not copied"
+                .into(),
+        );
+    }
     if let Some(ns) = &caps.namespaces {
         if let Some(personal) = ns.personal_prefix().filter(|p| !p.prefix.is_empty()) {
             out.push(format!(
@@ -117,6 +133,8 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
         .filter(|n| !n.attributes().iter().any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect)))
         .map(|n| n.name().to_string())
         .collect();
+    let all_mail_listed =
+        names.iter().any(|n| n.attributes().iter().any(|a| matches!(a, async_imap::types::NameAttribute::All)));
     let mut folders = Vec::new();
     let mut examine_without_uidnext = false;
     for name in selectable {
@@ -131,8 +149,12 @@ pub async fn inspect(endpoint: &Endpoint, side: Side, user_root: Option<&str>) -
         folders.push(FolderSize { name: crate::mutf7::decode(&name), messages: u64::from(mailbox.exists), bytes });
     }
     let _ = session.logout().await;
+    let mut quirks = quirks(&caps, examine_without_uidnext);
+    if caps.gmail() && !all_mail_listed {
+        quirks.push(ALL_MAIL_HIDDEN.into());
+    }
     Ok(Inspection {
-        quirks: quirks(&caps, examine_without_uidnext),
+        quirks,
         capabilities: caps.all,
         total_messages: folders.iter().map(|f| f.messages).sum(),
         total_bytes: folders.iter().map(|f| f.bytes).sum(),

@@ -43,6 +43,11 @@ pub struct Caps {
 }
 
 impl Caps {
+    /// Gmail (X-GM-EXT-1): labels are folders and `[Gmail]/All Mail` holds every message.
+    pub fn gmail(&self) -> bool {
+        self.has("X-GM-EXT-1")
+    }
+
     /// Whether the server announced `name` (case-insensitive), e.g. `UNSELECT`.
     pub fn has(&self, name: &str) -> bool {
         self.all.iter().any(|n| n.eq_ignore_ascii_case(name))
