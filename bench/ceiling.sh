@@ -16,8 +16,9 @@ declare -A RATE   # messages per second by "tool@rtt"
 src_user() { sed -n "$(( $1 + 1 ))p" "$DIR/batch.csv" | cut -d, -f4; }
 src_pass() { sed -n "$(( $1 + 1 ))p" "$DIR/batch.csv" | cut -d, -f5; }
 
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", n / s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# A missing or zero figure (a run that failed) gives "n/a", not awk's division by zero.
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s + 0 == 0) print "n/a"; else printf "%.3f", n / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "n/a") print "n/a"; else printf "%.2f", a / b }'; }
 
 # dsync_one RUN_DIR SRC_PORT DEST_USER: pull source user1 into DEST_USER with doveadm backup -R.
 # The imapc password goes in a root-only config file, not on the command line.

@@ -146,6 +146,20 @@ async fn contents(server: &Server) -> BTreeMap<String, Vec<Fingerprint>> {
         .collect()
 }
 
+/// Every message of alice's account as "folder: Subject", a line each.
+async fn subjects(server: &Server) -> String {
+    let dumped = dump(server, USER, PASSWORD).await.unwrap_or_else(|e| panic!("dump {}: {e:#}", server.kind()));
+    let mut out = String::new();
+    for (folder, messages) in dumped {
+        for message in messages {
+            let text = String::from_utf8_lossy(&message.body);
+            let subject = text.lines().find(|l| l.starts_with("Subject:")).unwrap_or("(no subject)");
+            out.push_str(&format!("{folder}: {subject}\n"));
+        }
+    }
+    out
+}
+
 fn job(source: &Server, source_port: u16, destination: &Server) -> MailboxJob {
     MailboxJob {
         row: 1,
@@ -292,7 +306,10 @@ async fn other_users_and_shared_folders_are_listed_not_copied() {
     assert_verified(&outcome, "Cyrus with shared folders");
     let copied = contents(&destination).await;
     assert_eq!(copied.keys().collect::<Vec<_>>(), ["INBOX"], "nothing of bob's or the team's: {copied:?}");
-    assert_eq!(outcome.this_pass.copied, 5, "only alice's own mail: {outcome:?} {:?}", copied["INBOX"].len());
+    // Should it fail (it did once under load, alice's INBOX holding 3 more messages than seeded,
+    // not reproduced since), say which messages the source holds where.
+    let seen = if outcome.this_pass.copied == 5 { String::new() } else { subjects(&source).await };
+    assert_eq!(outcome.this_pass.copied, 5, "only alice's own mail: {outcome:?}; the source holds:\n{seen}");
     let folders = mailhaul_common::ports::CheckpointStore::load_folders(&store, USER).await.expect("folders");
     let not_copied: BTreeMap<String, String> =
         folders.into_iter().filter_map(|c| Some((c.source_folder, c.not_copied?))).collect();

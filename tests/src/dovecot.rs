@@ -517,8 +517,7 @@ fn mail_owner(dir: &Path) -> Result<(u32, u32, Option<String>)> {
 
 /// A port no server of this process was given before. The kernel hands a just-released
 /// port out again soon, so two servers started at once by tests running in parallel could be
-/// given the same one; Cyrus's master binds with SO_REUSEPORT, and the kernel then spreads
-/// connections over both servers (one test's APPENDs landed in the other's mailbox).
+/// given the same one; the loser's retry then costs a server start.
 pub(crate) fn free_port() -> Result<u16> {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());

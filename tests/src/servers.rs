@@ -68,9 +68,9 @@ impl ProcessGroup {
     /// Whether this group, and only this group, listens on 127.0.0.1:`port`. A free port
     /// found by binding port 0 is only probably free when the server binds it: a server that
     /// lost that race (Cyrus's master keeps running, couriertcpd exits) must not be mistaken
-    /// for the one that won, whose greeting looks the same; and a server binding with
-    /// SO_REUSEPORT (Cyrus) shares the port with the winner, which then gets part of its
-    /// connections. Whichever of two such servers checks last sees the other and retries.
+    /// for the one that won, whose greeting looks the same; and a server that shares the port
+    /// (SO_REUSEPORT) would get part of the other's connections. Whichever of two such servers
+    /// checks last sees the other and retries.
     pub fn owns_port(&self, port: u16) -> bool {
         let Ok(pgid) = i32::try_from(self.child.id()) else { return false };
         let listening = listening_inodes(port);
