@@ -420,6 +420,15 @@ impl Copier<'_> {
         classify(e, Side::Destination, &self.destination_label)
     }
 
+    /// A raw exchange (ours, not async-imap's) on `side` that could not finish.
+    fn lost(&self, side: Side, detail: String) -> CopyError {
+        let server = match side {
+            Side::Source => self.source_label.clone(),
+            Side::Destination => self.destination_label.clone(),
+        };
+        CopyError::ConnectionLost { side, server, detail }
+    }
+
     /// List both sides, plan the folders and create every destination folder (before the
     /// connection pairs share out the folders, so none of them creates a parent twice).
     async fn prepare(&mut self) -> Result<Prepared, CopyError> {
@@ -1293,11 +1302,7 @@ impl Copier<'_> {
         let claimed: HashSet<u32> = ledger.destination_uids(dest_validity).into_iter().collect();
         let metas = fetch_metas(&mut self.destination, &mut self.destination_tags, &format!("{from}:*"))
             .await
-            .map_err(|detail| CopyError::ConnectionLost {
-                side: Side::Destination,
-                server: self.destination_label.clone(),
-                detail,
-            })?;
+            .map_err(|detail| self.lost(Side::Destination, detail))?;
         Ok(metas
             .into_iter()
             .filter(|m| m.uid >= from && !claimed.contains(&m.uid))
@@ -1408,7 +1413,15 @@ impl Copier<'_> {
             let (dest_validity, dest_exists, all_uids) = match copied_validity {
                 Some(validity) if self.destination_selected.as_deref() == Some(destination_raw.as_str()) => {
                     timed(self.destination.noop()).await.map_err(|e| self.dst_err(e))?;
-                    let all = timed(self.destination.uid_search("ALL")).await.map_err(|e| self.dst_err(e))?;
+                    let highest = members
+                        .iter()
+                        .filter_map(|f| checkpoints.get(&f.source_raw))
+                        .map(|c| c.destination_uid_next.saturating_sub(1))
+                        .max()
+                        .unwrap_or(0);
+                    let all = every_uid(&mut self.destination, &mut self.destination_tags, highest)
+                        .await
+                        .map_err(|detail| self.lost(Side::Destination, detail))?;
                     (validity, all.len() as u32, Some(all))
                 }
                 _ => {
@@ -1430,13 +1443,18 @@ impl Copier<'_> {
             }
             mapped.sort_unstable();
             mapped.dedup();
+            let all_uids = match (all_uids, mapped.last()) {
+                (Some(all), _) => Some(all),
+                (None, None) => None,
+                (None, Some(&highest)) => Some(
+                    every_uid(&mut self.destination, &mut self.destination_tags, highest)
+                        .await
+                        .map_err(|detail| self.lost(Side::Destination, detail))?,
+                ),
+            };
             let held: HashSet<u32> = match &all_uids {
                 Some(all) => mapped.iter().copied().filter(|uid| all.contains(uid)).collect(),
-                None if mapped.is_empty() => HashSet::new(),
-                None => {
-                    let query = format!("UID {}", plan::uid_set(&mapped));
-                    timed(self.destination.uid_search(&query)).await.map_err(|e| self.dst_err(e))?
-                }
+                None => HashSet::new(),
             };
             let mut total = ledger::Check::default();
             let mut source_messages = 0;
@@ -1450,7 +1468,11 @@ impl Copier<'_> {
                     self.examine_source(folder).await?;
                 }
                 let mut source_uids: Vec<u32> =
-                    timed(self.source.uid_search("ALL")).await.map_err(|e| self.src_err(e))?.into_iter().collect();
+                    every_uid(&mut self.source, &mut self.source_tags, cp.uid_next.saturating_sub(1))
+                        .await
+                        .map_err(|detail| self.lost(Side::Source, detail))?
+                        .into_iter()
+                        .collect();
                 // Mail that arrived after this pass looked is the next pass's.
                 source_uids.retain(|uid| cp.uid_next == 0 || *uid < cp.uid_next);
                 source_uids.sort_unstable();
@@ -1516,11 +1538,7 @@ impl Copier<'_> {
         }
         let others = fetch_metas(&mut self.destination, &mut self.destination_tags, &plan::uid_set(&all))
             .await
-            .map_err(|detail| CopyError::ConnectionLost {
-                side: Side::Destination,
-                server: self.destination_label.clone(),
-                detail,
-            })?;
+            .map_err(|detail| self.lost(Side::Destination, detail))?;
         let ids: BTreeSet<String> = others.into_iter().filter_map(|m| m.message_id).collect();
         let mut in_destination: HashMap<&str, usize> = HashMap::new();
         for id in &ids {
@@ -1685,6 +1703,14 @@ async fn timed<T>(
             std::io::ErrorKind::TimedOut,
             format!("no reply for {} s", IO_TIMEOUT.as_secs()),
         ))),
+    }
+}
+
+/// Every UID of the selected folder ([`crate::imap::search::all_uids`]), within [`IO_TIMEOUT`].
+async fn every_uid(session: &mut Session, tags: &mut u64, highest: u32) -> Result<HashSet<u32>, String> {
+    match tokio::time::timeout(IO_TIMEOUT, crate::imap::search::all_uids(session, tags, highest)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no reply to SEARCH for {} s", IO_TIMEOUT.as_secs())),
     }
 }
 

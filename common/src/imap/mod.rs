@@ -6,5 +6,6 @@ pub mod conn;
 pub mod deflate;
 pub mod fetch;
 pub mod namespace;
+pub mod search;
 
 pub use conn::{connect, Caps, Session};
