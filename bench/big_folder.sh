@@ -173,5 +173,6 @@ echo "$TABLE"
 if [ -z "$OUT" ]; then
     if [ "$MESSAGES" -ge 100000 ]; then OUT="$ROOT/bench/BIG_FOLDER.md"; else OUT="$DIR/BIG_FOLDER.md"; fi
 fi
-echo "$TABLE" >"$OUT"
+# Newest first; earlier runs stay below.
+{ echo "$TABLE"; [ -f "$OUT" ] && { echo; cat "$OUT"; }; } >"$OUT.new" && mv "$OUT.new" "$OUT"
 log "table written to $OUT"
