@@ -8,6 +8,38 @@ use anyhow::Context;
 
 use crate::EXIT_DONE;
 
+/// The stack output naming the bucket.
+pub const BUCKET: &str = "BucketName";
+/// The stack output naming the table.
+pub const TABLE: &str = "TableName";
+
+/// `explicit` (`--bucket` / `--table`) when given, else the stack's output `key` read from
+/// CloudFormation (`--stack NAME`).
+pub async fn stack_output(explicit: Option<String>, stack: Option<String>, key: &str) -> anyhow::Result<String> {
+    let flag = if key == BUCKET { "--bucket" } else { "--table" };
+    if let Some(value) = explicit {
+        return Ok(value);
+    }
+    let Some(stack) = stack else {
+        anyhow::bail!("give {flag} (the stack's {key} output) or --stack NAME (or set MAILHAUL_STACK)");
+    };
+    let sdk = mailhaul_aws::config::sdk_config().await;
+    let described = aws_sdk_cloudformation::Client::new(&sdk)
+        .describe_stacks()
+        .stack_name(&stack)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_cloudformation::error::DisplayErrorContext(e)))
+        .with_context(|| format!("reading stack {stack:?} from CloudFormation"))?;
+    let outputs = described.stacks().first().map(|s| s.outputs()).unwrap_or_default();
+    outputs
+        .iter()
+        .find(|o| o.output_key() == Some(key))
+        .and_then(|o| o.output_value())
+        .map(str::to_string)
+        .with_context(|| format!("stack {stack:?} has no {key} output: is it a mailhaul stack? (or give {flag})"))
+}
+
 /// Uploads the CSV (and its settings sidecar) to `s3://bucket/incoming/` and prints the batch
 /// id on stdout.
 pub async fn submit(csv: &Path, bucket: &str, config: Option<&Path>) -> anyhow::Result<u8> {
@@ -17,7 +49,7 @@ pub async fn submit(csv: &Path, bucket: &str, config: Option<&Path>) -> anyhow::
         .await
         .with_context(|| format!("submitting {} to s3://{bucket}/incoming/", csv.display()))?;
     eprintln!("uploaded s3://{bucket}/incoming/{name}; the stack validates it and starts batch {id}");
-    eprintln!("follow it with: mailhaul status {id} --table TABLE   (the stack's TableName output)");
+    eprintln!("follow it with: mailhaul status {id} --stack STACK   (or --table TABLE, the stack's TableName output)");
     println!("{id}");
     Ok(EXIT_DONE)
 }
@@ -40,7 +72,7 @@ pub async fn status(batch: &str, table: &str, json: bool) -> anyhow::Result<u8> 
     eprintln!("batch {batch}: {} ({} done, {} failed, {pending} to go of {})", s.state, s.done, s.failed, s.total);
     eprint!("{}", report.summary_table());
     if s.state == "completed" {
-        eprintln!("reports: mailhaul report {batch} --bucket BUCKET");
+        eprintln!("reports: mailhaul report {batch} --stack STACK   (or --bucket BUCKET)");
     }
     Ok(EXIT_DONE)
 }

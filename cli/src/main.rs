@@ -47,7 +47,10 @@ enum Command {
         csv: PathBuf,
         /// The stack's bucket (its BucketName output).
         #[arg(long, env = "MAILHAUL_BUCKET")]
-        bucket: String,
+        bucket: Option<String>,
+        /// The deployed stack's name: its bucket and table are read from its outputs.
+        #[arg(long, env = "MAILHAUL_STACK")]
+        stack: Option<String>,
         /// Batch settings (TOML, as for `run`), uploaded first as the CSV's sidecar.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -63,6 +66,9 @@ enum Command {
         /// The stack's DynamoDB table (its TableName output).
         #[arg(long, env = "MAILHAUL_TABLE")]
         table: Option<String>,
+        /// The deployed stack's name, instead of --table.
+        #[arg(long, env = "MAILHAUL_STACK")]
+        stack: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -76,6 +82,9 @@ enum Command {
         /// The stack's bucket (its BucketName output).
         #[arg(long, env = "MAILHAUL_BUCKET")]
         bucket: Option<String>,
+        /// The deployed stack's name, instead of --bucket.
+        #[arg(long, env = "MAILHAUL_STACK")]
+        stack: Option<String>,
         #[arg(long, default_value = "mailhaul-report")]
         report_dir: PathBuf,
     },
@@ -109,16 +118,29 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { csv, config, json, check } => validate::validate(&csv, config.as_deref(), json, check).await,
             Command::Run(args) => run::run(args).await,
-            Command::Submit { csv, bucket, config } => aws::submit(&csv, &bucket, config.as_deref()).await,
+            Command::Submit { csv, bucket, stack, config } => match aws::stack_output(bucket, stack, aws::BUCKET).await {
+                Ok(bucket) => aws::submit(&csv, &bucket, config.as_deref()).await,
+                Err(e) => Err(e),
+            },
             Command::Status { state: Some(state), json, .. } => run::status(&state, json).await,
-            Command::Status { batch: Some(batch), table: Some(table), json, .. } => aws::status(&batch, &table, json).await,
+            Command::Status { batch: Some(batch), table, stack, json, .. } if table.is_some() || stack.is_some() => {
+                match aws::stack_output(table, stack, aws::TABLE).await {
+                    Ok(table) => aws::status(&batch, &table, json).await,
+                    Err(e) => Err(e),
+                }
+            }
             Command::Status { .. } => Err(anyhow::anyhow!(
-                "status needs --state FILE (a local run) or BATCH --table TABLE (a batch on AWS; or set MAILHAUL_TABLE)"
+                "status needs --state FILE (a local run) or BATCH with --table TABLE or --stack NAME (a batch on AWS; or set MAILHAUL_TABLE / MAILHAUL_STACK)"
             )),
             Command::Report { state: Some(state), report_dir, .. } => run::report(&state, &report_dir).await,
-            Command::Report { batch: Some(batch), bucket: Some(bucket), report_dir, .. } => aws::report(&batch, &bucket, &report_dir).await,
+            Command::Report { batch: Some(batch), bucket, stack, report_dir, .. } if bucket.is_some() || stack.is_some() => {
+                match aws::stack_output(bucket, stack, aws::BUCKET).await {
+                    Ok(bucket) => aws::report(&batch, &bucket, &report_dir).await,
+                    Err(e) => Err(e),
+                }
+            }
             Command::Report { .. } => Err(anyhow::anyhow!(
-                "report needs --state FILE (a local run) or BATCH --bucket BUCKET (a batch on AWS; or set MAILHAUL_BUCKET)"
+                "report needs --state FILE (a local run) or BATCH with --bucket BUCKET or --stack NAME (a batch on AWS; or set MAILHAUL_BUCKET / MAILHAUL_STACK)"
             )),
         }
     });

@@ -24,7 +24,18 @@ fn mailhaul(moto: &Moto, args: &[&str]) -> Result<Output> {
         .env_remove("AWS_PROFILE")
         .env_remove("MAILHAUL_BUCKET")
         .env_remove("MAILHAUL_TABLE")
+        .env_remove("MAILHAUL_STACK")
         .output()?)
+}
+
+/// The SDK's configuration for the moto server.
+async fn sdk(moto: &Moto) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&moto.url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"))
+        .load()
+        .await
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -34,12 +45,7 @@ fn text(out: &Output) -> (String, String) {
 #[tokio::test]
 async fn submit_status_and_report_against_the_stack() -> Result<()> {
     let moto = Moto::start()?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto.url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"))
-        .load()
-        .await;
+    let sdk = sdk(&moto).await;
     mailhaul_aws::config::s3_client(&sdk).create_bucket().bucket(BUCKET).send().await?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let jobs = sqs.create_queue().queue_name("jobs").send().await?.queue_url.context("jobs url")?;
@@ -153,5 +159,72 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
     let out = mailhaul(&moto, &["status"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("--state FILE"), "{}", text(&out).1);
+    Ok(())
+}
+
+/// `--stack NAME` reads the bucket and table from the stack's outputs (a stack created in
+/// moto's CloudFormation with the same output names as infra/template.yaml).
+#[tokio::test]
+async fn the_stack_name_is_enough() -> Result<()> {
+    const STACK_BUCKET: &str = "mailhaul-stack-bucket";
+    const STACK_TABLE: &str = "mailhaul-stack-table";
+    let moto = Moto::start()?;
+    let sdk = sdk(&moto).await;
+    let template = serde_json::json!({
+        "Resources": { "Bucket": { "Type": "AWS::S3::Bucket", "Properties": { "BucketName": STACK_BUCKET } } },
+        "Outputs": {
+            "BucketName": { "Value": { "Ref": "Bucket" } },
+            "TableName": { "Value": STACK_TABLE }
+        }
+    });
+    aws_sdk_cloudformation::Client::new(&sdk)
+        .create_stack()
+        .stack_name("mailhaul-test")
+        .template_body(template.to_string())
+        .send()
+        .await?;
+    let outputs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml"))?;
+    for key in ["BucketName:", "TableName:"] {
+        assert!(outputs.contains(&format!("\n  {key}")), "the template's outputs still include {key}");
+    }
+    let config = Config::from_lookup(|k| match k {
+        "MAILHAUL_BUCKET" => Some(STACK_BUCKET.into()),
+        "MAILHAUL_TABLE" => Some(STACK_TABLE.into()),
+        "MAILHAUL_JOBS_QUEUE_URL" | "MAILHAUL_FINALIZE_QUEUE_URL" => Some("unused".into()),
+        "MAILHAUL_SECRET_PREFIX" => Some("mailhaul/stack".into()),
+        _ => None,
+    })?;
+    let svc = Services::aws(&sdk, config, NotifyTargets::default());
+    svc.table.create().await?;
+
+    let dir = tempfile::tempdir()?;
+    let csv_path = dir.path().join("east.csv");
+    std::fs::write(
+        &csv_path,
+        "source_user,source_password,destination_user,destination_password\nann,Stack-pw-1,ann,Stack-pw-2\n",
+    )?;
+    let out = mailhaul(&moto, &["submit", csv_path.to_str().context("path")?, "--stack", "mailhaul-test"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(svc.objects.get(STACK_BUCKET, "incoming/east.csv").await?.is_some(), "uploaded to the stack's bucket");
+
+    // status and report find the table and the bucket the same way.
+    let out = mailhaul(&moto, &["status", "no-such-batch", "--stack", "mailhaul-test"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("no batch no-such-batch"), "the stack's table was read: {}", text(&out).1);
+    let reports = dir.path().join("reports");
+    let out = mailhaul(
+        &moto,
+        &["report", "no-such-batch", "--stack", "mailhaul-test", "--report-dir", reports.to_str().context("path")?],
+    )?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!text(&out).1.contains("CloudFormation"), "the stack's bucket was read: {}", text(&out).1);
+
+    // A stack that does not exist, or none given: a clear error naming what to give.
+    let out = mailhaul(&moto, &["submit", csv_path.to_str().context("path")?, "--stack", "no-such-stack"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("reading stack \"no-such-stack\" from CloudFormation"), "{}", text(&out).1);
+    let out = mailhaul(&moto, &["submit", csv_path.to_str().context("path")?])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("give --bucket"), "{}", text(&out).1);
     Ok(())
 }
