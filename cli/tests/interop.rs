@@ -503,10 +503,15 @@ struct GmailSource {
 /// A Dovecot that looks like Gmail over IMAP: `[Gmail]/All Mail` (`\All`) and
 /// `[Gmail]/Important` (`\Important`), announcing X-GM-EXT-1.
 async fn gmail_source() -> GmailSource {
+    gmail_source_of(3, 2).await
+}
+
+/// [`gmail_source`] with `inbox` messages in INBOX and `work` of Work's own.
+async fn gmail_source_of(inbox: u32, work: u32) -> GmailSource {
     let options = DovecotOptions::with_users(&[(USER, PASSWORD)]).layout(Layout::Gmail).announce_only("X-GM-EXT-1");
     let server = Server::Dovecot(Dovecot::start(options).expect("Dovecot"));
-    let inbox = corpus::mailbox("g-inbox", 3);
-    let mut work = corpus::mailbox("g-work", 2);
+    let inbox = corpus::mailbox("g-inbox", inbox);
+    let mut work = corpus::mailbox("g-work", work);
     let work_only = work.clone();
     work.push(inbox[1].clone()); // labelled INBOX and Work
     let archived = corpus::mailbox("g-archived", 2);
@@ -587,6 +592,43 @@ async fn gmail_mail_of_a_label_folder_that_fails_lands_in_archive() {
     assert_eq!(archive, expected, "Work's own mail went to Archive with the archived-only mail");
     assert_eq!(bodies["INBOX"].len(), 3, "INBOX's mail (one message also labelled Work) once, in INBOX");
     assert_eq!(bodies.get("Work"), None, "{:?}", bodies.keys());
+}
+
+/// A label folder whose copy is cut off (the destination connection lost mid-APPEND) leaves
+/// All Mail for a later pass: what the label folder had not settled must not be copied to
+/// Archive as well. Two connection pairs: one copies a label folder and loses its link, the
+/// other reaches All Mail. After a clean second pass every message is in its place once.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_mail_waits_for_a_label_folder_cut_off() {
+    let source = gmail_source_of(30, 30).await;
+    let destination = Server::dovecot(Layout::Standard);
+    let target: SocketAddr = ([127, 0, 0, 1], destination.imap_port()).into();
+    // Destination connection 1 is the second pair's: cut 8-20 KB into what it sends, inside
+    // its label folder's ~27 KB of APPENDs.
+    let policy = FaultPolicy::seeded_cuts(11, 1..2, Direction::ClientToServer, 8_000..20_000);
+    let proxy = FaultProxy::start(target, policy).expect("proxy");
+    let mut job = job(&source.server, source.server.imap_port(), &destination);
+    job.destination = destination.endpoint(proxy.port);
+    let store = SqliteStore::in_memory().expect("store");
+    let options = CopyOptions { connections_per_mailbox: 2, ..CopyOptions::default() };
+    let cut = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await;
+    assert!(cut.is_err(), "the pass lost a connection: {cut:?}");
+    assert_eq!(proxy.fired().len(), 1, "the planned cut happened");
+    let labelled: BTreeSet<&Vec<u8>> =
+        source.all.iter().filter(|m| !source.archived.contains(m)).map(|m| &m.raw).collect();
+    let after_cut = bodies_by_folder(&destination).await;
+    let in_archive = after_cut.get("Archive").map(Vec::as_slice).unwrap_or_default();
+    assert!(!in_archive.iter().any(|b| labelled.contains(b)), "no labelled message went to Archive");
+
+    proxy.pass_all();
+    let done = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("second pass");
+    assert_verified(&done, "after the cut");
+    let bodies = bodies_by_folder(&destination).await;
+    let archive: BTreeSet<&Vec<u8>> = bodies["Archive"].iter().collect();
+    assert_eq!(archive, source.archived.iter().map(|m| &m.raw).collect(), "Archive: the archived-only mail, once");
+    assert_eq!(bodies["Archive"].len(), source.archived.len());
+    assert_eq!(bodies["INBOX"].len(), 30);
+    assert_eq!(bodies["Work"].len(), 31, "Work's own 30 and the message labelled INBOX too");
 }
 
 /// Gmail is recognised by X-GM-EXT-1: `validate --check` says how its labels are copied, and

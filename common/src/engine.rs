@@ -208,6 +208,9 @@ struct Prepared {
     /// Label folders taken from the queue and not finished yet. All Mail is queued last and
     /// waits for them, so that it knows what they really copied.
     labels_in_progress: std::sync::atomic::AtomicUsize,
+    /// A label folder's copy stopped short this call (deadline, lost connection): what it has
+    /// not settled yet is not All Mail's to copy to Archive, so All Mail waits for a later call.
+    labels_cut_short: std::sync::atomic::AtomicBool,
 }
 
 /// What a label folder of a Gmail source holds.
@@ -216,19 +219,31 @@ struct LabelListing {
     messages: Vec<(u32, String)>,
 }
 
-/// Counts a label folder as in progress until dropped, however its copy ends.
-struct LabelInProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts a label folder as in progress until dropped, however its copy ends; one dropped
+/// before [`LabelInProgress::ended`] marks the call's label folders as cut short.
+struct LabelInProgress<'a> {
+    prepared: &'a Prepared,
+    ended: bool,
+}
 
 impl<'a> LabelInProgress<'a> {
-    fn start(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        LabelInProgress(counter)
+    fn start(prepared: &'a Prepared) -> Self {
+        prepared.labels_in_progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LabelInProgress { prepared, ended: false }
+    }
+
+    /// The folder's copy ended: done, or refused for good (its mail then goes to Archive).
+    fn ended(&mut self) {
+        self.ended = true;
     }
 }
 
 impl Drop for LabelInProgress<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.ended {
+            self.prepared.labels_cut_short.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.prepared.labels_in_progress.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -508,6 +523,7 @@ impl Copier<'_> {
             has_all_mail,
             label_listings: tokio::sync::Mutex::new(HashMap::new()),
             labels_in_progress: std::sync::atomic::AtomicUsize::new(0),
+            labels_cut_short: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -623,12 +639,11 @@ impl Copier<'_> {
             }
             // Counted as in progress while the queue is still locked: All Mail, taken after
             // it, then sees every label folder taken before it.
-            let (folder, _in_progress) = {
+            let (folder, mut in_progress) = {
                 let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(next) = queue.pop_front() else { return Ok(end) };
                 let folder = &prepared.plans[next];
-                let in_progress = (prepared.has_all_mail && !folder.all_mail)
-                    .then(|| LabelInProgress::start(&prepared.labels_in_progress));
+                let in_progress = (prepared.has_all_mail && !folder.all_mail).then(|| LabelInProgress::start(prepared));
                 (folder, in_progress)
             };
             if folder.all_mail {
@@ -636,9 +651,19 @@ impl Copier<'_> {
                     end.time_up = true;
                     return Ok(end);
                 }
+                // The call cannot end done then (the label folder's copier reports the deadline
+                // or the error): All Mail is copied by a later call, once they are settled.
+                if prepared.labels_cut_short.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, "a label folder stopped short: All Mail waits for the next pass");
+                    continue;
+                }
             }
             let checkpoint = checkpoints.lock().unwrap_or_else(|p| p.into_inner()).remove(&folder.source_raw);
-            match self.copy_folder(folder, checkpoint, prepared, &mut existing).await {
+            let copied = self.copy_folder(folder, checkpoint, prepared, &mut existing).await;
+            if matches!(copied, Ok(Ok(())) | Err(CopyError::Folder { .. })) {
+                in_progress.iter_mut().for_each(LabelInProgress::ended);
+            }
+            match copied {
                 Ok(Ok(())) => {}
                 Ok(Err(Stopped::TimeUp)) => {
                     end.time_up = true;
