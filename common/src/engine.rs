@@ -572,7 +572,10 @@ impl Copier<'_> {
             let listing = self.label_listing(prepared, raw).await?;
             let recorded = self.store.load_ledger(&self.job.mailbox, raw, listing.uid_validity).await?;
             let ledger = FolderLedger::from_recorded(recorded);
-            out.extend(listing.messages.iter().filter(|(uid, _)| !ledger.pending(*uid)).map(|(_, key)| key.clone()));
+            // Settled by the folder itself: not left to yet another label folder (with
+            // gmail_labels = "first"), which could have failed for good.
+            let own = |uid: u32| matches!(ledger.get(uid), Some((outcome, _)) if !outcome.retry() && outcome != Outcome::InLabelFolder);
+            out.extend(listing.messages.iter().filter(|(uid, _)| own(*uid)).map(|(_, key)| key.clone()));
         }
         Ok(out)
     }
