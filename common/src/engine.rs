@@ -186,7 +186,25 @@ async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Re
     }
     let unchanged: HashSet<String> =
         std::iter::once(&*lead).chain(helpers.iter()).flat_map(|c| c.unchanged.iter().cloned()).collect();
-    lead.outcome.verdicts = lead.verify(&prepared.plans, &prepared.layout, &unchanged).await?;
+    // Each destination folder is verified by the pair that still has it open (no second open
+    // of a big folder on either side), the others by the lead; the pairs verify side by side.
+    let open: Vec<Option<String>> =
+        std::iter::once(&*lead).chain(helpers.iter()).map(|c| c.destination_selected.clone()).collect();
+    let verifier = |destination: &str| open.iter().position(|o| o.as_deref() == Some(destination)).unwrap_or(0);
+    let (prepared, unchanged, verifier) = (&prepared, &unchanged, &verifier);
+    let verified = futures::future::join_all(std::iter::once(&mut *lead).chain(helpers.iter_mut()).enumerate().map(
+        |(index, copier)| {
+            let mine = move |destination: &str| verifier(destination) == index;
+            async move { copier.verify(&prepared.plans, &prepared.layout, unchanged, &mine).await }
+        },
+    ))
+    .await;
+    let mut verdicts = Vec::new();
+    for part in verified {
+        verdicts.extend(part?);
+    }
+    verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+    lead.outcome.verdicts = verdicts;
     lead.outcome.status = CopyStatus::Done;
     Ok(())
 }
@@ -695,9 +713,39 @@ impl Copier<'_> {
         let destination_raw = destination_of(folder, checkpoint.as_ref(), layout, existing);
         // uid_next 0 = not reported: such a folder is never taken as unchanged.
         // A folder completed before is most likely unchanged: STATUS tells without opening it.
-        let likely_unchanged = checkpoint.as_ref().is_some_and(|c| c.complete);
-        let SourceState { uid_validity, uid_next, highest_modseq, examined } =
-            self.source_state(folder, likely_unchanged).await?;
+        // Not for a big folder: there a changed folder costs the server a whole re-scan for
+        // STATUS and again for EXAMINE (Dovecot maildir: 0.27 s each at 100,000 messages, as
+        // the source is opened read-only and the scan is never saved), while an unchanged one
+        // costs as little to EXAMINE as to STATUS.
+        let likely_unchanged =
+            checkpoint.as_ref().is_some_and(|c| c.complete && c.counts.messages() < self.options.big_folder_messages);
+        // A big folder copied before: its destination folder opens alongside (see the join
+        // below), whether or not the source changed; an unchanged one costs little to open.
+        let open_both = self.source_examine_uidnext
+            && !likely_unchanged
+            && existing.contains(&destination_raw)
+            && checkpoint.as_ref().is_some_and(|c| c.complete && c.in_flight.is_none());
+        let (state, preselected) = if open_both {
+            let display = folder.destination_display();
+            let (examined, selected) = tokio::join!(
+                examine_folder(&mut self.source, &mut self.source_selected, folder, &self.source_label),
+                select_folder(
+                    &mut self.destination,
+                    &mut self.destination_selected,
+                    &destination_raw,
+                    &display,
+                    &self.destination_label
+                ),
+            );
+            let state = match SourceState::examined(examined?) {
+                Some(state) => state,
+                None => self.source_state(folder, false).await?,
+            };
+            (state, Some(selected?))
+        } else {
+            (self.source_state(folder, likely_unchanged).await?, None)
+        };
+        let SourceState { uid_validity, uid_next, highest_modseq, examined } = state;
 
         // A folder the source renumbered is rescanned: its old ledger no longer applies, and
         // what was copied before is found again by identity in the destination.
@@ -789,13 +837,17 @@ impl Copier<'_> {
                 Ok::<Listing, CopyError>(listing)
             };
             let display = folder.destination_display();
-            let destination = select_folder(
-                &mut self.destination,
-                &mut self.destination_selected,
-                &destination_raw,
-                &display,
-                &self.destination_label,
-            );
+            let still_open = self.destination_selected.as_deref() == Some(destination_raw.as_str());
+            let preselected = preselected.filter(|_| still_open);
+            let (session, selected, label) =
+                (&mut self.destination, &mut self.destination_selected, &self.destination_label);
+            let destination_raw = &destination_raw;
+            let destination = async move {
+                match preselected {
+                    Some(mailbox) => Ok(mailbox),
+                    None => select_folder(session, selected, destination_raw, &display, label).await,
+                }
+            };
             tokio::join!(source, destination)
         };
         let dest_box = opened?;
@@ -1217,13 +1269,8 @@ impl Copier<'_> {
         let items = if self.source_condstore { "(UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" } else { "(UIDNEXT UIDVALIDITY)" };
         if self.source_examine_uidnext && !likely_unchanged {
             let mailbox = self.examine_source(folder).await?;
-            if let Some(uid_next) = mailbox.uid_next {
-                return Ok(SourceState {
-                    uid_validity: mailbox.uid_validity.unwrap_or(0),
-                    uid_next,
-                    highest_modseq: mailbox.highest_modseq,
-                    examined: Some(mailbox),
-                });
+            if mailbox.uid_next.is_some() {
+                return Ok(SourceState::examined(mailbox).expect("UIDNEXT present"));
             }
             tracing::debug!(mailbox = %self.job.mailbox, "the source's EXAMINE has no UIDNEXT: asking STATUS first from now on");
             self.source_examine_uidnext = false;
@@ -1398,17 +1445,18 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Check every destination folder against the ledger: each source message mailhaul
-    /// copied (or found already there) maps to one destination message that is still there,
-    /// and the rest of the destination folder holds no copies of source messages.
-    /// Exact verification of every destination folder against the ledger. A folder whose
-    /// sources this call found unchanged keeps the verdict of its last verified pass (unless
-    /// `reverify_unchanged`): an unchanged delta then costs one command per folder.
+    /// Check the destination folders this pair verifies (`mine`) against the ledger: each
+    /// source message mailhaul copied (or found already there) maps to one destination message
+    /// that is still there, and the rest of the destination folder holds no copies of source
+    /// messages. A folder whose sources this call found unchanged keeps the verdict of its
+    /// last verified pass (unless `reverify_unchanged`): an unchanged delta then costs one
+    /// command per folder.
     async fn verify(
         &mut self,
         plans: &[FolderPlan],
         layout: &DestinationLayout,
         unchanged: &HashSet<String>,
+        mine: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<(String, Verdict)>, CopyError> {
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
         let mut by_destination: BTreeMap<String, Vec<&FolderPlan>> = BTreeMap::new();
@@ -1421,6 +1469,7 @@ impl Copier<'_> {
             by_destination.entry(destination).or_default().push(folder);
         }
         let mut verdicts = Vec::new();
+        by_destination.retain(|destination, _| mine(destination));
         for (destination_raw, members) in by_destination {
             if !self.options.reverify_unchanged {
                 if let Some(verdict) = kept_verdict(&members, &checkpoints, unchanged) {
@@ -2140,6 +2189,18 @@ struct SourceState {
     uid_next: u32,
     highest_modseq: Option<u64>,
     examined: Option<async_imap::types::Mailbox>,
+}
+
+impl SourceState {
+    /// From an EXAMINE's answer; None when it lacks UIDNEXT (Courier: STATUS has it).
+    fn examined(mailbox: async_imap::types::Mailbox) -> Option<SourceState> {
+        Some(SourceState {
+            uid_validity: mailbox.uid_validity.unwrap_or(0),
+            uid_next: mailbox.uid_next?,
+            highest_modseq: mailbox.highest_modseq,
+            examined: Some(mailbox),
+        })
+    }
 }
 
 /// STATUS that never answers from a stale view: Courier answers STATUS on the selected folder

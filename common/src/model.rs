@@ -236,6 +236,10 @@ pub struct CopyOptions {
     /// copied into each (`all`, default) or only into the first (`first`).
     #[serde(default)]
     pub gmail_labels: GmailLabels,
+    /// A folder a pass completed with at least this many messages is opened (EXAMINE) at
+    /// once by delta passes, not asked STATUS first: a big changed folder is opened once.
+    #[serde(default = "big_folder_messages")]
+    pub big_folder_messages: u64,
 }
 
 impl Default for CopyOptions {
@@ -259,6 +263,7 @@ impl Default for CopyOptions {
             destination_prefix: None,
             shared_folders: None,
             gmail_labels: GmailLabels::All,
+            big_folder_messages: big_folder_messages(),
         }
     }
 }
@@ -269,6 +274,10 @@ fn yes() -> bool {
 
 fn one() -> usize {
     1
+}
+
+fn big_folder_messages() -> u64 {
+    10_000
 }
 
 /// Progress of one source folder, saved after every confirmed batch.
@@ -339,6 +348,16 @@ pub struct FolderCounts {
 }
 
 impl FolderCounts {
+    /// Source messages this folder's passes have settled, however (about the folder's size).
+    pub fn messages(&self) -> u64 {
+        self.copied
+            + self.skipped_duplicate
+            + self.skipped_too_big
+            + self.skipped_by_date
+            + self.refused
+            + self.in_label_folder
+    }
+
     pub fn add(&mut self, other: &FolderCounts) {
         self.copied += other.copied;
         self.skipped_duplicate += other.skipped_duplicate;
