@@ -54,6 +54,27 @@ pub async fn submit(csv: &Path, bucket: &str, config: Option<&Path>) -> anyhow::
     Ok(EXIT_DONE)
 }
 
+/// `submit --delta BATCH` / `--stop BATCH`: the next scheduled delta pass now, or no more.
+pub async fn schedule(batch: &str, table: &str, stop: bool) -> anyhow::Result<u8> {
+    use mailhaul_aws::cli::ScheduleRequest;
+    let sdk = mailhaul_aws::config::sdk_config().await;
+    let request = if stop { ScheduleRequest::Stop } else { ScheduleRequest::DeltaNow };
+    let schedule = mailhaul_aws::cli::schedule(&sdk, table, batch, request)
+        .await
+        .with_context(|| format!("batch {batch} in table {table}"))?;
+    let until = chrono::DateTime::from_timestamp(schedule.until, 0).unwrap_or_default().format("%Y-%m-%d %H:%M UTC");
+    if stop {
+        eprintln!("batch {batch}: delta passes stopped after {} pass(es); within 5 minutes (once no pass runs) its passwords are deleted", schedule.deltas);
+    } else {
+        // The sweeper names the pass after the slot it fills, which is now this one.
+        let delta = mailhaul_aws::messages::delta_batch_id(batch, &format!("schedule-{}", schedule.next_at));
+        eprintln!("batch {batch}: a delta pass starts within 5 minutes (once no pass of it runs) as batch {delta}; passes continue until {until}");
+        eprintln!("follow it with: mailhaul status {delta} --stack STACK");
+        println!("{delta}");
+    }
+    Ok(EXIT_DONE)
+}
+
 /// Prints a batch's progress from the stack's table, with the same table as a local run.
 pub async fn status(batch: &str, table: &str, json: bool) -> anyhow::Result<u8> {
     let sdk = mailhaul_aws::config::sdk_config().await;

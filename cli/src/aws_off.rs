@@ -19,6 +19,10 @@ pub async fn submit(_csv: &Path, _bucket: &str, _config: Option<&Path>) -> anyho
     unavailable()
 }
 
+pub async fn schedule(_batch: &str, _table: &str, _stop: bool) -> anyhow::Result<u8> {
+    unavailable()
+}
+
 pub async fn status(_batch: &str, _table: &str, _json: bool) -> anyhow::Result<u8> {
     unavailable()
 }

@@ -42,9 +42,12 @@ enum Command {
     /// Migrate every valid row of a batch CSV on this machine. Run it again to resume or
     /// for a delta pass.
     Run(run::RunArgs),
-    /// Upload a batch CSV to a deployed stack (s3://BUCKET/incoming/) and print its batch id.
+    /// Upload a batch CSV to a deployed stack (s3://BUCKET/incoming/) and print its batch id;
+    /// or, for a batch with delta passes scheduled ([schedule]), start the next one now
+    /// (--delta BATCH) or end them (--stop BATCH).
     Submit {
-        csv: PathBuf,
+        #[arg(required_unless_present_any = ["delta", "stop"], conflicts_with_all = ["delta", "stop"])]
+        csv: Option<PathBuf>,
         /// The stack's bucket (its BucketName output).
         #[arg(long, env = "MAILHAUL_BUCKET")]
         bucket: Option<String>,
@@ -54,6 +57,15 @@ enum Command {
         /// Batch settings (TOML, as for `run`), uploaded first as the CSV's sidecar.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Start the next scheduled delta pass of BATCH now (within 5 minutes).
+        #[arg(long, value_name = "BATCH", conflicts_with = "stop")]
+        delta: Option<String>,
+        /// End BATCH's scheduled delta passes; its passwords are deleted.
+        #[arg(long, value_name = "BATCH")]
+        stop: Option<String>,
+        /// The stack's DynamoDB table (its TableName output), for --delta/--stop.
+        #[arg(long, env = "MAILHAUL_TABLE")]
+        table: Option<String>,
     },
     /// Show the progress of a batch: a local one from its state file (--state), or one
     /// running on AWS from the stack's table (BATCH --table).
@@ -118,10 +130,23 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { csv, config, json, check } => validate::validate(&csv, config.as_deref(), json, check).await,
             Command::Run(args) => run::run(args).await,
-            Command::Submit { csv, bucket, stack, config } => match aws::stack_output(bucket, stack, aws::BUCKET).await {
-                Ok(bucket) => aws::submit(&csv, &bucket, config.as_deref()).await,
-                Err(e) => Err(e),
-            },
+            Command::Submit { csv: Some(csv), bucket, stack, config, .. } => {
+                match aws::stack_output(bucket, stack, aws::BUCKET).await {
+                    Ok(bucket) => aws::submit(&csv, &bucket, config.as_deref()).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Submit { delta, stop, table, stack, .. } => {
+                let (batch, stopping) = match (delta, stop) {
+                    (Some(batch), _) => (batch, false),
+                    (None, Some(batch)) => (batch, true),
+                    (None, None) => unreachable!("clap requires a CSV, --delta or --stop"),
+                };
+                match aws::stack_output(table, stack, aws::TABLE).await {
+                    Ok(table) => aws::schedule(&batch, &table, stopping).await,
+                    Err(e) => Err(e),
+                }
+            }
             Command::Status { state: Some(state), json, .. } => run::status(&state, json).await,
             Command::Status { batch: Some(batch), table, stack, json, .. } if table.is_some() || stack.is_some() => {
                 match aws::stack_output(table, stack, aws::TABLE).await {

@@ -179,6 +179,9 @@ fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut settings = load_settings(args.config.as_deref())?;
+    if settings.schedule.is_some() {
+        eprintln!("note: [schedule] repeats delta passes of batches on AWS; here, run `mailhaul run` again for each delta pass (from cron, say) until the cut-over");
+    }
     apply_flags(&mut settings, &args)?;
     let bytes = std::fs::read(&args.csv).with_context(|| format!("cannot read {}", args.csv.display()))?;
     let batch = validate_batch(&bytes, &settings);

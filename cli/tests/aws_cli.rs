@@ -228,3 +228,52 @@ async fn the_stack_name_is_enough() -> Result<()> {
     assert!(text(&out).1.contains("give --bucket"), "{}", text(&out).1);
     Ok(())
 }
+
+#[tokio::test]
+async fn submit_delta_and_stop_act_on_a_batch_s_schedule() -> Result<()> {
+    use mailhaul_aws::dynamo::Table;
+    use mailhaul_common::ports::BatchMeta;
+    let moto = Moto::start()?;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk(&moto).await), TABLE);
+    table.create().await?;
+    let meta = |id: &str| BatchMeta { id: id.into(), headers: Vec::new(), total: 1, created_at: chrono::Utc::now() };
+    let now = chrono::Utc::now().timestamp();
+    for batch in ["planned", "plain"] {
+        table.create_batch(&meta(batch), "incoming/x.csv").await?;
+        table.complete_batch(batch, chrono::Utc::now()).await?;
+    }
+    table.create_schedule("planned", 86_400, now + 7 * 86_400, now + 86_400).await?;
+
+    // --delta: the next pass is due now, under the id the sweeper will give it.
+    let out = mailhaul(&moto, &["submit", "--delta", "planned", "--table", TABLE])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let due = table.schedule("planned").await?.context("schedule")?;
+    assert!(due.next_at <= chrono::Utc::now().timestamp(), "{due:?}");
+    let id = mailhaul_aws::messages::delta_batch_id("planned", &format!("schedule-{}", due.next_at));
+    assert_eq!(stdout.trim(), id);
+    assert!(stderr.contains("within 5 minutes"), "{stderr}");
+
+    // --stop ends it; after that neither has anything to act on, and says what to do instead.
+    let out = mailhaul(&moto, &["submit", "--stop", "planned", "--table", TABLE])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(table.schedule("planned").await?.context("schedule")?.state, "stopped");
+    for (args, batch) in
+        [(["--delta", "planned"], "planned"), (["--stop", "planned"], "planned"), (["--delta", "plain"], "plain")]
+    {
+        let out = mailhaul(&moto, &["submit", args[0], args[1], "--table", TABLE])?;
+        let stderr = text(&out).1;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("batch {batch} has no delta passes scheduled"))
+                && stderr.contains("upload its CSV again"),
+            "{stderr}"
+        );
+    }
+    let out = mailhaul(&moto, &["submit", "--delta", "nonesuch", "--table", TABLE])?;
+    assert!(!out.status.success() && text(&out).1.contains("no batch nonesuch"), "{}", text(&out).1);
+    // A CSV or --delta/--stop, not both.
+    let out = mailhaul(&moto, &["submit", "x.csv", "--delta", "planned", "--table", TABLE])?;
+    assert!(!out.status.success());
+    Ok(())
+}

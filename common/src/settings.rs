@@ -235,6 +235,91 @@ pub struct Settings {
     pub workers: usize,
     /// Cap on simultaneous connections to one source host (providers throttle above ~10).
     pub max_connections_per_source_host: usize,
+    /// Delta passes repeated until the cut-over (AWS: the sweeper starts them).
+    pub schedule: Option<DeltaSchedule>,
+}
+
+/// `[schedule]`: a delta pass every `delta_every` until `until` (the MX cut-over). The
+/// batch's passwords are kept in Secrets Manager until then, and deleted when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaSchedule {
+    pub every: std::time::Duration,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// Bounds of `[schedule]`: the sweeper looks every 5 minutes, and passwords should not wait
+/// in Secrets Manager for months.
+const SCHEDULE_EVERY_MIN: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const SCHEDULE_DAYS_MAX: i64 = 90;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    delta_every: String,
+    until: String,
+}
+
+impl DeltaSchedule {
+    /// Parses `[schedule]`, as of `now`: `delta_every` like `24h`, `90m`, `1d`; `until` an
+    /// RFC 3339 time (`2026-12-20T18:00:00Z`) or a day (`2026-12-20`, its start in UTC).
+    fn parse(file: ScheduleFile, now: chrono::DateTime<chrono::Utc>) -> Result<DeltaSchedule, SettingsError> {
+        let invalid = |key: &str, message: String| SettingsError::Invalid { key: format!("schedule.{key}"), message };
+        let every = parse_every(&file.delta_every).ok_or_else(|| {
+            invalid(
+                "delta_every",
+                format!("{:?} is not a duration: write e.g. \"24h\", \"90m\" or \"1d\"", file.delta_every),
+            )
+        })?;
+        if every < SCHEDULE_EVERY_MIN {
+            return Err(invalid(
+                "delta_every",
+                "must be at least 15m (the sweeper starts passes every 5 minutes)".into(),
+            ));
+        }
+        let until = chrono::DateTime::parse_from_rfc3339(&file.until)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok()
+            .or_else(|| {
+                chrono::NaiveDate::parse_from_str(&file.until, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|t| t.and_utc())
+            })
+            .ok_or_else(|| {
+                invalid(
+                    "until",
+                    format!("{:?} is not a time: write e.g. \"2026-12-20T18:00:00Z\" or \"2026-12-20\"", file.until),
+                )
+            })?;
+        if until <= now {
+            return Err(invalid("until", format!("{until} is already past: set the planned cut-over")));
+        }
+        if until > now + chrono::Duration::days(SCHEDULE_DAYS_MAX) {
+            return Err(invalid(
+                "until",
+                format!(
+                    "more than {SCHEDULE_DAYS_MAX} days ahead: the passwords would wait that long in Secrets Manager"
+                ),
+            ));
+        }
+        Ok(DeltaSchedule { every, until })
+    }
+}
+
+/// `24h`, `90m`, `1d`, `3600s`: a whole number and one unit.
+fn parse_every(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(number.checked_mul(seconds)?))
 }
 
 impl Default for Settings {
@@ -245,6 +330,7 @@ impl Default for Settings {
             copy: CopyOptions::default(),
             workers: 4,
             max_connections_per_source_host: 10,
+            schedule: None,
         }
     }
 }
@@ -260,6 +346,7 @@ struct SettingsFile {
     destination: SideSettings,
     #[serde(default)]
     copy: CopyFile,
+    schedule: Option<ScheduleFile>,
 }
 
 #[derive(Default, Deserialize)]
@@ -413,7 +500,9 @@ impl Settings {
             }
         }
         let file: SettingsFile = toml::from_str(text).map_err(parse_error)?;
-        let mut settings = Settings { source: file.source, destination: file.destination, ..Settings::default() };
+        let schedule = file.schedule.map(|f| DeltaSchedule::parse(f, chrono::Utc::now())).transpose()?;
+        let mut settings =
+            Settings { source: file.source, destination: file.destination, schedule, ..Settings::default() };
         if let Some(w) = file.workers {
             if w == 0 {
                 return Err(SettingsError::Invalid { key: "workers".into(), message: "must be at least 1".into() });
@@ -560,6 +649,32 @@ mod tests {
         assert_eq!(s.workers, 4);
         assert_eq!(s.max_connections_per_source_host, 10);
         assert_eq!(s.copy, CopyOptions::default());
+    }
+
+    #[test]
+    fn a_delta_schedule_runs_until_the_cut_over_within_bounds() {
+        let now = chrono::Utc::now();
+        let day = (now + chrono::Duration::days(10)).format("%Y-%m-%d").to_string();
+        let s = Settings::from_toml_str(&format!("[schedule]\ndelta_every = \"24h\"\nuntil = \"{day}\"\n")).unwrap();
+        let schedule = s.schedule.expect("schedule");
+        assert_eq!(schedule.every, std::time::Duration::from_secs(86_400));
+        assert_eq!(schedule.until.format("%Y-%m-%d %H:%M").to_string(), format!("{day} 00:00"));
+        let at = (now + chrono::Duration::hours(30)).to_rfc3339();
+        let s = Settings::from_toml_str(&format!("[schedule]\ndelta_every = \"90m\"\nuntil = \"{at}\"\n")).unwrap();
+        assert_eq!(s.schedule.unwrap().every, std::time::Duration::from_secs(5400));
+        assert_eq!(Settings::from_toml_str("").unwrap().schedule, None);
+        let refused = |every: &str, until: String, words: &str| {
+            let text = format!("[schedule]\ndelta_every = \"{every}\"\nuntil = \"{until}\"\n");
+            let e = Settings::from_toml_str(&text).unwrap_err().to_string();
+            assert!(e.contains(words), "{every} {until}: {e}");
+        };
+        refused("5m", day.clone(), "at least 15m");
+        refused("daily", day.clone(), "not a duration");
+        refused("24h", "next friday".into(), "not a time");
+        refused("24h", "2020-01-01".into(), "already past");
+        refused("24h", (now + chrono::Duration::days(200)).format("%Y-%m-%d").to_string(), "90 days");
+        // Both keys, nothing else.
+        assert!(Settings::from_toml_str("[schedule]\ndelta_every = \"24h\"\n").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use mailhaul_common::report::{build_report, BatchReport};
 
 use crate::adapters::S3Objects;
 use crate::config::s3_client;
-use crate::dynamo::{BatchState, Table};
+use crate::dynamo::{BatchState, Schedule, Table};
 use crate::messages::batch_id;
 use crate::ports::{ObjectStore, PortError};
 
@@ -24,6 +24,8 @@ pub enum CliError {
     NoBatch(String),
     #[error("no report for batch {0} yet: it is still running (see `mailhaul status`), or the id is wrong")]
     NoReport(String),
+    #[error("batch {0} has no delta passes scheduled (or they ended, and its passwords with them): upload its CSV again to run a delta pass, with [schedule] delta_every and until in its settings to repeat it until the cut-over")]
+    NoSchedule(String),
     #[error(transparent)]
     Port(#[from] PortError),
     #[error(transparent)]
@@ -70,6 +72,36 @@ pub async fn status(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Re
     let state = t.batch_state(batch).await?.ok_or_else(|| CliError::NoBatch(batch.into()))?;
     let mailboxes = t.batch_store(batch).mailboxes().await?;
     Ok(BatchStatus { state, mailboxes })
+}
+
+/// What `mailhaul submit --delta` / `--stop` asks of a batch's delta schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleRequest {
+    /// The next delta pass is due now (the sweeper starts it within 5 minutes).
+    DeltaNow,
+    /// No more delta passes; the sweeper deletes the passwords.
+    Stop,
+}
+
+/// Applies `request` to the batch's delta schedule; returns the schedule as it now stands.
+pub async fn schedule(
+    sdk: &aws_config::SdkConfig,
+    table: &str,
+    batch: &str,
+    request: ScheduleRequest,
+) -> Result<Schedule, CliError> {
+    let t = Table::new(aws_sdk_dynamodb::Client::new(sdk), table);
+    t.batch_state(batch).await?.ok_or_else(|| CliError::NoBatch(batch.into()))?;
+    let live = |s: &Schedule| s.state == "on" && chrono::Utc::now().timestamp() < s.until;
+    match t.schedule(batch).await? {
+        Some(s) if live(&s) => {}
+        _ => return Err(CliError::NoSchedule(batch.into())),
+    }
+    match request {
+        ScheduleRequest::DeltaNow => t.delta_now(batch).await?,
+        ScheduleRequest::Stop => t.set_schedule_state(batch, "stopped").await?,
+    };
+    t.schedule(batch).await?.ok_or_else(|| CliError::NoSchedule(batch.into()))
 }
 
 /// The batch's report built live from the table (also while it runs), as a local run shows it.

@@ -11,6 +11,8 @@
 //!   set while a pass holds the mailbox: still there after it expired means the pass crashed),
 //!   `crashes`, `throttled_passes`, `throttled_since`.
 //! - `RUNNING` / `BATCH#<id>`: the batches the sweeper looks at, until they are announced.
+//! - `SCHEDULE` / `BATCH#<id>`: a batch's delta schedule (`[schedule]`): `every`, `until`,
+//!   `next_at` (epoch s), `st` (`on`, `stopped`, `ended`), `last_delta`, `deltas`.
 //! - `CKPT#<pair>` / `F#<folder>`: FolderCheckpoint; `/ S#<folder>#<uid>#<reason>`: SkippedMessage;
 //!   `/ L#...`: ledger runs. `<pair>` is [`crate::messages::pair_key`] of the mailbox pair, not the
 //!   batch: a later batch of the same pair resumes from them (a delta pass).
@@ -83,6 +85,25 @@ pub struct BatchState {
     pub announced: bool,
     /// For a delta pass: the completed batch whose file was uploaded again.
     pub delta_of: Option<String>,
+}
+
+/// A batch's delta schedule: the sweeper starts a delta pass of its rows at `next_at` until
+/// `until`, then deletes its passwords.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub batch: String,
+    /// Seconds between passes.
+    pub every: i64,
+    /// Epoch seconds: the cut-over; no pass starts after it.
+    pub until: i64,
+    /// Epoch seconds: when the next pass is due.
+    pub next_at: i64,
+    /// `on`, `stopped` (by `mailhaul submit --stop`) or `ended` (passwords deleted).
+    pub state: String,
+    /// The delta batch started last.
+    pub last_delta: Option<String>,
+    /// Delta passes started so far.
+    pub deltas: u64,
 }
 
 /// A mailbox item as the copy function and the sweeper see it.
@@ -397,6 +418,96 @@ impl Table {
             batch,
         )
         .await
+    }
+
+    // ---- delta schedules ----
+
+    /// Records the batch's schedule (once: an upload retried keeps the first).
+    pub async fn create_schedule(&self, batch: &str, every: i64, until: i64, next_at: i64) -> Result<(), StoreError> {
+        let mut item = key("SCHEDULE", batch_pk(batch));
+        item.insert("batch_id".into(), s(batch));
+        item.insert("every".into(), n(every));
+        item.insert("until".into(), n(until));
+        item.insert("next_at".into(), n(next_at));
+        item.insert("st".into(), s("on"));
+        item.insert("deltas".into(), n(0));
+        self.put_if(item, "attribute_not_exists(pk)", Item::new(), batch).await?;
+        Ok(())
+    }
+
+    fn schedule_of(item: &Item) -> Option<Schedule> {
+        Some(Schedule {
+            batch: get_s(item, "batch_id")?.to_string(),
+            every: get_n(item, "every") as i64,
+            until: get_n(item, "until") as i64,
+            next_at: get_n(item, "next_at") as i64,
+            state: get_s(item, "st").unwrap_or("").to_string(),
+            last_delta: get_s(item, "last_delta").map(str::to_string),
+            deltas: get_n(item, "deltas"),
+        })
+    }
+
+    /// The batch's schedule, if it has one.
+    pub async fn schedule(&self, batch: &str) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.get(key("SCHEDULE", batch_pk(batch)), batch).await?.as_ref().and_then(Self::schedule_of))
+    }
+
+    /// Every schedule not yet ended (the sweeper's work list).
+    pub async fn live_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let items = self.query("SCHEDULE", "BATCH#").await?;
+        Ok(items.iter().filter_map(Self::schedule_of).filter(|s| s.state != "ended").collect())
+    }
+
+    /// Moves the schedule on after starting `delta`; false when another sweep did first.
+    pub async fn advance_schedule(
+        &self,
+        batch: &str,
+        seen_next: i64,
+        next_at: i64,
+        delta: &str,
+    ) -> Result<bool, StoreError> {
+        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
+        self.update_if(
+            key("SCHEDULE", batch_pk(batch)),
+            "SET next_at = :next, last_delta = :d ADD deltas :one",
+            Some("next_at = :seen AND #st = :on"),
+            names,
+            HashMap::from([
+                (":next".into(), n(next_at)),
+                (":d".into(), s(delta)),
+                (":one".into(), n(1)),
+                (":seen".into(), n(seen_next)),
+                (":on".into(), s("on")),
+            ]),
+            batch,
+        )
+        .await
+    }
+
+    /// `mailhaul submit --delta`: the next pass is due now. False when there is no live schedule.
+    pub async fn delta_now(&self, batch: &str) -> Result<bool, StoreError> {
+        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
+        self.update_if(
+            key("SCHEDULE", batch_pk(batch)),
+            "SET next_at = :now",
+            Some("#st = :on"),
+            names,
+            HashMap::from([(":now".into(), n(now_epoch())), (":on".into(), s("on"))]),
+            batch,
+        )
+        .await
+    }
+
+    /// Sets the schedule's state: `stopped` (`mailhaul submit --stop`, only while on) or
+    /// `ended` (the sweeper, once the passwords are deleted).
+    pub async fn set_schedule_state(&self, batch: &str, state: &str) -> Result<bool, StoreError> {
+        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
+        let condition = if state == "stopped" { "#st = :on" } else { "attribute_exists(pk)" };
+        let mut values = HashMap::from([(":s".into(), s(state))]);
+        if state == "stopped" {
+            values.insert(":on".into(), s("on"));
+        }
+        self.update_if(key("SCHEDULE", batch_pk(batch)), "SET #st = :s", Some(condition), names, values, batch).await
     }
 
     // ---- "mailbox in a running batch" claims ----

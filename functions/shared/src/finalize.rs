@@ -98,8 +98,11 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
             .put(&bucket, &format!("{prefix}/report.html"), report.to_html(), "text/html; charset=utf-8")
             .await?;
         svc.objects.put(&bucket, &format!("{prefix}/failed.csv"), report.failed_csv(), csv_type).await?;
-        for name in &state.secrets {
-            svc.secrets.delete(name).await?;
+        // With delta passes scheduled, the schedule deletes them when it ends.
+        if crate::schedule::next_delta_at(svc, batch).await?.is_none() {
+            for name in &state.secrets {
+                svc.secrets.delete(name).await?;
+            }
         }
         let finished_at = Utc::now();
         if !svc.table.complete_batch(batch, finished_at).await? {
@@ -127,6 +130,7 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
         report_link_expires_at: Utc::now()
             + chrono::Duration::from_std(svc.config.report_link).unwrap_or(chrono::Duration::days(7)),
         failed_csv: uri("failed.csv"),
+        next_delta_at: crate::schedule::next_delta_at(svc, batch).await?,
     };
     let value = serde_json::to_value(&detail).map_err(|e| FinalizeError::BadMessage(e.to_string()))?;
     svc.notifier.event(BATCH_COMPLETED, &value).await?;
@@ -161,7 +165,14 @@ fn completion_notice(d: &BatchCompleted) -> String {
         json = d.report_json,
         csv = d.report_csv,
         failed_csv = d.failed_csv,
-    )
+    ) + &match d.next_delta_at {
+        Some(at) => format!(
+            "\nThe next delta pass starts at {} UTC (mailhaul submit --delta {} starts one now; --stop ends them and deletes the passwords).\n",
+            at.format("%Y-%m-%d %H:%M"),
+            d.batch
+        ),
+        None => String::new(),
+    }
 }
 
 /// The finalize function's entry point for any event: SQS records (finalize messages and

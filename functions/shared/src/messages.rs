@@ -55,6 +55,20 @@ pub const MAILBOX_COMPLETED: &str = "MailboxCompleted";
 /// Event detail-type: every mailbox of a batch is final and the reports are written.
 pub const BATCH_COMPLETED: &str = "BatchCompleted";
 
+/// Event detail-type: a batch's delta schedule ended (cut-over reached or stopped) and its
+/// passwords were deleted.
+pub const DELTA_SCHEDULE_ENDED: &str = "DeltaScheduleEnded";
+
+/// Detail of `DeltaScheduleEnded`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaScheduleEnded {
+    pub batch: String,
+    /// Delta passes the schedule started.
+    pub deltas: u64,
+    /// `stopped` (mailhaul submit --stop) or `until` (the cut-over time was reached).
+    pub reason: String,
+}
+
 /// Detail of `BatchRejected`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchRejected {
@@ -112,6 +126,10 @@ pub struct BatchCompleted {
     #[serde(default)]
     pub report_link_expires_at: DateTime<Utc>,
     pub failed_csv: String,
+    /// For a batch with delta passes scheduled (`[schedule]`): when the next one starts; its
+    /// passwords stay in Secrets Manager until the schedule ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_delta_at: Option<DateTime<Utc>>,
 }
 
 /// The batch id of an uploaded CSV: its file name (sanitized) and a digest of key and

@@ -2,7 +2,8 @@
 //! re-drives mailboxes whose pass crashed (its lease ran out and the pass is still marked in
 //! the table), fails a mailbox after too many crashed passes, and queues the finalize message
 //! of batches whose mailboxes are all final (their finisher died before it could), so every
-//! batch ends and its secrets are deleted.
+//! batch ends and its secrets are deleted. It also tends the batches' delta schedules
+//! ([`crate::schedule`]).
 
 use chrono::Utc;
 use mailhaul_common::model::MailboxStatus;
@@ -13,6 +14,7 @@ use crate::config::Services;
 use crate::copy::{finish, JobError};
 use crate::messages::JobMessage;
 use crate::ports::OutMessage;
+use crate::schedule::Tended;
 
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,10 +27,28 @@ pub struct SweepOutcome {
     pub failed: Vec<String>,
     /// Batches whose finalize message was queued.
     pub finalized: Vec<String>,
+    /// Delta batches started by a batch's `[schedule]`.
+    #[serde(default)]
+    pub deltas_started: Vec<String>,
+    /// Batches whose delta schedule ended (their passwords deleted).
+    #[serde(default)]
+    pub schedules_ended: Vec<String>,
 }
 
-/// One sweep over every watched batch.
+/// One sweep over every watched batch, then over every delta schedule.
 pub async fn sweep(svc: &Services) -> Result<SweepOutcome, JobError> {
+    let mut outcome = watched(svc).await?;
+    for schedule in svc.table.live_schedules().await? {
+        match crate::schedule::tend(svc, &schedule, Utc::now().timestamp()).await? {
+            Tended::Waiting => {}
+            Tended::Started(delta) => outcome.deltas_started.push(delta),
+            Tended::Ended => outcome.schedules_ended.push(schedule.batch),
+        }
+    }
+    Ok(outcome)
+}
+
+async fn watched(svc: &Services) -> Result<SweepOutcome, JobError> {
     let mut outcome = SweepOutcome::default();
     for batch in svc.table.watched_batches().await? {
         outcome.batches += 1;

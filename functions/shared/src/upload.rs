@@ -3,6 +3,8 @@
 
 use aws_lambda_events::event::s3::S3Event;
 use chrono::Utc;
+use std::collections::BTreeMap;
+
 use futures::stream::{self, StreamExt, TryStreamExt};
 use lambda_runtime::LambdaEvent;
 use mailhaul_common::batch::{validate_batch, Problem, Severity, ValidatedBatch};
@@ -216,24 +218,7 @@ pub async fn process_object(
         return Ok(UploadOutcome::AlreadySubmitted { batch });
     }
 
-    // A mailbox another batch is running is refused, by row: the others go ahead. Claims are
-    // conditional writes (no BatchWriteItem), so they go out concurrently: 50,000 rows in
-    // seconds, not minutes.
-    let claims: Vec<(String, Claim)> = stream::iter(&jobs)
-        .map(|job| async {
-            let claim = svc.table.claim_mailbox(&job.mailbox, &batch).await?;
-            Ok::<_, UploadError>((job.mailbox.clone(), claim))
-        })
-        .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
-        .try_collect()
-        .await?;
-    let refused: std::collections::BTreeMap<String, String> = claims
-        .into_iter()
-        .filter_map(|(mailbox, claim)| match claim {
-            Claim::HeldBy(other) => Some((mailbox, other)),
-            Claim::Ours => None,
-        })
-        .collect();
+    let refused = claim_all(svc, &batch, jobs.iter().map(|j| j.mailbox.as_str())).await?;
     let runnable: Vec<&MailboxJob> = jobs.iter().copied().filter(|j| !refused.contains_key(&j.mailbox)).collect();
 
     // Passwords: chunked into secrets (one per row would cost $0.40 a month each).
@@ -268,6 +253,14 @@ pub async fn process_object(
         let value = Secret::new(serde_json::to_string(chunk).map_err(|e| UploadError::Other(e.to_string()))?);
         svc.secrets.put(name, &value).await?;
     }
+    if let Some(schedule) = settings.schedule {
+        // Delta passes until the cut-over: the sweeper starts them, and finalize leaves the
+        // passwords to the schedule, which deletes them when it ends (before any job runs).
+        let every = schedule.every.as_secs() as i64;
+        let next_at = Utc::now().timestamp() + every;
+        svc.table.create_schedule(&batch, every, schedule.until.timestamp(), next_at).await?;
+        info!(batch = %batch, every, until = %schedule.until, "delta passes scheduled");
+    }
 
     let mut messages = Vec::with_capacity(jobs.len());
     for job in &jobs {
@@ -285,40 +278,89 @@ pub async fn process_object(
         let body = serde_json::to_string(&msg).map_err(|e| UploadError::Other(e.to_string()))?;
         messages.push(OutMessage { body, delay_seconds: 0 });
     }
-    // Records before messages: a job never arrives for a mailbox the table does not know.
-    let to_send: Vec<Option<OutMessage>> =
-        stream::iter(validated.rows.iter().filter(|r| r.job.is_some()).zip(messages))
-            .map(|(row, message)| {
-                let (batch, refused) = (&batch, &refused);
-                async move {
-                    let mut record = MailboxRecord::pending(&row.mailbox, row.row, &row.source_user, row.cells.clone());
-                    svc.table.create_mailbox(batch, &record, &message.body).await?;
-                    let Some(other) = refused.get(&row.mailbox) else { return Ok(Some(message)) };
-                    record.status = mailhaul_common::model::MailboxStatus::Failed;
-                    record.error = Some(format!(
-                        "not started: mailbox {} is being migrated by batch {other}, which is still running",
-                        row.mailbox
-                    ));
-                    record.hint = Some(format!("upload this row again when batch {other} is complete"));
-                    record.finished_at = Some(Utc::now());
-                    svc.table.finish_mailbox(batch, &record, 0, 0).await?;
-                    Ok::<_, UploadError>(None)
-                }
-            })
-            .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
-            .try_collect()
-            .await?;
-    let to_send: Vec<OutMessage> = to_send.into_iter().flatten().collect();
-    svc.table.watch_batch(&batch).await?;
-    svc.queue.send(&svc.config.jobs_queue_url, to_send).await?;
-    svc.table.set_batch_state(&batch, "running").await?;
-    // Every row refused: nothing will finish it, so it is finalized now.
-    crate::copy::maybe_finalize(svc, &batch).await.map_err(|e| UploadError::Other(e.to_string()))?;
+    let rows = validated
+        .rows
+        .iter()
+        .filter(|r| r.job.is_some())
+        .zip(messages)
+        .map(|(row, message)| QueuedRow {
+            record: MailboxRecord::pending(&row.mailbox, row.row, &row.source_user, row.cells.clone()),
+            message,
+        })
+        .collect();
+    queue_rows(svc, &batch, rows, &refused).await?;
     // The passwords now live only in Secrets Manager; the settings are in the job messages.
     svc.objects.delete(bucket, &sidecar_name).await?;
     svc.objects.delete(bucket, key).await?;
     info!(batch = %batch, mailboxes = runnable.len(), refused = refused.len(), secrets = names.len(), "batch submitted");
     Ok(UploadOutcome::Submitted { batch, mailboxes: runnable.len(), refused: refused.len() })
+}
+
+/// Claims every mailbox for `batch`: the ones another running batch holds, with its id.
+/// A mailbox another batch is running is refused, by row: the others go ahead. Claims are
+/// conditional writes (no BatchWriteItem), so they go out concurrently: 50,000 rows in
+/// seconds, not minutes.
+pub(crate) async fn claim_all<'a>(
+    svc: &Services,
+    batch: &str,
+    mailboxes: impl Iterator<Item = &'a str>,
+) -> Result<BTreeMap<String, String>, UploadError> {
+    let claims: Vec<(String, Claim)> = stream::iter(mailboxes)
+        .map(|mailbox| async move {
+            let claim = svc.table.claim_mailbox(mailbox, batch).await?;
+            Ok::<_, UploadError>((mailbox.to_string(), claim))
+        })
+        .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(claims
+        .into_iter()
+        .filter_map(|(mailbox, claim)| match claim {
+            Claim::HeldBy(other) => Some((mailbox, other)),
+            Claim::Ours => None,
+        })
+        .collect())
+}
+
+/// A row to queue: its record (no passwords) and its job message.
+pub(crate) struct QueuedRow {
+    pub record: MailboxRecord,
+    pub message: OutMessage,
+}
+
+/// Records every row, fails the `refused` ones with the reason, queues the others' jobs and
+/// marks the batch running (finalized at once when nothing runs).
+pub(crate) async fn queue_rows(
+    svc: &Services,
+    batch: &str,
+    rows: Vec<QueuedRow>,
+    refused: &BTreeMap<String, String>,
+) -> Result<(), UploadError> {
+    // Records before messages: a job never arrives for a mailbox the table does not know.
+    let to_send: Vec<Option<OutMessage>> = stream::iter(rows)
+        .map(|QueuedRow { mut record, message }| async move {
+            svc.table.create_mailbox(batch, &record, &message.body).await?;
+            let Some(other) = refused.get(&record.mailbox) else { return Ok(Some(message)) };
+            record.status = mailhaul_common::model::MailboxStatus::Failed;
+            record.error = Some(format!(
+                "not started: mailbox {} is being migrated by batch {other}, which is still running",
+                record.mailbox
+            ));
+            record.hint = Some(format!("upload this row again when batch {other} is complete"));
+            record.finished_at = Some(Utc::now());
+            svc.table.finish_mailbox(batch, &record, 0, 0).await?;
+            Ok::<_, UploadError>(None)
+        })
+        .buffer_unordered(TABLE_WRITES_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let to_send: Vec<OutMessage> = to_send.into_iter().flatten().collect();
+    svc.table.watch_batch(batch).await?;
+    svc.queue.send(&svc.config.jobs_queue_url, to_send).await?;
+    svc.table.set_batch_state(batch, "running").await?;
+    // Every row refused: nothing will finish it, so it is finalized now.
+    crate::copy::maybe_finalize(svc, batch).await.map_err(|e| UploadError::Other(e.to_string()))?;
+    Ok(())
 }
 
 fn invalid_batch(problem: Problem) -> ValidatedBatch {

@@ -1413,3 +1413,91 @@ async fn a_delta_of_an_unchanged_mailbox_fetches_nothing_and_costs_one_command_p
     assert_eq!(contents(&dst, "sam", "pw-sam-dst").await?, contents(&src, "sam", "pw-sam-src").await?);
     Ok(())
 }
+
+/// `[schedule]` in the batch settings: delta passes of the same rows until the cut-over.
+fn scheduled(src: &Dovecot, dst: &Dovecot, until: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{}\n[schedule]\ndelta_every = \"24h\"\nuntil = \"{}\"\n", sidecar(src, dst, 50), until.to_rfc3339())
+}
+
+#[tokio::test]
+async fn scheduled_delta_passes_run_on_request_until_stopped_then_the_passwords_are_deleted() -> Result<()> {
+    use mailhaul_aws::cli::{schedule, ScheduleRequest};
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("uma", "pw-uma-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("uma", "pw-uma-dst")]))?;
+    seed(&src, "uma", "pw-uma-src", "INBOX", &corpus::mailbox("uma-in", 12)).await?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\numa,pw-uma-src,uma,pw-uma-dst\n";
+    let until = chrono::Utc::now() + chrono::Duration::hours(2);
+    let first = submitted(&stack.upload("cutover-plan", csv, &scheduled(&src, &dst, until)).await?)?;
+    stack.drain(&first, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    assert_eq!(contents(&dst, "uma", "pw-uma-dst").await?, contents(&src, "uma", "pw-uma-src").await?);
+    // The passwords stay for the passes to come, and the completion says when the next starts.
+    let secrets = stack.secret_names().await?;
+    assert!(!secrets.is_empty(), "kept for the scheduled passes");
+    let events = stack.events().await?;
+    let done = events.iter().find(|(t, _)| t == "BatchCompleted").context("BatchCompleted")?;
+    assert!(done.1["next_delta_at"].is_string(), "{:?}", done.1);
+    assert!(stack.sweep().await?.deltas_started.is_empty(), "not due for 24 hours");
+
+    // New mail before the cut-over; the admin wants a pass now (mailhaul submit --delta).
+    seed(&src, "uma", "pw-uma-src", "INBOX", &corpus::mailbox("uma-late", 3)).await?;
+    let table = stack.svc.table.name().to_string();
+    let now = schedule(&stack.sdk, &table, &first, ScheduleRequest::DeltaNow).await?;
+    let swept = stack.sweep().await?;
+    let expected = mailhaul_aws::messages::delta_batch_id(&first, &format!("schedule-{}", now.next_at));
+    assert_eq!(swept.deltas_started, vec![expected.clone()], "the id `submit --delta` printed: {swept:?}");
+    assert!(stack.sweep().await?.deltas_started.is_empty(), "one pass per slot, one at a time");
+    stack.drain(&expected, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    let got = contents(&dst, "uma", "pw-uma-dst").await?;
+    assert_eq!(got, contents(&src, "uma", "pw-uma-src").await?, "every message exactly once");
+    assert_eq!(got["INBOX"].len(), 15);
+    let events = stack.events().await?;
+    let done = events.iter().find(|(t, _)| t == "BatchCompleted").context("delta's BatchCompleted")?;
+    assert_eq!(done.1["batch"].as_str(), Some(expected.as_str()));
+    assert_eq!(done.1["delta_of"].as_str(), Some(first.as_str()));
+    assert_eq!(done.1["messages_copied"].as_u64(), Some(3), "only the new mail");
+    assert_eq!(stack.secret_names().await?, secrets, "still kept: the schedule runs until the cut-over");
+    let report: serde_json::Value =
+        serde_json::from_slice(&stack.object(&format!("reports/{expected}/report.json")).await?.context("report")?)?;
+    assert_eq!(report["delta_of"], first.as_str());
+
+    // mailhaul submit --stop: the next sweep ends the schedule and deletes the passwords.
+    schedule(&stack.sdk, &table, &first, ScheduleRequest::Stop).await?;
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.schedules_ended, vec![first.clone()], "{swept:?}");
+    assert!(stack.secret_names().await?.is_empty(), "the passwords are gone with the schedule");
+    let events = stack.events().await?;
+    let ended = events.iter().find(|(t, _)| t == "DeltaScheduleEnded").context("DeltaScheduleEnded")?;
+    assert_eq!((ended.1["reason"].as_str(), ended.1["deltas"].as_u64()), (Some("stopped"), Some(1)));
+    // Over: nothing more starts, and asking for a pass says what to do instead.
+    let refused = schedule(&stack.sdk, &table, &first, ScheduleRequest::DeltaNow).await.unwrap_err();
+    assert!(refused.to_string().contains("upload its CSV again"), "{refused}");
+    let swept = stack.sweep().await?;
+    assert!(swept.deltas_started.is_empty() && swept.schedules_ended.is_empty(), "{swept:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_delta_schedule_ends_at_the_cut_over_and_deletes_the_passwords() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("val", "pw-val-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("val", "pw-val-dst")]))?;
+    seed(&src, "val", "pw-val-src", "INBOX", &corpus::mailbox("val-in", 5)).await?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\nval,pw-val-src,val,pw-val-dst\n";
+    let until = chrono::Utc::now() + chrono::Duration::seconds(20);
+    let first = submitted(&stack.upload("short-plan", csv, &scheduled(&src, &dst, until)).await?)?;
+    stack.drain(&first, Duration::from_secs(30), Duration::from_secs(60)).await?;
+    wait_past(until.timestamp() + 1).await;
+    // Past the cut-over the passwords are not kept (finalize, or else the sweeper, deletes them).
+    let swept = stack.sweep().await?;
+    assert!(swept.deltas_started.is_empty(), "no pass after the cut-over: {swept:?}");
+    assert_eq!(swept.schedules_ended, vec![first.clone()], "{swept:?}");
+    assert!(stack.secret_names().await?.is_empty());
+    let events = stack.events().await?;
+    let ended = events.iter().find(|(t, _)| t == "DeltaScheduleEnded").context("DeltaScheduleEnded")?;
+    assert_eq!((ended.1["reason"].as_str(), ended.1["deltas"].as_u64()), (Some("until"), Some(0)));
+    assert_eq!(contents(&dst, "val", "pw-val-dst").await?, contents(&src, "val", "pw-val-src").await?);
+    Ok(())
+}
