@@ -1560,7 +1560,7 @@ impl Copier<'_> {
             }
             total.others = u64::from(dest_exists).saturating_sub(total.present + total.unmapped);
             if total.others > 0 {
-                total.duplicates = self.count_duplicates(&members, &held, all_uids.as_ref()).await?;
+                total.duplicates = self.count_duplicates(&members, &held, all_uids.as_ref(), dest_exists).await?;
             }
             let mut detail = total.describe();
             if rescans > 0 {
@@ -1595,12 +1595,17 @@ impl Copier<'_> {
         members: &[&FolderPlan],
         mapped: &HashSet<u32>,
         everything: Option<&HashSet<u32>>,
+        messages: u32,
     ) -> Result<u64, CopyError> {
         let searched;
         let everything = match everything {
             Some(uids) => uids,
             None => {
-                searched = timed(self.destination.uid_search("ALL")).await.map_err(|e| self.dst_err(e))?;
+                // In UID windows, as verification reads them (the count is a fair guess at the
+                // highest UID; the last window is open-ended either way).
+                searched = every_uid(&mut self.destination, &mut self.destination_tags, messages)
+                    .await
+                    .map_err(|detail| self.lost(Side::Destination, detail))?;
                 &searched
             }
         };

@@ -46,6 +46,9 @@ pub struct Config {
     pub max_throttled: Duration,
     /// Crashed passes (found by the sweeper) after which the mailbox fails.
     pub max_crashed_passes: u32,
+    /// The time box of a pass invoked with a deadline long past (no real one: cargo-lambda
+    /// 1.9's `watch` sends a constant 1970 deadline). Default 840 s, under Lambda's 900 s cap.
+    pub deadline_fallback: Duration,
     /// How long the presigned link to report.html in the completion notice stays valid
     /// (stack parameter ReportLinkSeconds; default and SigV4 maximum 7 days).
     pub report_link: Duration,
@@ -117,6 +120,7 @@ impl Config {
             max_throttled_passes: num("MAILHAUL_MAX_THROTTLED_PASSES", 50)? as u32,
             max_throttled: Duration::from_secs(num("MAILHAUL_MAX_THROTTLED_SECONDS", 6 * 3600)?),
             max_crashed_passes: num("MAILHAUL_MAX_CRASHED_PASSES", 3)? as u32,
+            deadline_fallback: Duration::from_secs(num("MAILHAUL_DEADLINE_FALLBACK_SECONDS", 840)?),
             report_link: Duration::from_secs(
                 num("MAILHAUL_REPORT_LINK_SECONDS", 7 * 24 * 3600)?.clamp(1, 7 * 24 * 3600),
             ),

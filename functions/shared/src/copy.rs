@@ -53,7 +53,7 @@ pub enum JobError {
 /// The Lambda handler: each record is processed on its own; transient failures are reported
 /// as batch item failures so only they return to the queue.
 pub async fn handle(svc: &Services, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let deadline = event.context.deadline();
+    let deadline = usable_deadline(event.context.deadline(), SystemTime::now(), svc.config.deadline_fallback);
     let mut response = SqsBatchResponse::default();
     for message in event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();
@@ -439,7 +439,42 @@ pub async fn maybe_finalize(svc: &Services, batch: &str) -> Result<(), JobError>
     Ok(())
 }
 
+/// The invocation's deadline as sent, unless it was long past when the invocation arrived at
+/// `now`: Lambda never does that, but cargo-lambda 1.9's `watch` sends a constant 600,000 ms
+/// (1970), which would leave no time at all. Then the pass gets `fallback` from now.
+pub fn usable_deadline(sent: SystemTime, now: SystemTime, fallback: Duration) -> SystemTime {
+    match now.duration_since(sent) {
+        Ok(late) if late > Duration::from_secs(60) => {
+            tracing::warn!(
+                fallback_seconds = fallback.as_secs(),
+                "the runtime sent a deadline long past (a local emulator?): using MAILHAUL_DEADLINE_FALLBACK_SECONDS"
+            );
+            now + fallback
+        }
+        _ => sent,
+    }
+}
+
 /// Time left before `deadline`, for logs and tests.
 pub fn remaining(deadline: SystemTime) -> Duration {
     deadline.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_long_past_is_replaced_by_the_fallback_a_real_one_is_kept() {
+        let now = SystemTime::now();
+        let fallback = Duration::from_secs(840);
+        // cargo-lambda 1.9's constant Lambda-Runtime-Deadline-Ms: 600000.
+        let emulator = SystemTime::UNIX_EPOCH + Duration::from_millis(600_000);
+        assert_eq!(usable_deadline(emulator, now, fallback), now + fallback);
+        let real = now + Duration::from_secs(300);
+        assert_eq!(usable_deadline(real, now, fallback), real);
+        // Just past (a slow start, a clock off by a little): kept, the pass then has no time.
+        let just_past = now - Duration::from_secs(5);
+        assert_eq!(usable_deadline(just_past, now, fallback), just_past);
+    }
 }
