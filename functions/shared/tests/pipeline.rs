@@ -52,6 +52,8 @@ struct Stack {
     notices_url: String,
     /// Every SQS body the test saw (job and finalize messages), to check for passwords.
     bodies: Vec<String>,
+    /// The functions' environment as the stack would set it (for the real binaries).
+    env: HashMap<String, String>,
 }
 
 async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<(String, String)> {
@@ -168,9 +170,30 @@ impl Stack {
             env.insert(k, v.to_string());
         }
         let config = Config::from_lookup(|k| env.get(k).cloned())?;
+        let mut function_env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        function_env.insert("MAILHAUL_EVENT_BUS".into(), "mailhaul-events".into());
+        function_env.insert("MAILHAUL_TOPIC_ARN".into(), topic.clone().unwrap_or_default());
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", moto.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            function_env.insert(k.into(), v.into());
+        }
         let svc = Services::aws(&sdk, config, NotifyTargets { bus: Some("mailhaul-events".into()), topic_arn: topic });
         svc.table.create().await?;
-        Ok(Stack { _moto: moto, sdk, svc, bucket, s3_events_url, events_url, notices_url, bodies: Vec::new() })
+        Ok(Stack {
+            _moto: moto,
+            sdk,
+            svc,
+            bucket,
+            s3_events_url,
+            events_url,
+            notices_url,
+            bodies: Vec::new(),
+            env: function_env,
+        })
     }
 
     fn sqs(&self) -> aws_sdk_sqs::Client {
@@ -184,6 +207,16 @@ impl Stack {
         csv: &str,
         sidecar: &str,
     ) -> Result<Vec<mailhaul_aws::upload::UploadOutcome>> {
+        let value = self.s3_event(name, csv, sidecar).await?;
+        let event: S3Event = serde_json::from_value(value).context("S3 event from moto")?;
+        mailhaul_aws::upload::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Puts the CSV (and sidecar) and returns the S3 notification moto delivered for it, as
+    /// the JSON S3 gives a Lambda.
+    async fn s3_event(&mut self, name: &str, csv: &str, sidecar: &str) -> Result<serde_json::Value> {
         let s3 = mailhaul_aws::config::s3_client(&self.sdk);
         s3.put_object()
             .bucket(&self.bucket)
@@ -220,12 +253,7 @@ impl Stack {
                         }
                     }
                 }
-                let event: S3Event = serde_json::from_value(value).context("S3 event from moto")?;
-                let out =
-                    mailhaul_aws::upload::handle(&self.svc, LambdaEvent::new(event, ctx(Duration::from_secs(60))))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                return Ok(out);
+                return Ok(value);
             }
             if Instant::now() > deadline {
                 bail!("no S3 notification for incoming/{name}.csv within 20 s");
@@ -1499,5 +1527,341 @@ async fn a_delta_schedule_ends_at_the_cut_over_and_deletes_the_passwords() -> Re
     let ended = events.iter().find(|(t, _)| t == "DeltaScheduleEnded").context("DeltaScheduleEnded")?;
     assert_eq!((ended.1["reason"].as_str(), ended.1["deltas"].as_u64()), (Some("until"), Some(0)));
     assert_eq!(contents(&dst, "val", "pw-val-dst").await?, contents(&src, "val", "pw-val-src").await?);
+    Ok(())
+}
+
+// ---- through a real Lambda runtime ----
+
+/// One function of the stack, its real binary served by `cargo lambda watch` (a Lambda
+/// Runtime API) and invoked over HTTP as Lambda's invoke API is.
+struct Function {
+    child: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Function {
+    /// Serves the binary `package` (also its name) with the stack's environment. It runs in
+    /// the package's directory: the workspace's default members leave the functions out, so
+    /// `cargo run --bin` must start there. The first invocation compiles it.
+    fn start(package: &str, env: &HashMap<String, String>) -> Result<Function> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(package.trim_start_matches("mailhaul-"));
+        // scripts/setup.sh installs cargo-lambda into its lint virtualenv.
+        let venv = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/mailhaul/lint-venv/bin/cargo-lambda");
+        let program = if venv.exists() { venv } else { "cargo-lambda".into() };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = tempfile::NamedTempFile::new()?.into_temp_path().keep()?;
+        let child = std::process::Command::new(&program)
+            .args(["lambda", "watch", "-A", "127.0.0.1", "-P", &port.to_string(), "--ignore-changes"])
+            .current_dir(&dir)
+            .envs(env)
+            // The functions log JSON at info; enough to read a failure from the log file.
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("{}: install it with scripts/setup.sh", program.display()))?;
+        let function =
+            Function { child, url: format!("http://127.0.0.1:{port}/2015-03-31/functions/{package}/invocations"), log };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("cargo lambda watch for {package} did not listen within 60 s: {}", function.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(function)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Invokes the function with `event` and returns what it answered.
+    async fn invoke(&self, event: &serde_json::Value) -> Result<serde_json::Value> {
+        let response = reqwest::Client::new()
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(event)?)
+            // The first invocation compiles the binary (with the function package's own
+            // feature set, so after `cargo test` shared crates too: about 90 s here).
+            .timeout(Duration::from_secs(900))
+            .send()
+            .await
+            .with_context(|| format!("invoking {}", self.url))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{} answered {status}: {text}\n{}", self.url, self.log_text());
+        }
+        serde_json::from_str(&text).with_context(|| format!("{} answered {text}", self.url))
+    }
+}
+
+impl Drop for Function {
+    /// Kills the watcher and everything it started (cargo, the function, which the watcher
+    /// runs in a process group of its own): also the test's way of killing a function
+    /// mid-pass.
+    fn drop(&mut self) {
+        let mut doomed = descendants(self.child.id());
+        doomed.push(self.child.id());
+        for pid in doomed {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Every process below `root`, from /proc (parent = field 4 of /proc/PID/stat).
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields follow the last ')'.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SQS messages as the event source mapping hands them to a function.
+fn sqs_event(messages: &[SqsMessage], queue_arn: &str) -> Result<serde_json::Value> {
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            m.event_source = Some("aws:sqs".into());
+            m.event_source_arn = Some(queue_arn.to_string());
+            m.aws_region = Some("us-east-1".into());
+            m
+        })
+        .collect();
+    Ok(serde_json::to_value(event)?)
+}
+
+impl Stack {
+    /// As Lambda's SQS pollers with the real copy and finalize binaries: each delivery is an
+    /// invocation; messages the partial batch response does not list as failed are deleted.
+    async fn drain_through(
+        &mut self,
+        copy: &Function,
+        finalize: &Function,
+        batch: &str,
+        limit: Duration,
+    ) -> Result<()> {
+        let start = Instant::now();
+        for (url, function) in std::iter::repeat([
+            (self.svc.config.jobs_queue_url.clone(), copy),
+            (self.svc.config.finalize_queue_url.clone(), finalize),
+        ])
+        .flatten()
+        {
+            if self.svc.table.batch_state(batch).await?.is_some_and(|s| s.state == "completed") {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("batch {batch} not completed within {limit:?} through the Lambda runtime");
+            }
+            let messages = self.receive(&url, 1).await?;
+            if messages.is_empty() {
+                continue;
+            }
+            self.bodies.extend(messages.iter().map(|m| m.body.clone().unwrap_or_default()));
+            let response = function.invoke(&sqs_event(&messages, "arn:aws:sqs:us-east-1:123456789012:q")?).await?;
+            let failed: Vec<&str> = response["batchItemFailures"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str()).collect())
+                .unwrap_or_default();
+            for m in &messages {
+                if failed.contains(&m.message_id.as_deref().unwrap_or("")) {
+                    self.redeliver_soon(&url, m).await?;
+                } else {
+                    self.delete(&url, m).await?;
+                }
+            }
+        }
+        unreachable!("the loop above only returns")
+    }
+}
+
+/// Source messages in INBOX, as its STATUS says.
+async fn inbox_count(server: &Dovecot, user: &str, pass: &str) -> Result<u32> {
+    let mut session = mailhaul_tests::imap::login(server, user, pass).await?;
+    let status = session.status("INBOX", "(MESSAGES)").await?;
+    session.logout().await.ok();
+    Ok(status.exists)
+}
+
+/// The three real binaries behind `cargo lambda watch`, driven with S3 and SQS event JSON and
+/// partial batch responses as AWS drives them: a first pass whose copy function is killed
+/// mid-pass (the sweeper re-drives it, and the copy is exact), then a delta pass by uploading
+/// the same CSV again.
+#[tokio::test]
+async fn the_real_binaries_behind_a_lambda_runtime_copy_resume_after_a_kill_and_run_a_delta() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("wes", "pw-wes-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("wes", "pw-wes-dst")]))?;
+    seed(&src, "wes", "pw-wes-src", "INBOX", &corpus::mailbox("wes-in", 150)).await?;
+    seed(&src, "wes", "pw-wes-src", "Work", &corpus::mailbox("wes-work", 10)).await?;
+    // A pass is time-boxed by the fallback (cargo lambda watch sends no real deadline): a few
+    // seconds, so the mailbox takes continuations and a crashed pass's lease ends soon.
+    let mut stack =
+        Stack::start_with(&[("MAILHAUL_DEADLINE_FALLBACK_SECONDS", "4"), ("MAILHAUL_MAX_CRASHED_PASSES", "3")]).await?;
+    let upload = Function::start("mailhaul-upload", &stack.env)?;
+    let finalize = Function::start("mailhaul-finalize", &stack.env)?;
+    let mut copy = Function::start("mailhaul-copy", &stack.env)?;
+
+    let csv = "source_user,source_password,destination_user,destination_password\nwes,pw-wes-src,wes,pw-wes-dst\n";
+    // The source 20 ms of round trip away, so the first pass is still copying when killed.
+    let slow = mailhaul_tests::proxy::DelayProxy::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], src.imap_port)),
+        Duration::from_millis(10),
+    )?;
+    let settings =
+        sidecar(&src, &dst, 2).replace(&format!("port = {}\n", src.imap_port), &format!("port = {}\n", slow.port));
+    let event = stack.s3_event("runtime", csv, &settings).await?;
+    let outcomes = upload.invoke(&event).await?;
+    assert_eq!(outcomes[0]["outcome"], "submitted", "{outcomes}");
+    let batch = outcomes[0]["batch"].as_str().context("batch id")?.to_string();
+
+    // The first pass: killed once some messages landed, long before all did.
+    let jobs = stack.first_jobs(1).await?;
+    let first = sqs_event(&[jobs["wes"].clone()], "arn:aws:sqs:us-east-1:123456789012:jobs")?;
+    let pass = {
+        let (url, client) = (copy.url.clone(), reqwest::Client::new());
+        let body = serde_json::to_vec(&first)?;
+        tokio::spawn(async move { client.post(url).body(body).timeout(Duration::from_secs(600)).send().await })
+    };
+    let started = Instant::now();
+    loop {
+        let landed = inbox_count(&dst, "wes", "pw-wes-dst").await.unwrap_or(0);
+        if landed >= 4 {
+            assert!(landed < 150, "the pass finished before it could be killed ({landed} landed)");
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("nothing landed within 300 s: {}", copy.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(copy);
+    assert!(pass.await?.is_err(), "the invocation died with its function");
+    // cargo lambda watch starts no new instance after one died: a new one, as Lambda would.
+    copy = Function::start("mailhaul-copy", &stack.env)?;
+
+    // Its lease (deadline + 1 s) runs out; the sweep re-drives it at once.
+    let swept = loop {
+        let swept = finalize.invoke(&serde_json::from_str(include_str!("fixtures/scheduled-event.json"))?).await?;
+        if swept["redriven"].as_array().is_some_and(|r| !r.is_empty()) {
+            break swept;
+        }
+        if started.elapsed() > Duration::from_secs(360) {
+            bail!("the crashed pass was never re-driven: {swept}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(swept["redriven"], serde_json::json!([format!("{batch}/wes")]));
+    stack.drain_through(&copy, &finalize, &batch, Duration::from_secs(240)).await?;
+    let got = contents(&dst, "wes", "pw-wes-dst").await?;
+    assert_eq!(got, contents(&src, "wes", "pw-wes-src").await?, "every message exactly once after the kill");
+    let item = stack.svc.table.mailbox_item(&batch, "wes").await?.context("wes")?;
+    assert_eq!((item.record.status, item.crashes), (mailhaul_common::model::MailboxStatus::Done, 1));
+    assert!(stack.object(&format!("reports/{batch}/report.html")).await?.is_some());
+    assert!(stack.secret_names().await?.is_empty(), "the batch's secrets are deleted");
+
+    // New mail; the same CSV again: a delta pass that copies only it.
+    seed(&src, "wes", "pw-wes-src", "INBOX", &corpus::mailbox("wes-late", 4)).await?;
+    let event = stack.s3_event("runtime", csv, &settings).await?;
+    let outcomes = upload.invoke(&event).await?;
+    let delta = outcomes[0]["batch"].as_str().context("delta id")?.to_string();
+    assert!(delta.starts_with(&format!("{batch}-delta-")), "{outcomes}");
+    stack.drain_through(&copy, &finalize, &delta, Duration::from_secs(240)).await?;
+    assert_eq!(contents(&dst, "wes", "pw-wes-dst").await?, contents(&src, "wes", "pw-wes-src").await?);
+    let events = stack.events().await?;
+    let done = events
+        .iter()
+        .find(|(t, d)| t == "BatchCompleted" && d["batch"] == delta.as_str())
+        .context("the delta's BatchCompleted")?;
+    assert_eq!(done.1["messages_copied"].as_u64(), Some(4), "only the new mail");
+    // Nothing the runtime carried holds a password.
+    for body in &stack.bodies {
+        assert!(!body.contains("pw-wes"), "a password in a queue message: {body}");
+    }
+    Ok(())
+}
+
+/// The Exchange CSV form through the real binaries: the destination login is the stack's
+/// master user, its password read by the copy function from the secret the stack parameters
+/// name. No password shows up in what the functions logged, queued or stored.
+#[tokio::test]
+async fn the_exchange_form_runs_through_the_real_binaries_without_a_password_in_their_logs() -> Result<()> {
+    let src = Dovecot::start(DovecotOptions::with_users(&[("pat@example.com", OLGA_SRC)]))?;
+    let dst = Dovecot::start(
+        DovecotOptions::with_users(&[("pat@example.com", "Dst-Pat-unknown-pw")]).master("admin", DST_ADMIN),
+    )?;
+    seed(&src, "pat@example.com", OLGA_SRC, "INBOX", &corpus::mailbox("pat-in", 9)).await?;
+    seed(&src, "pat@example.com", OLGA_SRC, "Archive", &corpus::mailbox("pat-arch", 3)).await?;
+    let mut stack = Stack::start_with(&[
+        ("MAILHAUL_DESTINATION_ADMIN_USER", "admin"),
+        ("MAILHAUL_DESTINATION_MASTER_SEPARATOR", "*"),
+        ("MAILHAUL_DESTINATION_ADMIN_PASSWORD_SECRET", "mailhaul/test/admin/destination"),
+        ("MAILHAUL_DEADLINE_FALLBACK_SECONDS", "30"),
+    ])
+    .await?;
+    stack.svc.secrets.put("mailhaul/test/admin/destination", &mailhaul_common::Secret::new(DST_ADMIN)).await?;
+    let upload = Function::start("mailhaul-upload", &stack.env)?;
+    let finalize = Function::start("mailhaul-finalize", &stack.env)?;
+    let copy = Function::start("mailhaul-copy", &stack.env)?;
+
+    let csv = format!("EmailAddress,UserName,Password\npat@example.com,pat@example.com,{OLGA_SRC}\n");
+    let event = stack.s3_event("exchange-runtime", &csv, &sidecar(&src, &dst, 5)).await?;
+    let outcomes = upload.invoke(&event).await?;
+    assert_eq!(outcomes[0]["outcome"], "submitted", "{outcomes}");
+    let batch = outcomes[0]["batch"].as_str().context("batch id")?.to_string();
+    stack.drain_through(&copy, &finalize, &batch, Duration::from_secs(300)).await?;
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!(
+        (state.done, state.failed),
+        (1, 0),
+        "{:?}",
+        stack.svc.table.mailbox_item(&batch, "pat@example.com").await?
+    );
+    let got = contents(&dst, "pat@example.com", "Dst-Pat-unknown-pw").await?;
+    assert_eq!(got, contents(&src, "pat@example.com", OLGA_SRC).await?, "every message exactly once");
+    assert_eq!(stack.secret_names().await?, vec!["mailhaul/test/admin/destination".to_string()]);
+    let mut haystacks = vec![
+        ("sqs", stack.bodies.join("\n")),
+        ("dynamodb", stack.table_dump().await?),
+        ("upload's log", upload.log_text()),
+        ("copy's log", copy.log_text()),
+        ("finalize's log", finalize.log_text()),
+    ];
+    for (key, body) in stack.all_objects().await? {
+        haystacks.push(("s3", format!("{key}: {}", String::from_utf8_lossy(&body))));
+    }
+    assert!(haystacks[3].1.contains("job handled"), "the copy function's log is read: {}", haystacks[3].1);
+    for (what, text) in &haystacks {
+        for pw in [OLGA_SRC, DST_ADMIN] {
+            assert!(!text.contains(pw), "a password leaked into {what}");
+        }
+    }
     Ok(())
 }
