@@ -331,7 +331,7 @@ if [ -z "$OUT" ]; then
 fi
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
-    echo "# mailhaul benchmark"
+    echo "## Run at $COMMIT"
     echo
     echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC') by \`bench/run.sh --messages $MESSAGES --latency-ms $LATENCY_MS$([ "$BANDWIDTH_MBIT" = 0 ] || echo " --bandwidth-mbit $BANDWIDTH_MBIT") --rounds $ROUNDS${BATCH_MESSAGES:+ --batch-messages $BATCH_MESSAGES}${COPY_LINES[*]:+ --copy ${COPY_LINES[*]}}\`"
     echo "at mailhaul commit $COMMIT; machine: $(nproc) cores (shared with other work),"
@@ -353,10 +353,21 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
         echo
         printf '%s\n' "${EXTRA_NOTES[@]}"
     fi
+} >"$OUT.run"
+# Newest first under the title; earlier runs stay below.
+{
+    echo "# mailhaul benchmark"
+    echo
+    cat "$OUT.run"
+    if [ -f "$OUT" ]; then
+        echo
+        sed '1{/^# mailhaul benchmark$/d}' "$OUT" | sed '1{/^$/d}'
+    fi
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 echo
-cat "$OUT"
+cat "$OUT.run"
+rm -f "$OUT.run"
 echo
 log "table written to $OUT"
 exit "$FAILED"
