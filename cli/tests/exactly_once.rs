@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -18,7 +19,8 @@ use mailhaul_common::sqlite::SqliteStore;
 use mailhaul_tests::corpus::{self, SampleMessage};
 use mailhaul_tests::dovecot::{Dovecot, DovecotOptions, Layout};
 use mailhaul_tests::imap::{dump, login, seed, DumpedMessage, SeedMessage};
-use mailhaul_tests::proxy::DelayProxy;
+use mailhaul_tests::proxy::{DelayProxy, Direction, FaultPolicy, FaultProxy};
+use mailhaul_tests::{wire, ImapServer};
 
 /// Every message of a folder as (body, flags, INTERNALDATE), sorted: equal means each source
 /// message is in the destination exactly once with its flags and date.
@@ -150,23 +152,21 @@ fn state_exists(path: &Path) -> bool {
 /// each time, then let it finish: every message of both mailboxes exactly once, the source
 /// unchanged. A kill point is a number of bytes carried to or from the destination (counted by
 /// a pass-through proxy), not a time, so the kills land mid-copy on a fast machine and a slow one.
-async fn killed_again_and_again(skip_duplicates: bool, seed_value: u64) {
+/// With `archive`, each mailbox has a second folder; without, INBOX is all there is, and
+/// every connection pair appends to it at once.
+async fn killed_again_and_again(copy_settings: &str, archive: bool, seed_value: u64) {
     let users = [("alice", "pw"), ("bob", "pw")];
     let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
     let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
     for (user, _) in users {
         seed(&source, user, "pw", "INBOX", &heavy_mailbox(&format!("{user}-in"), 400)).await.expect("seed");
-        seed(&source, user, "pw", "Archive", &corpus::mailbox(&format!("{user}-ar"), 120)).await.expect("seed");
+        if archive {
+            seed(&source, user, "pw", "Archive", &corpus::mailbox(&format!("{user}-ar"), 120)).await.expect("seed");
+        }
     }
     let before = [dump(&source, "alice", "pw").await.expect("dump"), dump(&source, "bob", "pw").await.expect("dump")];
     let counter = DelayProxy::start(([127, 0, 0, 1], destination.imaps_port).into(), Duration::ZERO).expect("proxy");
-    let batch = Batch::new(
-        &source,
-        &destination,
-        counter.port,
-        &["alice", "bob"],
-        &format!("batch_messages = 25\nskip_duplicates = {skip_duplicates}"),
-    );
+    let batch = Batch::new(&source, &destination, counter.port, &["alice", "bob"], copy_settings);
 
     // Both mailboxes carry about 45 MB to the destination; 12 kills of at most 2.5 MB each
     // leave most of it for the final run.
@@ -206,18 +206,77 @@ async fn killed_again_and_again(skip_duplicates: bool, seed_value: u64) {
         let source_now = dump(&source, user, "pw").await.expect("dump source");
         assert_eq!(source_now, before[index], "the source is never modified");
         let copied = dump(&destination, user, "pw").await.expect("dump destination");
-        assert_exact(&source_now, &copied, &format!("{user}, skip_duplicates = {skip_duplicates}"));
+        assert_exact(&source_now, &copied, &format!("{user}, {copy_settings:?}"));
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twelve_kills_exactly_once_with_duplicate_skipping() {
-    killed_again_and_again(true, 0x5eed_0001).await;
+    killed_again_and_again("batch_messages = 25\nskip_duplicates = true", true, 0x5eed_0001).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twelve_kills_exactly_once_without_duplicate_skipping() {
-    killed_again_and_again(false, 0x5eed_0002).await;
+    killed_again_and_again("batch_messages = 25\nskip_duplicates = false", true, 0x5eed_0002).await;
+}
+
+/// One folder written by three connection pairs at once, killed again and again: without
+/// duplicate skipping, only the shared in-flight mark keeps a cut-off batch from landing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn twelve_kills_exactly_once_with_three_pairs_in_one_folder() {
+    let settings = "batch_messages = 10\nskip_duplicates = false\nconnections_per_mailbox = 3";
+    killed_again_and_again(settings, false, 0x5eed_0003).await;
+}
+
+/// A lone folder is appended by every connection pair: each pair's connection to the
+/// destination sends APPENDs into it, and every source message lands once, under its own
+/// destination UID, as the ledger records.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_folder_is_appended_by_every_connection_pair_exactly_once() {
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("one-folder", 400)).await.expect("seed");
+    let before = dump(&source, "alice", "pw").await.expect("dump");
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], destination.imap_port())), FaultPolicy::pass_all())
+        .expect("proxy");
+    proxy.capture(true);
+    let mut job = support::job(&source, &destination);
+    job.destination = support::plain_endpoint(proxy.port, "alice", "pw");
+    let options = CopyOptions { batch_messages: 5, connections_per_mailbox: 3, ..CopyOptions::default() };
+    let store = SqliteStore::in_memory().expect("store");
+    let done = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("copy");
+    assert_eq!((done.status.clone(), done.this_pass.copied), (CopyStatus::Done, 400));
+    assert_eq!(done.verification_failure(), None, "{:?}", done.verdicts);
+
+    let appending: Vec<usize> = proxy
+        .captured()
+        .iter()
+        .filter(|(_, c)| {
+            wire::lines(&c.bytes(Direction::ClientToServer))
+                .iter()
+                .any(|l| l.text.to_ascii_uppercase().contains("APPEND \"INBOX\""))
+        })
+        .map(|(index, _)| *index)
+        .collect();
+    assert_eq!(appending.len(), 3, "every pair appends to the one folder: connections {appending:?}");
+
+    let source_box = login(&source, "alice", "pw").await.unwrap().examine("INBOX").await.unwrap();
+    let ledger = FolderLedger::from_recorded(
+        store.load_ledger("alice", "INBOX", source_box.uid_validity.unwrap()).await.expect("ledger"),
+    );
+    let mut destination_uids: Vec<u32> = (1..=400)
+        .map(|uid| match ledger.get(uid) {
+            Some((Outcome::Copied, Some(d))) => d,
+            other => panic!("source UID {uid}: {other:?}"),
+        })
+        .collect();
+    destination_uids.sort_unstable();
+    destination_uids.dedup();
+    assert_eq!(destination_uids.len(), 400, "each source message has its own destination UID");
+    let source_now = dump(&source, "alice", "pw").await.expect("dump source");
+    assert_eq!(source_now, before, "the source is never modified");
+    assert_exact(&source_now, &dump(&destination, "alice", "pw").await.expect("dump destination"), "three pairs");
 }
 
 /// The source folder is deleted and recreated with the same mail (new UIDVALIDITY) between

@@ -133,10 +133,11 @@ pub async fn copy_mailbox(
         lead.outcome.this_pass.add(&helper.outcome.this_pass);
     }
     // Be polite, but a failed LOGOUT changes nothing, and after an abandoned batch (a literal
-    // half sent) or a broken connection the sessions are simply dropped.
+    // half sent: LOGOUT would go out as part of the message) or a broken connection the
+    // sessions are simply dropped.
     if !lead.abandoned && result.is_ok() {
         let polite = Duration::from_secs(5);
-        for copier in std::iter::once(&mut lead).chain(helpers.iter_mut()) {
+        for copier in std::iter::once(&mut lead).chain(helpers.iter_mut()).filter(|c| !c.abandoned) {
             let _ = tokio::time::timeout(polite, copier.source.logout()).await;
             let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
         }
@@ -148,7 +149,15 @@ pub async fn copy_mailbox(
 /// connections at once (each takes the next folder when done with one), verify with the lead.
 async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Result<(), CopyError> {
     let prepared = lead.prepare().await?;
-    let wanted = lead.options.connections_per_mailbox.min(prepared.plans.len()).saturating_sub(1);
+    let checkpoints = checkpoints_by_folder(lead.store, &lead.job.mailbox).await?;
+    // One pair per folder at most; a lone folder not copied whole yet gets them all, as
+    // they help append its batches.
+    let lone_to_copy = match prepared.plans.as_slice() {
+        [only] => checkpoints.get(&only.source_raw).is_none_or(|c| !c.complete),
+        _ => false,
+    };
+    let folders = if lone_to_copy { usize::MAX } else { prepared.plans.len() };
+    let wanted = lead.options.connections_per_mailbox.min(folders).saturating_sub(1);
     for _ in 0..wanted {
         match Copier::connect(lead.job, lead.options, lead.store, lead.progress, lead.timebox).await {
             Ok(helper) => helpers.push(helper),
@@ -160,7 +169,7 @@ async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Re
         }
     }
     let queue = std::sync::Mutex::new((0..prepared.plans.len()).collect::<VecDeque<_>>());
-    let checkpoints = std::sync::Mutex::new(checkpoints_by_folder(lead.store, &lead.job.mailbox).await?);
+    let checkpoints = std::sync::Mutex::new(checkpoints);
     let ends = futures::future::join_all(
         std::iter::once(&mut *lead)
             .chain(helpers.iter_mut())
@@ -229,6 +238,27 @@ struct Prepared {
     /// A label folder's copy stopped short this call (deadline, lost connection): what it has
     /// not settled yet is not All Mail's to copy to Archive, so All Mail waits for a later call.
     labels_cut_short: std::sync::atomic::AtomicBool,
+    /// Folders whose batches other connection pairs may help append.
+    appending: std::sync::Mutex<Vec<Arc<Appending>>>,
+    /// Folders taken from the queue and not finished: an idle pair waits for them, since
+    /// one of them may yet offer batches to help with.
+    copying: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a folder as being copied until dropped.
+struct Copying<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Copying<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Copying(count)
+    }
+}
+
+impl Drop for Copying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What a label folder of a Gmail source holds.
@@ -542,6 +572,8 @@ impl Copier<'_> {
             label_listings: tokio::sync::Mutex::new(HashMap::new()),
             labels_in_progress: std::sync::atomic::AtomicUsize::new(0),
             labels_cut_short: std::sync::atomic::AtomicBool::new(false),
+            appending: std::sync::Mutex::new(Vec::new()),
+            copying: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -660,12 +692,26 @@ impl Copier<'_> {
             }
             // Counted as in progress while the queue is still locked: All Mail, taken after
             // it, then sees every label folder taken before it.
-            let (folder, mut in_progress) = {
+            let taken = {
                 let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(next) = queue.pop_front() else { return Ok(end) };
-                let folder = &prepared.plans[next];
-                let in_progress = (prepared.has_all_mail && !folder.all_mail).then(|| LabelInProgress::start(prepared));
-                (folder, in_progress)
+                queue.pop_front().map(|next| {
+                    let folder = &prepared.plans[next];
+                    let in_progress =
+                        (prepared.has_all_mail && !folder.all_mail).then(|| LabelInProgress::start(prepared));
+                    (folder, in_progress, Copying::start(&prepared.copying))
+                })
+            };
+            let Some((folder, mut in_progress, _copying)) = taken else {
+                match self.help(prepared).await {
+                    Ok(Some(Ok(()))) => continue,
+                    Ok(Some(Err(Stopped::TimeUp))) => end.time_up = true,
+                    Ok(None) => {}
+                    Err(CopyError::Folder { side, folder, detail }) => {
+                        end.folder_errors.push(format!("{side} folder {folder:?}: {detail}"));
+                    }
+                    Err(other) => return Err(other),
+                }
+                return Ok(end);
             };
             if folder.all_mail {
                 if let Err(Stopped::TimeUp) = self.wait_for_label_folders(prepared).await {
@@ -697,6 +743,49 @@ impl Copier<'_> {
                 Err(other) => return Err(other),
             }
         }
+    }
+
+    /// With no folder left to take: help append another pair's folder that has batches
+    /// nobody has taken, waiting while folders are still being copied (one of them may yet
+    /// offer some). None once there is nothing left to help with.
+    async fn help(&mut self, prepared: &Prepared) -> Result<Option<Result<(), Stopped>>, CopyError> {
+        loop {
+            if self.time_is_up() {
+                return Ok(Some(Err(Stopped::TimeUp)));
+            }
+            let offered: Vec<Arc<Appending>> = prepared.appending.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for job in offered {
+                if job.join().await {
+                    let helped = self.help_with(&job).await;
+                    job.leave().await;
+                    return helped.map(Some);
+                }
+            }
+            if prepared.copying.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Ok(None);
+            }
+            tokio::time::sleep(HELP_POLL).await;
+        }
+    }
+
+    /// Open `job`'s folder on both sides and send batches of it.
+    async fn help_with(&mut self, job: &Appending) -> Result<Result<(), Stopped>, CopyError> {
+        let source = examine_folder(&mut self.source, &mut self.source_selected, &job.folder, &self.source_label).await?;
+        let display = job.folder.destination_display();
+        let destination = select_folder(
+            &mut self.destination,
+            &mut self.destination_selected,
+            &job.destination_raw,
+            &display,
+            &self.destination_label,
+        )
+        .await?;
+        if source.uid_validity != Some(job.uid_validity) || destination.uid_validity != Some(job.dest_validity) {
+            // Renumbered since the folder was listed: the pair that listed it finds out.
+            return Ok(Ok(()));
+        }
+        tracing::debug!(mailbox = %self.job.mailbox, folder = %job.folder.source_display, "helping with a folder");
+        self.append_batches(job).await
     }
 
     /// Copy what is new in one folder. `Ok(Err(TimeUp))` when stopped with more to do.
@@ -855,7 +944,7 @@ impl Copier<'_> {
         let accepted = AcceptedFlags::from_mailbox(&dest_box);
         let dest_validity = dest_box.uid_validity.unwrap_or(0);
         // Where this pass's appends start; 0 = unknown, then every check reads the whole folder.
-        let mut dest_next = match dest_box.uid_next {
+        let dest_next = match dest_box.uid_next {
             Some(next) => next,
             // Courier's SELECT has no UIDNEXT: STATUS has it. The view SELECT just opened is
             // fresh, and the folder must stay selected (no UNSELECT as destination_status does).
@@ -1027,38 +1116,106 @@ impl Copier<'_> {
         cp.counts.add(&counts);
         self.outcome.this_pass.add(&counts);
 
-        let copy: Vec<&MessageMeta> =
-            candidates.iter().zip(&actions).filter(|(_, a)| **a == Action::Copy).map(|(m, _)| m).collect();
+        let highest_uid = candidates.last().map_or(0, |m| m.uid);
+        let copy: Vec<Queued> = candidates
+            .into_iter()
+            .zip(&actions)
+            .filter(|(_, a)| **a == Action::Copy)
+            .map(|(m, _)| Queued { uid: m.uid, size: m.size, message_id: m.message_id })
+            .collect();
         let sized: Vec<(u64, Action)> = copy.iter().map(|m| (m.size, Action::Copy)).collect();
-        let ranges = plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages);
-        let copy_uids: Vec<Vec<u32>> = ranges.iter().map(|r| copy[r.clone()].iter().map(|m| m.uid).collect()).collect();
-        // The source fetches batch N+1 while the destination appends batch N: at most two
-        // batches of bodies in memory, and neither server waits for the other.
-        let mut prefetched: Option<FetchedBatch> = None;
-        for (index, uids) in copy_uids.iter().enumerate() {
-            if self.time_is_up() {
-                self.store.save_folder(&self.job.mailbox, &cp).await?;
+        let batches: VecDeque<Vec<Queued>> = plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages)
+            .into_iter()
+            .map(|range| copy[range].to_vec())
+            .collect();
+        drop(copy);
+        // Other connection pairs with no folder left help with a folder of several batches.
+        let shared = batches.len() >= HELP_FROM_BATCHES && self.options.connections_per_mailbox > 1;
+        let job = Arc::new(Appending {
+            folder: folder.clone(),
+            destination_raw: destination_raw.clone(),
+            uid_validity,
+            dest_validity,
+            accepted,
+            retry,
+            highest_batched: batches.back().and_then(|b| b.last()).map_or(0, |m| m.uid),
+            books: tokio::sync::Mutex::new(Books { cp, ledger, batches, open: BTreeMap::new(), helpers: 0, dest_next }),
+        });
+        if shared {
+            prepared.appending.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
+        }
+        let sent = self.append_batches(&job).await;
+        if shared {
+            prepared.appending.lock().unwrap_or_else(|p| p.into_inner()).retain(|other| !Arc::ptr_eq(other, &job));
+        }
+        match sent? {
+            Ok(()) => {}
+            Err(Stopped::TimeUp) => {
+                let books = job.books.lock().await;
+                self.store.save_folder(&self.job.mailbox, &books.cp).await?;
                 return Ok(Err(Stopped::TimeUp));
             }
-            let (first, last) = (uids[0], uids[uids.len() - 1]);
-            // Mark the batch in flight, fenced, before sending anything: a crash reconciles it.
-            cp.in_flight = Some((first, last));
-            cp.fence = Some((dest_validity, dest_next));
-            self.store.save_folder(&self.job.mailbox, &cp).await?;
+        }
+        // Helpers still sending their last batch: the folder is done when they are.
+        while job.books.lock().await.helpers > 0 {
+            tokio::time::sleep(HELP_POLL).await;
+        }
+        let books = job.books.lock().await;
+        if !books.open.is_empty() {
+            // A helper stopped short (deadline) or failed (its error ends this call): the
+            // books as saved, with their in-flight mark, are where the next pass goes on.
+            return Ok(Err(Stopped::TimeUp));
+        }
+        let mut cp = books.cp.clone();
+        cp.in_flight = None;
+        cp.fence = None;
+        cp.complete = true;
+        cp.uid_next = uid_next;
+        cp.highest_modseq = highest_modseq;
+        cp.destination_uid_next = books.dest_next;
+        cp.last_uid = cp.last_uid.max(highest_uid);
+        cp.counts.unreadable = books.ledger.to_retry().len() as u64;
+        drop(books);
+        self.store.save_folder(&self.job.mailbox, &cp).await?;
+        tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, copied = cp.counts.copied, "folder done");
+        Ok(Ok(()))
+    }
 
-            let mut link = SourceLink {
-                session: &mut self.source,
-                endpoint: &self.job.source,
-                folder: &folder.source_raw,
-                uid_validity,
-                tags: &mut self.source_tags,
-                label: &self.source_label,
+    /// Send batches of `job` until none is left, time is up or a side fails. The source
+    /// fetches batch N+1 while the destination appends batch N: at most two batches of
+    /// bodies in memory per connection pair, and neither server waits for the other.
+    async fn append_batches(&mut self, job: &Appending) -> Result<Result<(), Stopped>, CopyError> {
+        let mut ready: Option<(Vec<Queued>, FetchedBatch)> = None;
+        loop {
+            // A batch taken and not sent stays open in the books: the checkpoint's last_uid
+            // never passes it, so the next pass lists it again.
+            if self.time_is_up() {
+                return Ok(Err(Stopped::TimeUp));
+            }
+            let (batch, fetched) = match ready.take() {
+                Some(ready) => ready,
+                None => {
+                    let Some(batch) = job.take().await else { return Ok(Ok(())) };
+                    let mut link = SourceLink {
+                        session: &mut self.source,
+                        endpoint: &self.job.source,
+                        folder: &job.folder.source_raw,
+                        uid_validity: job.uid_validity,
+                        tags: &mut self.source_tags,
+                        label: &self.source_label,
+                    };
+                    let fetched = fetch_batch(&mut link, &uids_of(&batch)).await?;
+                    (batch, fetched)
+                }
             };
-            let fetched = match prefetched.take() {
-                Some(fetched) => fetched,
-                None => fetch_batch(&mut link, uids).await?,
-            };
-            let next_uids = copy_uids.get(index + 1);
+            let uids = uids_of(&batch);
+            // Mark the batch in flight, fenced, before sending anything: a crash reconciles it.
+            {
+                let mut books = job.books.lock().await;
+                books.sent(uids[0], job.dest_validity);
+                self.store.save_folder(&self.job.mailbox, &books.cp).await?;
+            }
+            let next = job.take().await;
             let timebox = self.timebox;
             let (appended, fetched_next) = {
                 let append = append_fetched(
@@ -1066,14 +1223,22 @@ impl Copier<'_> {
                     &mut self.destination_tags,
                     (self.literal_mode, self.multiappend),
                     &self.destination_label,
-                    &destination_raw,
-                    uids,
+                    &job.destination_raw,
+                    &uids,
                     &fetched.bodies,
-                    &accepted,
+                    &job.accepted,
                 );
+                let mut link = SourceLink {
+                    session: &mut self.source,
+                    endpoint: &self.job.source,
+                    folder: &job.folder.source_raw,
+                    uid_validity: job.uid_validity,
+                    tags: &mut self.source_tags,
+                    label: &self.source_label,
+                };
                 let prefetch = async {
-                    match next_uids {
-                        Some(uids) => Some(fetch_batch(&mut link, uids).await),
+                    match &next {
+                        Some(batch) => Some(fetch_batch(&mut link, &uids_of(batch)).await),
                         None => None,
                     }
                 };
@@ -1086,96 +1251,88 @@ impl Copier<'_> {
                     }
                 }
             };
+            if let Some(error) = self.settle_batch(job, &batch, fetched, appended).await? {
+                return Err(error);
+            }
+            match (next, fetched_next) {
+                (Some(batch), Some(Ok(fetched))) => ready = Some((batch, fetched)),
+                (_, Some(Err(e))) => return Err(e),
+                _ => {}
+            }
+        }
+    }
 
-            // Settle what the servers confirmed, in the ledger first.
-            let mut runs = Vec::new();
-            let mut counts = FolderCounts::default();
-            let meta_of: HashMap<u32, &MessageMeta> = copy[ranges[index].clone()].iter().map(|m| (m.uid, *m)).collect();
-            for (uid, outcome, words) in &fetched.problems {
-                let meta = meta_of.get(uid);
-                runs.push(Run::one(*uid, None, *outcome, Some(words.clone())));
-                if *outcome == Outcome::Unreadable {
-                    counts.unreadable += 1;
-                    tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, uid, %words, "source message unreadable");
+    /// Settle what the servers confirmed of one batch, in the ledger first; save the books.
+    /// Returns the error that stopped the batch short, if any.
+    async fn settle_batch(
+        &mut self,
+        job: &Appending,
+        batch: &[Queued],
+        fetched: FetchedBatch,
+        appended: AppendResult,
+    ) -> Result<Option<CopyError>, CopyError> {
+        let folder = &job.folder;
+        let queued: HashMap<u32, &Queued> = batch.iter().map(|m| (m.uid, m)).collect();
+        let mut books = job.books.lock().await;
+        let books = &mut *books;
+        let mut runs = Vec::new();
+        let mut counts = FolderCounts::default();
+        for (uid, outcome, words) in &fetched.problems {
+            runs.push(Run::one(*uid, None, *outcome, Some(words.clone())));
+            if *outcome == Outcome::Unreadable {
+                counts.unreadable += 1;
+                tracing::warn!(mailbox = %self.job.mailbox, folder = %folder.source_display, uid, %words, "source message unreadable");
+                let message = SkippedMessage {
+                    folder: folder.source_display.clone(),
+                    uid: *uid,
+                    size: queued.get(uid).map_or(0, |m| m.size),
+                    message_id: queued.get(uid).and_then(|m| m.message_id.clone()),
+                    reason: SkipReason::Unreadable,
+                    detail: words.clone(),
+                };
+                self.store.record_skipped(&self.job.mailbox, &message).await?;
+            }
+        }
+        for (uid, reply) in &appended.settled {
+            let size = fetched.bodies.get(uid).map_or(0, |b| b.body.len() as u64);
+            match reply {
+                Appended::Stored(destination_uids) => {
+                    let destination_uid = destination_uids.first().copied();
+                    counts.copied += 1;
+                    counts.bytes += size;
+                    runs.push(Run::one(*uid, destination_uid.map(|d| (job.dest_validity, d)), Outcome::Copied, None));
+                    if let Some(d) = destination_uid {
+                        books.dest_next = books.dest_next.max(d + 1);
+                    }
+                    if job.retry.binary_search(uid).is_ok() {
+                        self.store.forget_skipped(&self.job.mailbox, &folder.source_display, *uid).await?;
+                    }
+                }
+                Appended::Refused(words) => {
+                    counts.refused += 1;
+                    runs.push(Run::one(*uid, None, Outcome::Refused, Some(words.clone())));
                     let message = SkippedMessage {
                         folder: folder.source_display.clone(),
                         uid: *uid,
-                        size: meta.map_or(0, |m| m.size),
-                        message_id: meta.and_then(|m| m.message_id.clone()),
-                        reason: SkipReason::Unreadable,
+                        size,
+                        message_id: queued.get(uid).and_then(|m| m.message_id.clone()),
+                        reason: SkipReason::Refused,
                         detail: words.clone(),
                     };
                     self.store.record_skipped(&self.job.mailbox, &message).await?;
                 }
             }
-            for (uid, reply) in &appended.settled {
-                let size = fetched.bodies.get(uid).map_or(0, |b| b.body.len() as u64);
-                match reply {
-                    Appended::Stored(destination_uids) => {
-                        let destination_uid = destination_uids.first().copied();
-                        counts.copied += 1;
-                        counts.bytes += size;
-                        runs.push(Run::one(*uid, destination_uid.map(|d| (dest_validity, d)), Outcome::Copied, None));
-                        if let Some(d) = destination_uid {
-                            dest_next = dest_next.max(d + 1);
-                        }
-                        if retry.binary_search(uid).is_ok() {
-                            self.store.forget_skipped(&self.job.mailbox, &folder.source_display, *uid).await?;
-                        }
-                    }
-                    Appended::Refused(words) => {
-                        counts.refused += 1;
-                        runs.push(Run::one(*uid, None, Outcome::Refused, Some(words.clone())));
-                        let message = SkippedMessage {
-                            folder: folder.source_display.clone(),
-                            uid: *uid,
-                            size,
-                            message_id: meta_of.get(uid).and_then(|m| m.message_id.clone()),
-                            reason: SkipReason::Refused,
-                            detail: words.clone(),
-                        };
-                        self.store.record_skipped(&self.job.mailbox, &message).await?;
-                    }
-                }
-            }
-            drop(fetched);
-            self.settle(&mut ledger, folder, uid_validity, runs).await?;
-            cp.counts.add(&counts);
-            self.outcome.this_pass.add(&counts);
-            match appended.unconfirmed_from {
-                None => {
-                    cp.in_flight = None;
-                    cp.fence = None;
-                }
-                // From the first unconfirmed message on, the next pass reconciles.
-                Some(uid) => cp.in_flight = Some((uid, last)),
-            }
-            cp.last_uid = cp.last_uid.max(appended.unconfirmed_from.map_or(last, |u| u.saturating_sub(1)));
-            self.store.save_folder(&self.job.mailbox, &cp).await?;
-            self.batches_confirmed += 1;
-            self.progress.copied(&self.job.mailbox, &folder.source_display, counts.copied, counts.bytes);
-            if let Some(error) = appended.error {
-                return Err(error);
-            }
-            match fetched_next {
-                Some(Ok(fetched)) => prefetched = Some(fetched),
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
         }
-        cp.in_flight = None;
-        cp.fence = None;
-        cp.complete = true;
-        cp.uid_next = uid_next;
-        cp.highest_modseq = highest_modseq;
-        cp.destination_uid_next = dest_next;
-        if let Some(last) = candidates.last() {
-            cp.last_uid = cp.last_uid.max(last.uid);
-        }
-        cp.counts.unreadable = ledger.to_retry().len() as u64;
-        self.store.save_folder(&self.job.mailbox, &cp).await?;
-        tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, copied = cp.counts.copied, "folder done");
-        Ok(Ok(()))
+        drop(fetched);
+        self.settle(&mut books.ledger, folder, job.uid_validity, runs).await?;
+        books.cp.counts.add(&counts);
+        self.outcome.this_pass.add(&counts);
+        // From the first unconfirmed message on, the next pass reconciles.
+        books.settled(batch[0].uid, appended.unconfirmed_from, job.dest_validity, job.highest_batched);
+        self.store.save_folder(&self.job.mailbox, &books.cp).await?;
+        self.batches_confirmed += 1;
+        self.progress.copied(&self.job.mailbox, &folder.source_display, counts.copied, counts.bytes);
+        Ok(appended.error)
     }
 
     /// Apply the source's flags to the destination messages mailhaul copied (and only
@@ -1649,6 +1806,117 @@ impl Copier<'_> {
                 }
             })
             .sum())
+    }
+}
+
+/// A source message queued for APPEND, with what the report needs if it goes wrong.
+#[derive(Clone)]
+struct Queued {
+    uid: u32,
+    size: u64,
+    message_id: Option<String>,
+}
+
+fn uids_of(batch: &[Queued]) -> Vec<u32> {
+    batch.iter().map(|m| m.uid).collect()
+}
+
+/// A folder with at least this many batches to send takes help from idle connection pairs.
+const HELP_FROM_BATCHES: usize = 2;
+/// How often an idle connection pair looks for a folder to help with.
+const HELP_POLL: Duration = Duration::from_millis(20);
+
+/// One folder's batches to append, open to every connection pair of the mailbox: a pair with
+/// no folder left to take helps with the batches nobody has taken yet, so one big folder is
+/// written by several connections at once. The books are shared and saved whole under their
+/// lock, with every sent batch in the in-flight mark, so a cut-off call is reconciled
+/// exactly as with one writer.
+struct Appending {
+    folder: FolderPlan,
+    destination_raw: String,
+    uid_validity: u32,
+    dest_validity: u32,
+    accepted: AcceptedFlags,
+    /// Unreadable before and tried again this pass (sorted): their skip records go once copied.
+    retry: Vec<u32>,
+    /// The last source UID of the last batch.
+    highest_batched: u32,
+    books: tokio::sync::Mutex<Books>,
+}
+
+/// The state of a folder being appended, shared by the connection pairs that append it.
+struct Books {
+    cp: FolderCheckpoint,
+    ledger: FolderLedger,
+    /// Batches nobody has taken yet, in UID order.
+    batches: VecDeque<Vec<Queued>>,
+    /// Batches taken and not settled, by first source UID: last UID, and the fence (the
+    /// destination's UIDNEXT) once sent.
+    open: BTreeMap<u32, (u32, Option<u32>)>,
+    /// Connection pairs helping now, beside the one that opened the folder.
+    helpers: usize,
+    /// One past the highest destination UID the destination reported.
+    dest_next: u32,
+}
+
+impl Appending {
+    /// The next batch to send, open in the books from now on.
+    async fn take(&self) -> Option<Vec<Queued>> {
+        let mut books = self.books.lock().await;
+        let batch = books.batches.pop_front()?;
+        books.open.insert(batch[0].uid, (batch[batch.len() - 1].uid, None));
+        Some(batch)
+    }
+
+    /// Join as a helper if there is enough left to be worth opening the folder.
+    async fn join(&self) -> bool {
+        let mut books = self.books.lock().await;
+        let worth = books.batches.len() >= HELP_FROM_BATCHES;
+        books.helpers += usize::from(worth);
+        worth
+    }
+
+    async fn leave(&self) {
+        self.books.lock().await.helpers -= 1;
+    }
+}
+
+impl Books {
+    /// The batch opened at `first` is about to be sent: fence it.
+    fn sent(&mut self, first: u32, dest_validity: u32) {
+        let fence = self.dest_next;
+        if let Some((_, at)) = self.open.get_mut(&first) {
+            *at = Some(fence);
+        }
+        self.mark_in_flight(dest_validity);
+    }
+
+    /// The batch opened at `first` is settled up to `unconfirmed_from` (all of it if None);
+    /// the rest stays in flight under the batch's fence. The checkpoint's last_uid moves up
+    /// to just below the lowest batch still open or queued.
+    fn settled(&mut self, first: u32, unconfirmed_from: Option<u32>, dest_validity: u32, highest_batched: u32) {
+        if let Some((last, fence)) = self.open.remove(&first) {
+            if let Some(uid) = unconfirmed_from {
+                self.open.insert(uid, (last, fence));
+            }
+        }
+        let open = self.open.keys().next().copied();
+        let queued = self.batches.front().map(|batch| batch[0].uid);
+        let below = open.into_iter().chain(queued).min().map_or(highest_batched, |uid| uid - 1);
+        self.cp.last_uid = self.cp.last_uid.max(below);
+        self.mark_in_flight(dest_validity);
+    }
+
+    /// The checkpoint's in-flight mark covers every sent batch not settled yet, under the
+    /// lowest fence: whatever of them landed has a destination UID at or above it.
+    fn mark_in_flight(&mut self, dest_validity: u32) {
+        let sent = self.open.iter().filter_map(|(first, (last, fence))| fence.map(|f| (*first, *last, f)));
+        let covered = sent.fold(None, |acc: Option<(u32, u32, u32)>, (first, last, fence)| match acc {
+            None => Some((first, last, fence)),
+            Some((low, high, lowest)) => Some((low.min(first), high.max(last), lowest.min(fence))),
+        });
+        self.cp.in_flight = covered.map(|(low, high, _)| (low, high));
+        self.cp.fence = covered.map(|(_, _, fence)| (dest_validity, fence));
     }
 }
 
