@@ -3,6 +3,7 @@
 what a mailbox holds.
 
   load_corpus.py load  --port P --ca CA --user U --messages N [--seed S] [--multiappend N]
+                       [--folder F]
   load_corpus.py count --port P --ca CA --user U
 
 The password is read from the environment variable named by --password-env (default
@@ -13,7 +14,7 @@ The corpus (same --messages and --seed give the same bytes):
   * 15% multipart messages with a base64 attachment of 50 KB-2 MB (decoded), drawn
     log-uniformly with a bias towards small ones (40 ** (u ** 1.3)), which puts 5,000
     messages at about 450 MB, the size of the corpus peers were measured on (FACTS.md);
-  * spread over INBOX (60%), "Archive/2019" (25%) and "Sent Items" (15%);
+  * spread over INBOX (60%), "Archive/2019" (25%) and "Sent Items" (15%), or all in --folder;
   * flags \\Seen (80%), \\Answered (20%), \\Flagged (5%), keyword $Important (3%);
   * INTERNALDATEs spread over 2012-2024.
 
@@ -245,8 +246,10 @@ def load(args):
     --multiappend N as MULTIAPPEND batches of up to N messages, else as pipelined single
     APPENDs. Into an empty mailbox this is the destination's ceiling for an IMAP client."""
     corpus = [message(args.seed, i) for i in range(args.messages)]
+    if args.folder:
+        corpus = [(args.folder, flags, date, raw) for _, flags, date, raw in corpus]
     conn = login(args)
-    for name, _ in FOLDERS:
+    for name in sorted({folder for folder, _, _, _ in corpus}):
         if name != "INBOX":
             conn.simple(f"CREATE {quote(name)}")  # NO [ALREADYEXISTS] is fine
     started = time.monotonic()
@@ -400,6 +403,7 @@ def main():
     p.add_argument("--small", metavar="FOLDER", help="load: small messages into FOLDER (MULTIAPPEND); flags: the folder")
     p.add_argument("--multiappend", type=int, default=0, metavar="N",
                    help="load: MULTIAPPEND batches of up to N messages instead of single APPENDs")
+    p.add_argument("--folder", help="load: the whole corpus into FOLDER instead of spreading it")
     p.add_argument("--start", type=int, default=0, help="--small: number of the first message (flags: UIDs 1..START)")
     args = p.parse_args()
     try:

@@ -158,24 +158,29 @@ async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Re
     };
     let folders = if lone_to_copy { usize::MAX } else { prepared.plans.len() };
     let wanted = lead.options.connections_per_mailbox.min(folders).saturating_sub(1);
-    for _ in 0..wanted {
-        match Copier::connect(lead.job, lead.options, lead.store, lead.progress, lead.timebox).await {
-            Ok(helper) => helpers.push(helper),
-            Err(e) => {
-                // A server's per-user connection limit: go on with fewer.
-                tracing::info!(mailbox = %lead.job.mailbox, error = %e, "no further connection pair: copying with fewer");
-                break;
-            }
-        }
-    }
     let queue = std::sync::Mutex::new((0..prepared.plans.len()).collect::<VecDeque<_>>());
     let checkpoints = std::sync::Mutex::new(checkpoints);
-    let ends = futures::future::join_all(
-        std::iter::once(&mut *lead)
-            .chain(helpers.iter_mut())
-            .map(|copier| copier.work(&prepared, &queue, &checkpoints)),
-    )
-    .await;
+    // The lead starts on the folders at once; the other pairs log in side by side meanwhile
+    // (at 50 ms RTT a pair's TLS and login take most of a second) and join as they can.
+    let (job, options, store, progress, timebox) = (lead.job, lead.options, lead.store, lead.progress, lead.timebox);
+    let (prepared, queue, checkpoints) = (&prepared, &queue, &checkpoints);
+    let others = async {
+        let connected =
+            futures::future::join_all((0..wanted).map(|_| Copier::connect(job, options, store, progress, timebox)))
+                .await;
+        for helper in connected {
+            match helper {
+                Ok(helper) => helpers.push(helper),
+                // A server's per-user connection limit: go on with fewer.
+                Err(e) => {
+                    tracing::info!(mailbox = %job.mailbox, error = %e, "no further connection pair: copying with fewer")
+                }
+            }
+        }
+        futures::future::join_all(helpers.iter_mut().map(|helper| helper.work(prepared, queue, checkpoints))).await
+    };
+    let (lead_end, other_ends) = tokio::join!(lead.work(prepared, queue, checkpoints), others);
+    let ends = std::iter::once(lead_end).chain(other_ends);
     let mut folder_errors = Vec::new();
     let mut time_up = false;
     for end in ends {
@@ -770,7 +775,8 @@ impl Copier<'_> {
 
     /// Open `job`'s folder on both sides and send batches of it.
     async fn help_with(&mut self, job: &Appending) -> Result<Result<(), Stopped>, CopyError> {
-        let source = examine_folder(&mut self.source, &mut self.source_selected, &job.folder, &self.source_label).await?;
+        let source =
+            examine_folder(&mut self.source, &mut self.source_selected, &job.folder, &self.source_label).await?;
         let display = job.folder.destination_display();
         let destination = select_folder(
             &mut self.destination,
@@ -1124,10 +1130,11 @@ impl Copier<'_> {
             .map(|(m, _)| Queued { uid: m.uid, size: m.size, message_id: m.message_id })
             .collect();
         let sized: Vec<(u64, Action)> = copy.iter().map(|m| (m.size, Action::Copy)).collect();
-        let batches: VecDeque<Vec<Queued>> = plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages)
-            .into_iter()
-            .map(|range| copy[range].to_vec())
-            .collect();
+        let batches: VecDeque<Vec<Queued>> =
+            plan::batches(&sized, self.options.batch_bytes, self.options.batch_messages)
+                .into_iter()
+                .map(|range| copy[range].to_vec())
+                .collect();
         drop(copy);
         // Other connection pairs with no folder left help with a folder of several batches.
         let shared = batches.len() >= HELP_FROM_BATCHES && self.options.connections_per_mailbox > 1;
@@ -2094,7 +2101,16 @@ async fn select_folder(
     label: &str,
 ) -> Result<async_imap::types::Mailbox, CopyError> {
     *selected = None;
-    let mailbox = timed(session.select(raw)).await.map_err(|e| match e {
+    let mut selected_now = timed(session.select(raw)).await;
+    if let Err(async_imap::error::Error::No(reply)) = &selected_now {
+        // Dovecot creating an autocreated folder (auto = create) for another session at that
+        // moment answers SELECT with NO [ALREADYEXISTS]: seen with four pairs at once.
+        if reply.contains("ALREADYEXISTS") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            selected_now = timed(session.select(raw)).await;
+        }
+    }
+    let mailbox = selected_now.map_err(|e| match e {
         async_imap::error::Error::No(reply) => CopyError::Folder {
             side: Side::Destination,
             folder: display.to_string(),
@@ -2516,4 +2532,54 @@ async fn reconnect_source(
         });
     }
     Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(uids: std::ops::RangeInclusive<u32>) -> Vec<Queued> {
+        uids.map(|uid| Queued { uid, size: 1, message_id: None }).collect()
+    }
+
+    /// Batches settled out of order (several pairs append one folder): last_uid stays below
+    /// the lowest batch still open or queued, and the in-flight mark covers every sent batch
+    /// under the lowest fence.
+    #[test]
+    fn books_keep_every_open_batch_covered() {
+        let mut books = Books {
+            cp: FolderCheckpoint::default(),
+            ledger: FolderLedger::default(),
+            batches: VecDeque::from([batch(1..=10), batch(11..=20), batch(21..=30), batch(31..=40)]),
+            open: BTreeMap::new(),
+            helpers: 0,
+            dest_next: 100,
+        };
+        let take = |books: &mut Books| {
+            let b = books.batches.pop_front().unwrap();
+            books.open.insert(b[0].uid, (b[b.len() - 1].uid, None));
+        };
+        take(&mut books);
+        take(&mut books);
+        take(&mut books); // 21..=30 taken, not sent (prefetched)
+        books.sent(1, 7);
+        books.dest_next = 110;
+        books.sent(11, 7);
+        assert_eq!((books.cp.in_flight, books.cp.fence), (Some((1, 20)), Some((7, 100))));
+
+        // The second batch is confirmed first: nothing below the first moves last_uid.
+        books.dest_next = 120;
+        books.settled(11, None, 7, 40);
+        assert_eq!(books.cp.last_uid, 0);
+        assert_eq!((books.cp.in_flight, books.cp.fence), (Some((1, 10)), Some((7, 100))));
+
+        // The first is confirmed up to 5: 6..=10 stays in flight under its fence.
+        books.settled(1, Some(6), 7, 40);
+        assert_eq!(books.cp.last_uid, 5);
+        assert_eq!((books.cp.in_flight, books.cp.fence), (Some((6, 10)), Some((7, 100))));
+
+        // The rest of it lands: the taken, unsent 21..=30 holds last_uid at 20.
+        books.settled(6, None, 7, 40);
+        assert_eq!((books.cp.last_uid, books.cp.in_flight, books.cp.fence), (20, None, None));
+    }
 }
