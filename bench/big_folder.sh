@@ -174,5 +174,5 @@ if [ -z "$OUT" ]; then
     if [ "$MESSAGES" -ge 100000 ]; then OUT="$ROOT/bench/BIG_FOLDER.md"; else OUT="$DIR/BIG_FOLDER.md"; fi
 fi
 # Newest first; earlier runs stay below.
-{ echo "$TABLE"; [ -f "$OUT" ] && { echo; cat "$OUT"; }; } >"$OUT.new" && mv "$OUT.new" "$OUT"
+{ echo "$TABLE"; if [ -f "$OUT" ]; then echo; cat "$OUT"; fi; } >"$OUT.new" && mv "$OUT.new" "$OUT"
 log "table written to $OUT"

@@ -120,7 +120,7 @@ run "$LATENCY_MS ms" "$SRC_PROXY" "$DST_PROXY" "$PAIRS" true
 
 ratio() { python3 -c "print(round($1 / $2, 2))"; }
 TABLE="$(
-    echo "### One folder of $MESSAGES messages ($MB MB), 1 vs $PAIRS connection pairs ($(date -u +%Y-%m-%d), $(git rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "### One folder of $MESSAGES messages ($MB MB), 1 vs $PAIRS connection pairs ($(date -u +%Y-%m-%d), $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- common cli || echo "+changes"), load $(cut -d' ' -f1-3 /proc/loadavg))"
     echo
     echo "| added RTT | MULTIAPPEND | pairs | seconds | messages/min |"
     echo "|---|---|---:|---:|---:|"
@@ -131,5 +131,5 @@ TABLE="$(
         "$(ratio "${RATE[$LATENCY_MS ms/true/$PAIRS]}" "${RATE[$LATENCY_MS ms/true/1]}")× at $LATENCY_MS ms RTT."
 )"
 echo "$TABLE"
-{ echo "$TABLE"; [ -f "$OUT" ] && { echo; cat "$OUT"; }; } >"$OUT.new" && mv "$OUT.new" "$OUT"
+{ echo "$TABLE"; if [ -f "$OUT" ]; then echo; cat "$OUT"; fi; } >"$OUT.new" && mv "$OUT.new" "$OUT"
 log "table written to $OUT"

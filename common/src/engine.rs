@@ -137,10 +137,12 @@ pub async fn copy_mailbox(
     // sessions are simply dropped.
     if !lead.abandoned && result.is_ok() {
         let polite = Duration::from_secs(5);
-        for copier in std::iter::once(&mut lead).chain(helpers.iter_mut()).filter(|c| !c.abandoned) {
+        let pairs = std::iter::once(&mut lead).chain(helpers.iter_mut()).filter(|c| !c.abandoned);
+        futures::future::join_all(pairs.map(|copier| async move {
             let _ = tokio::time::timeout(polite, copier.source.logout()).await;
             let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
-        }
+        }))
+        .await;
     }
     result.map(|()| lead.outcome)
 }
@@ -201,10 +203,21 @@ async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Re
     let unchanged: HashSet<String> =
         std::iter::once(&*lead).chain(helpers.iter()).flat_map(|c| c.unchanged.iter().cloned()).collect();
     // Each destination folder is verified by the pair that still has it open (no second open
-    // of a big folder on either side), the others by the lead; the pairs verify side by side.
+    // of a big folder on either side), the others by each pair in turn; the pairs verify side
+    // by side (at 50 ms RTT a folder costs a few round trips).
     let open: Vec<Option<String>> =
         std::iter::once(&*lead).chain(helpers.iter()).map(|c| c.destination_selected.clone()).collect();
-    let verifier = |destination: &str| open.iter().position(|o| o.as_deref() == Some(destination)).unwrap_or(0);
+    let saved = checkpoints_by_folder(lead.store, &lead.job.mailbox).await?;
+    let mut in_turn = (0..open.len()).cycle();
+    let owners: HashMap<String, usize> = destination_folders(&prepared.plans, &prepared.layout, &saved)
+        .into_keys()
+        .map(|destination| {
+            let open_in = open.iter().position(|o| o.as_deref() == Some(destination.as_str()));
+            let owner = open_in.or_else(|| in_turn.next()).unwrap_or(0);
+            (destination, owner)
+        })
+        .collect();
+    let verifier = |destination: &str| owners.get(destination).copied().unwrap_or(0);
     let (prepared, unchanged, verifier) = (&prepared, &unchanged, &verifier);
     let verified = futures::future::join_all(std::iter::once(&mut *lead).chain(helpers.iter_mut()).enumerate().map(
         |(index, copier)| {
@@ -1623,15 +1636,7 @@ impl Copier<'_> {
         mine: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<(String, Verdict)>, CopyError> {
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
-        let mut by_destination: BTreeMap<String, Vec<&FolderPlan>> = BTreeMap::new();
-        for folder in plans {
-            let destination = checkpoints
-                .get(&folder.source_raw)
-                .map(|c| c.destination_folder.clone())
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| folder.destination_raw(layout.delimiter));
-            by_destination.entry(destination).or_default().push(folder);
-        }
+        let mut by_destination = destination_folders(plans, layout, &checkpoints);
         let mut verdicts = Vec::new();
         by_destination.retain(|destination, _| mine(destination));
         for (destination_raw, members) in by_destination {
@@ -2172,6 +2177,24 @@ async fn checkpoints_by_folder(
 ) -> Result<HashMap<String, FolderCheckpoint>, CopyError> {
     let saved = store.load_folders(mailbox).await?;
     Ok(saved.into_iter().map(|c| (c.source_folder.clone(), c)).collect())
+}
+
+/// The source folders going into each destination folder (raw names).
+fn destination_folders<'p>(
+    plans: &'p [FolderPlan],
+    layout: &DestinationLayout,
+    checkpoints: &HashMap<String, FolderCheckpoint>,
+) -> BTreeMap<String, Vec<&'p FolderPlan>> {
+    let mut by_destination: BTreeMap<String, Vec<&FolderPlan>> = BTreeMap::new();
+    for folder in plans {
+        let destination = checkpoints
+            .get(&folder.source_raw)
+            .map(|c| c.destination_folder.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| folder.destination_raw(layout.delimiter));
+        by_destination.entry(destination).or_default().push(folder);
+    }
+    by_destination
 }
 
 fn fresh_checkpoint(folder: &FolderPlan, destination_raw: &str, uid_validity: u32) -> FolderCheckpoint {
