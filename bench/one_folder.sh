@@ -60,7 +60,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$TESTENV" up --dir "$DIR" --users 9 --messages 1 --latency-ms "$LATENCY_MS" >"$DIR/testenv.log" 2>&1 </dev/null &
+"$TESTENV" up --dir "$DIR" --users 8 --messages 1 --latency-ms "$LATENCY_MS" >"$DIR/testenv.log" 2>&1 </dev/null &
 ENV_PID=$!
 for _ in $(seq 1 600); do
     [ -f "$DIR/batch.csv" ] && break
@@ -115,8 +115,10 @@ for multi in true false; do
     run "0 ms" "$SRC_DIRECT" "$DST_DIRECT" 1 "$multi"
     run "0 ms" "$SRC_DIRECT" "$DST_DIRECT" "$PAIRS" "$multi"
 done
-run "$LATENCY_MS ms" "$SRC_PROXY" "$DST_PROXY" 1 true
-run "$LATENCY_MS ms" "$SRC_PROXY" "$DST_PROXY" "$PAIRS" true
+for multi in true false; do
+    run "$LATENCY_MS ms" "$SRC_PROXY" "$DST_PROXY" 1 "$multi"
+    run "$LATENCY_MS ms" "$SRC_PROXY" "$DST_PROXY" "$PAIRS" "$multi"
+done
 
 ratio() { python3 -c "print(round($1 / $2, 2))"; }
 TABLE="$(
@@ -128,7 +130,8 @@ TABLE="$(
     echo
     echo "$PAIRS pairs / 1 pair: $(ratio "${RATE[0 ms/true/$PAIRS]}" "${RATE[0 ms/true/1]}")× on loopback," \
         "$(ratio "${RATE[0 ms/false/$PAIRS]}" "${RATE[0 ms/false/1]}")× on loopback without MULTIAPPEND," \
-        "$(ratio "${RATE[$LATENCY_MS ms/true/$PAIRS]}" "${RATE[$LATENCY_MS ms/true/1]}")× at $LATENCY_MS ms RTT."
+        "$(ratio "${RATE[$LATENCY_MS ms/true/$PAIRS]}" "${RATE[$LATENCY_MS ms/true/1]}")× at $LATENCY_MS ms RTT," \
+        "$(ratio "${RATE[$LATENCY_MS ms/false/$PAIRS]}" "${RATE[$LATENCY_MS ms/false/1]}")× at $LATENCY_MS ms RTT without MULTIAPPEND."
 )"
 echo "$TABLE"
 { echo "$TABLE"; if [ -f "$OUT" ]; then echo; cat "$OUT"; fi; } >"$OUT.new" && mv "$OUT.new" "$OUT"
