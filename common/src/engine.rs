@@ -18,6 +18,7 @@ use crate::error::{CopyError, Side};
 use crate::folders::{self, DestinationLayout, FolderPlan, ListedFolder, Role};
 use crate::imap::append::{self, AppendMessage, Appended, LiteralMode, MultiAppended};
 use crate::imap::conn::{classify, throttle_hint};
+use crate::imap::create::Created;
 use crate::imap::fetch::{self, Completion, Fetched};
 use crate::imap::namespace::{Kind as NamespaceKind, Namespace, Namespaces};
 use crate::imap::{connect, Caps, Session};
@@ -571,12 +572,28 @@ impl Copier<'_> {
             .collect();
         self.outcome.folders = plans.len();
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
+        // Every missing destination folder, parents first, created in one round trip.
+        let mut planned = existing.clone();
+        let mut missing = Vec::new();
         for folder in &plans {
-            let destination_raw = destination_of(folder, checkpoints.get(&folder.source_raw), &layout, &existing);
-            match self.ensure_destination_folder(folder, &destination_raw, layout.delimiter, &mut existing).await {
-                // A folder that cannot be created is reported when its copy tries again.
-                Ok(()) | Err(CopyError::Folder { .. }) => {}
-                Err(other) => return Err(other),
+            let destination_raw = destination_of(folder, checkpoints.get(&folder.source_raw), &layout, &planned);
+            for name in missing_levels(folder, &destination_raw, layout.delimiter, &planned) {
+                planned.insert(name.clone());
+                missing.push(name);
+            }
+        }
+        let created = crate::imap::create::create_all(&mut self.destination, &mut self.destination_tags, &missing)
+            .await
+            .map_err(|detail| self.lost(Side::Destination, detail))?;
+        for (name, created) in missing.into_iter().zip(created) {
+            match created {
+                Created::Exists => {
+                    existing.insert(name);
+                }
+                // Reported when the folder's copy tries again (one CREATE at a time).
+                Created::Refused(words) => {
+                    tracing::info!(mailbox = %self.job.mailbox, folder = %name, %words, "CREATE refused");
+                }
             }
         }
         // All Mail last: it defers to the label folders, which must have been copied first.
@@ -1592,16 +1609,8 @@ impl Copier<'_> {
         delimiter: char,
         existing: &mut BTreeSet<String>,
     ) -> Result<(), CopyError> {
-        if existing.contains(raw) || raw.eq_ignore_ascii_case("INBOX") {
-            return Ok(());
-        }
-        let mut needed: Vec<Vec<String>> = folders::parents(&folder.destination);
-        needed.push(folder.destination.clone());
-        for levels in needed {
+        for levels in missing_level_names(folder, raw, delimiter, existing) {
             let name = crate::mutf7::encode(&levels.join(&delimiter.to_string()));
-            if existing.contains(&name) {
-                continue;
-            }
             let quoted = append::quote(&name);
             match timed(self.destination.run_command_and_check_ok(format!("CREATE {quoted}"))).await {
                 Ok(()) => {}
@@ -2177,6 +2186,31 @@ async fn checkpoints_by_folder(
 ) -> Result<HashMap<String, FolderCheckpoint>, CopyError> {
     let saved = store.load_folders(mailbox).await?;
     Ok(saved.into_iter().map(|c| (c.source_folder.clone(), c)).collect())
+}
+
+/// The destination folders (as levels) to create for `folder` going into `raw`: its parents
+/// and itself, those not in `existing`. None for INBOX or a folder that exists.
+fn missing_level_names(
+    folder: &FolderPlan,
+    raw: &str,
+    delimiter: char,
+    existing: &BTreeSet<String>,
+) -> Vec<Vec<String>> {
+    if existing.contains(raw) || raw.eq_ignore_ascii_case("INBOX") {
+        return Vec::new();
+    }
+    let mut needed: Vec<Vec<String>> = folders::parents(&folder.destination);
+    needed.push(folder.destination.clone());
+    needed.retain(|levels| !existing.contains(&crate::mutf7::encode(&levels.join(&delimiter.to_string()))));
+    needed
+}
+
+/// [`missing_level_names`] as raw names.
+fn missing_levels(folder: &FolderPlan, raw: &str, delimiter: char, existing: &BTreeSet<String>) -> Vec<String> {
+    missing_level_names(folder, raw, delimiter, existing)
+        .iter()
+        .map(|levels| crate::mutf7::encode(&levels.join(&delimiter.to_string())))
+        .collect()
 }
 
 /// The source folders going into each destination folder (raw names).

@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod conn;
+pub mod create;
 pub mod deflate;
 pub mod fetch;
 pub mod namespace;

@@ -99,7 +99,7 @@ pub async fn schedule(
     }
     match request {
         ScheduleRequest::DeltaNow => t.delta_now(batch).await?,
-        ScheduleRequest::Stop => t.set_schedule_state(batch, "stopped").await?,
+        ScheduleRequest::Stop => t.stop_schedule(batch).await?,
     };
     t.schedule(batch).await?.ok_or_else(|| CliError::NoSchedule(batch.into()))
 }

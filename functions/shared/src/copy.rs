@@ -179,9 +179,21 @@ async fn with_lease(
             what: format!("all {} connection slots of {host} are in use", job.max_connections_per_source_host),
         });
     };
-    let result = copy_pass(svc, job, &mut record, receive_count, receipt_handle, until, budget).await;
-    if let Err(e) = svc.table.release_slot(&host, slot, owner).await {
-        warn!(error = %e, "could not release the connection slot; it expires by itself");
+    // More pairs of connections, one slot each, as far as the host has free slots now: a big
+    // mailbox then goes connections_per_mailbox wide (its idle pairs help append a big folder).
+    let mut slots = vec![(slot, owner.to_string())];
+    for pair in 1..job.options.connections_per_mailbox {
+        let holder = format!("{owner}#pair{pair}");
+        match svc.table.acquire_slot(&host, job.max_connections_per_source_host, &holder, until).await? {
+            Some(slot) => slots.push((slot, holder)),
+            None => break,
+        }
+    }
+    let result = copy_pass(svc, job, &mut record, (receive_count, receipt_handle), until, budget, slots.len()).await;
+    for (slot, holder) in &slots {
+        if let Err(e) = svc.table.release_slot(&host, *slot, holder).await {
+            warn!(error = %e, "could not release the connection slot; it expires by itself");
+        }
     }
     result
 }
@@ -252,10 +264,10 @@ async fn copy_pass(
     svc: &Services,
     job: &JobMessage,
     record: &mut MailboxRecord,
-    receive_count: u32,
-    receipt_handle: Option<&str>,
+    (receive_count, receipt_handle): (u32, Option<&str>),
     until: i64,
     budget: Duration,
+    pairs: usize,
 ) -> Result<JobOutcome, JobError> {
     let mut job_with_passwords = job.clone();
     if let Err(reason) = fill_passwords(svc, &mut job_with_passwords).await? {
@@ -294,9 +306,8 @@ async fn copy_pass(
     let mut timebox = TimeBox::unlimited();
     timebox.deadline = Some(tokio::time::Instant::now() + budget);
     let started = Instant::now();
-    // One host slot is held per pass, so one pair of connections (splitting a mailbox across
-    // functions is the serverless pipeline's own way to go wide).
-    let options = mailhaul_common::model::CopyOptions { connections_per_mailbox: 1, ..job.options.clone() };
+    // One host slot is held per pair of connections.
+    let options = mailhaul_common::model::CopyOptions { connections_per_mailbox: pairs, ..job.options.clone() };
     // Boxed: the engine's future is deep enough to overflow the compiler's layout recursion.
     let result = Box::pin(copy_mailbox(&job_with_passwords.job, &options, &checkpoints, &LogProgress, &timebox)).await;
     drop(job_with_passwords);

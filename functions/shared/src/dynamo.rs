@@ -141,6 +141,11 @@ pub struct Table {
     name: String,
 }
 
+/// `#st`: the schedule item's state attribute (`st`).
+fn schedule_state_name() -> HashMap<String, String> {
+    HashMap::from([("#st".to_string(), "st".to_string())])
+}
+
 fn batch_pk(batch: &str) -> String {
     format!("BATCH#{batch}")
 }
@@ -196,17 +201,26 @@ impl Table {
     }
 
     /// Every item under `pk` whose sort key starts with `prefix`, following pages.
+    /// Every item of `pk` whose sort key begins with `prefix` (all of them for "").
     async fn query(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
+        // DynamoDB refuses an empty string in a key condition.
+        let (condition, prefix) = match prefix {
+            "" => ("pk = :pk", None),
+            prefix => ("pk = :pk AND begins_with(sk, :p)", Some(s(prefix))),
+        };
         loop {
             let out = self
                 .client
                 .query()
                 .table_name(&self.name)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":p", s(prefix))
+                .key_condition_expression(condition)
+                .set_expression_attribute_values(Some(
+                    std::iter::once((":pk".to_string(), s(pk)))
+                        .chain(prefix.clone().map(|p| (":p".to_string(), p)))
+                        .collect(),
+                ))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
@@ -466,12 +480,11 @@ impl Table {
         next_at: i64,
         delta: &str,
     ) -> Result<bool, StoreError> {
-        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
         self.update_if(
             key("SCHEDULE", batch_pk(batch)),
             "SET next_at = :next, last_delta = :d ADD deltas :one",
             Some("next_at = :seen AND #st = :on"),
-            names,
+            schedule_state_name(),
             HashMap::from([
                 (":next".into(), n(next_at)),
                 (":d".into(), s(delta)),
@@ -486,28 +499,38 @@ impl Table {
 
     /// `mailhaul submit --delta`: the next pass is due now. False when there is no live schedule.
     pub async fn delta_now(&self, batch: &str) -> Result<bool, StoreError> {
-        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
         self.update_if(
             key("SCHEDULE", batch_pk(batch)),
             "SET next_at = :now",
             Some("#st = :on"),
-            names,
+            schedule_state_name(),
             HashMap::from([(":now".into(), n(now_epoch())), (":on".into(), s("on"))]),
             batch,
         )
         .await
     }
 
-    /// Sets the schedule's state: `stopped` (`mailhaul submit --stop`, only while on) or
-    /// `ended` (the sweeper, once the passwords are deleted).
-    pub async fn set_schedule_state(&self, batch: &str, state: &str) -> Result<bool, StoreError> {
-        let names = HashMap::from([("#st".to_string(), "st".to_string())]);
-        let condition = if state == "stopped" { "#st = :on" } else { "attribute_exists(pk)" };
-        let mut values = HashMap::from([(":s".into(), s(state))]);
-        if state == "stopped" {
-            values.insert(":on".into(), s("on"));
-        }
-        self.update_if(key("SCHEDULE", batch_pk(batch)), "SET #st = :s", Some(condition), names, values, batch).await
+    /// `mailhaul submit --stop`: no more passes; the sweeper ends the schedule. Only a
+    /// schedule that is on can be stopped.
+    pub async fn stop_schedule(&self, batch: &str) -> Result<bool, StoreError> {
+        let values = HashMap::from([(":s".into(), s("stopped")), (":on".into(), s("on"))]);
+        self.update_if(
+            key("SCHEDULE", batch_pk(batch)),
+            "SET #st = :s",
+            Some("#st = :on"),
+            schedule_state_name(),
+            values,
+            batch,
+        )
+        .await
+    }
+
+    /// The sweeper, once the passwords are deleted and the end announced.
+    pub async fn end_schedule(&self, batch: &str) -> Result<bool, StoreError> {
+        let values = HashMap::from([(":s".into(), s("ended"))]);
+        let exists = Some("attribute_exists(pk)");
+        self.update_if(key("SCHEDULE", batch_pk(batch)), "SET #st = :s", exists, schedule_state_name(), values, batch)
+            .await
     }
 
     // ---- "mailbox in a running batch" claims ----
@@ -823,6 +846,12 @@ impl Table {
     /// Gives a slot back, if `owner` still holds it.
     pub async fn release_slot(&self, host: &str, slot: usize, owner: &str) -> Result<(), StoreError> {
         self.give_back(format!("SLOT#{host}"), slot.to_string(), owner).await
+    }
+
+    /// Whether someone holds an unexpired lease on `mailbox` (for tests and status).
+    pub async fn lease_held(&self, mailbox: &str) -> Result<bool, StoreError> {
+        let now = now_epoch();
+        Ok(self.query(&format!("LEASE#{mailbox}"), "").await?.iter().any(|i| get_n(i, "expires_at") as i64 >= now))
     }
 
     /// How many slots of `host` are held now (for tests and status).

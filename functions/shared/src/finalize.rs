@@ -75,6 +75,8 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
     };
     let prefix = format!("reports/{batch}");
     let uri = |name: &str| format!("s3://{bucket}/{prefix}/{name}");
+    // Read once: it decides about the passwords and is announced.
+    let next_delta_at = crate::schedule::next_delta_at(svc, batch).await?;
     let finished_at = if state.state == "completed" {
         let finished_at = state.finished_at.unwrap_or_else(Utc::now);
         if state.announced || (Utc::now() - finished_at).num_seconds() < ANNOUNCE_AT_MOST_SECONDS {
@@ -99,7 +101,7 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
             .await?;
         svc.objects.put(&bucket, &format!("{prefix}/failed.csv"), report.failed_csv(), csv_type).await?;
         // With delta passes scheduled, the schedule deletes them when it ends.
-        if crate::schedule::next_delta_at(svc, batch).await?.is_none() {
+        if next_delta_at.is_none() {
             for name in &state.secrets {
                 svc.secrets.delete(name).await?;
             }
@@ -130,7 +132,7 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
         report_link_expires_at: Utc::now()
             + chrono::Duration::from_std(svc.config.report_link).unwrap_or(chrono::Duration::days(7)),
         failed_csv: uri("failed.csv"),
-        next_delta_at: crate::schedule::next_delta_at(svc, batch).await?,
+        next_delta_at,
     };
     let value = serde_json::to_value(&detail).map_err(|e| FinalizeError::BadMessage(e.to_string()))?;
     svc.notifier.event(BATCH_COMPLETED, &value).await?;

@@ -60,7 +60,8 @@ pub async fn tend(svc: &Services, schedule: &Schedule, now: i64) -> Result<Tende
         for name in &first.secrets {
             svc.secrets.delete(name).await?;
         }
-        svc.table.set_schedule_state(&schedule.batch, "ended").await?;
+        // Announced before the schedule is marked ended: a sweep that dies in between
+        // announces it again (at least once), rather than never.
         let reason = if schedule.state == "stopped" { "stopped" } else { "until" };
         let detail =
             DeltaScheduleEnded { batch: schedule.batch.clone(), deltas: schedule.deltas, reason: reason.to_string() };
@@ -77,6 +78,7 @@ pub async fn tend(svc: &Services, schedule: &Schedule, now: i64) -> Result<Tende
                 ),
             )
             .await?;
+        svc.table.end_schedule(&schedule.batch).await?;
         info!(batch = %schedule.batch, deltas = schedule.deltas, reason, "delta schedule ended, passwords deleted");
         return Ok(Tended::Ended);
     }

@@ -3,7 +3,7 @@
 //! moto cannot run Lambdas, so the test is the Lambda service: it takes real S3 event and SQS
 //! messages from moto's queues and calls the handlers with `LambdaEvent`s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +16,7 @@ use mailhaul_aws::config::{Config, NotifyTargets};
 use mailhaul_aws::messages::JobMessage;
 use mailhaul_aws::Services;
 use mailhaul_tests::corpus;
-use mailhaul_tests::dovecot::{Dovecot, DovecotOptions};
+use mailhaul_tests::dovecot::{Dovecot, DovecotOptions, Layout};
 use mailhaul_tests::imap::{dump, seed};
 use mailhaul_tests::moto::Moto;
 
@@ -776,10 +776,16 @@ async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<(
     let job: JobMessage = serde_json::from_str(message.body.as_deref().unwrap_or(""))?;
     assert_eq!(job.seq, 0);
     let deadline = SystemTime::now() + Duration::from_secs(30);
-    let (a, b) = tokio::join!(
-        mailhaul_aws::copy::process_message(&stack.svc, &message, deadline),
-        mailhaul_aws::copy::process_message(&stack.svc, &message, deadline)
-    );
+    // moto serves requests on threads with no lock around a conditional write, so two puts
+    // at the same instant can both pass its condition (DynamoDB's are atomic): the second
+    // delivery starts once the first holds the lease, while it copies.
+    let second = async {
+        while !stack.svc.table.lease_held(&job.job.mailbox).await? {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok::<_, anyhow::Error>(mailhaul_aws::copy::process_message(&stack.svc, &message, deadline).await?)
+    };
+    let (a, b) = tokio::join!(mailhaul_aws::copy::process_message(&stack.svc, &message, deadline), second);
     let (a, b) = (a?, b?);
     let busy = |o: &mailhaul_aws::copy::JobOutcome| matches!(o, mailhaul_aws::copy::JobOutcome::Busy { .. });
     assert!(busy(&a) != busy(&b), "exactly one delivery copies, the other waits: {a:?} / {b:?}");
@@ -1341,7 +1347,8 @@ async fn a_row_whose_mailbox_another_batch_is_running_is_refused_alone_with_the_
 /// the client sends (`SELECT`, `UID FETCH`, ...), to count what a pass costs the server.
 struct CommandLog {
     port: u16,
-    commands: Arc<Mutex<Vec<String>>>,
+    /// (connection number, command name) in the order sent.
+    commands: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl CommandLog {
@@ -1351,8 +1358,10 @@ impl CommandLog {
         let commands = Arc::new(Mutex::new(Vec::new()));
         let log = commands.clone();
         tokio::spawn(async move {
+            let mut connection = 0;
             while let Ok((client, _)) = listener.accept().await {
                 let log = log.clone();
+                connection += 1;
                 tokio::spawn(async move {
                     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
                     let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
@@ -1372,7 +1381,7 @@ impl CommandLog {
                                 ("UID", Some(sub)) => format!("UID {}", sub.to_ascii_uppercase()),
                                 _ => cmd,
                             };
-                            log.lock().unwrap().push(name);
+                            log.lock().unwrap().push((connection, name));
                         }
                         if server_write.write_all(&line).await.is_err() {
                             break;
@@ -1387,8 +1396,41 @@ impl CommandLog {
     }
 
     fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.commands.lock().unwrap())
+        std::mem::take(&mut *self.commands.lock().unwrap()).into_iter().map(|(_, name)| name).collect()
     }
+
+    /// The connections that sent `command`.
+    fn connections_sending(&self, command: &str) -> BTreeSet<usize> {
+        self.commands.lock().unwrap().iter().filter(|(_, name)| name == command).map(|(c, _)| *c).collect()
+    }
+}
+
+/// A big mailbox goes `connections_per_mailbox` wide in one copy function, one source-host
+/// slot per pair of connections, as far as the host has free slots: here three pairs are
+/// asked for and the host allows two, so two connections append to the one folder. The
+/// slots are given back after the pass.
+#[tokio::test]
+async fn a_copy_pass_takes_a_host_slot_per_connection_pair_as_far_as_free() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("wide", "pw-wide-src")]).layout(Layout::None))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("wide", "pw-wide-dst")]).layout(Layout::None))?;
+    seed(&src, "wide", "pw-wide-src", "INBOX", &corpus::mailbox("wide", 120)).await?;
+    let log = CommandLog::start(dst.imap_port).await?;
+    let mut stack = Stack::start().await?;
+    let settings = format!(
+        "max_connections_per_source_host = 2\n[source]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[destination]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[copy]\nbatch_messages = 4\nconnections_per_mailbox = 3\n",
+        src.imap_port, log.port
+    );
+    let csv = "source_user,source_password,destination_user,destination_password\nwide,pw-wide-src,wide,pw-wide-dst\n";
+    let batch = submitted(&stack.upload("wide", csv, &settings).await?)?;
+    stack.drain(&batch, Duration::from_secs(60), Duration::from_secs(60)).await?;
+    let appending = log.connections_sending("APPEND");
+    assert_eq!(appending.len(), 2, "two slots, two connections appending: {appending:?}");
+    assert_eq!(stack.svc.table.slots_held(&format!("127.0.0.1:{}", src.imap_port)).await?, 0, "slots given back");
+    let records = mailhaul_common::ports::BatchStore::mailboxes(&stack.svc.table.batch_store(&batch)).await?;
+    assert_eq!(records[0].status, mailhaul_common::model::MailboxStatus::Done, "{records:?}");
+    assert_eq!(contents(&dst, "wide", "pw-wide-dst").await?, contents(&src, "wide", "pw-wide-src").await?);
+    Ok(())
 }
 
 /// An unchanged folder costs its EXAMINE and nothing else: its verdict is kept from the
@@ -1547,10 +1589,12 @@ impl Function {
     fn start(package: &str, env: &HashMap<String, String>) -> Result<Function> {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(package.trim_start_matches("mailhaul-"));
-        // scripts/setup.sh installs cargo-lambda into its lint virtualenv.
-        let venv = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/mailhaul/lint-venv/bin/cargo-lambda");
-        let program = if venv.exists() { venv } else { "cargo-lambda".into() };
+        // scripts/setup.sh installs cargo-lambda into its lint virtualenv ($MAILHAUL_LINT_VENV).
+        let venv = std::env::var_os("MAILHAUL_LINT_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mailhaul/lint-venv")
+        });
+        let installed = venv.join("bin/cargo-lambda");
+        let program = if installed.exists() { installed } else { "cargo-lambda".into() };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = tempfile::NamedTempFile::new()?.into_temp_path().keep()?;
         let child = std::process::Command::new(&program)
