@@ -821,7 +821,7 @@ impl Copier<'_> {
             return Ok(Ok(()));
         }
         tracing::debug!(mailbox = %self.job.mailbox, folder = %job.folder.source_display, "helping with a folder");
-        self.append_batches(job).await
+        self.append_batches(job, true).await
     }
 
     /// Copy what is new in one folder. `Ok(Err(TimeUp))` when stopped with more to do.
@@ -1176,12 +1176,13 @@ impl Copier<'_> {
             accepted,
             retry,
             highest_batched: batches.back().and_then(|b| b.last()).map_or(0, |m| m.uid),
+            help_until: self.multiappend.then(|| u32::try_from(self.options.big_folder_messages).unwrap_or(u32::MAX)),
             books: tokio::sync::Mutex::new(Books { cp, ledger, batches, open: BTreeMap::new(), helpers: 0, dest_next }),
         });
         if shared {
             prepared.appending.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         }
-        let sent = self.append_batches(&job).await;
+        let sent = self.append_batches(&job, false).await;
         if shared {
             prepared.appending.lock().unwrap_or_else(|p| p.into_inner()).retain(|other| !Arc::ptr_eq(other, &job));
         }
@@ -1218,10 +1219,11 @@ impl Copier<'_> {
         Ok(Ok(()))
     }
 
-    /// Send batches of `job` until none is left, time is up or a side fails. The source
-    /// fetches batch N+1 while the destination appends batch N: at most two batches of
-    /// bodies in memory per connection pair, and neither server waits for the other.
-    async fn append_batches(&mut self, job: &Appending) -> Result<Result<(), Stopped>, CopyError> {
+    /// Send batches of `job` until none is left (for a `helping` pair: none it should take),
+    /// time is up or a side fails. The source fetches batch N+1 while the destination appends
+    /// batch N: at most two batches of bodies in memory per connection pair, and neither
+    /// server waits for the other.
+    async fn append_batches(&mut self, job: &Appending, helping: bool) -> Result<Result<(), Stopped>, CopyError> {
         let mut ready: Option<(Vec<Queued>, FetchedBatch)> = None;
         loop {
             // A batch taken and not sent stays open in the books: the checkpoint's last_uid
@@ -1232,7 +1234,7 @@ impl Copier<'_> {
             let (batch, fetched) = match ready.take() {
                 Some(ready) => ready,
                 None => {
-                    let Some(batch) = job.take().await else { return Ok(Ok(())) };
+                    let Some(batch) = job.take(helping).await else { return Ok(Ok(())) };
                     let mut link = SourceLink {
                         session: &mut self.source,
                         endpoint: &self.job.source,
@@ -1252,7 +1254,7 @@ impl Copier<'_> {
                 books.sent(uids[0], job.dest_validity);
                 self.store.save_folder(&self.job.mailbox, &books.cp).await?;
             }
-            let next = job.take().await;
+            let next = job.take(helping).await;
             let timebox = self.timebox;
             let (appended, fetched_next) = {
                 let append = append_fetched(
@@ -1862,6 +1864,12 @@ struct Appending {
     retry: Vec<u32>,
     /// The last source UID of the last batch.
     highest_batched: u32,
+    /// Helpers stop once the destination folder's UIDs pass this. Dovecot maildir makes
+    /// every session re-read a big folder's uidlist after another's transaction: a 100,000
+    /// message copy took 61 s with two pairs against 44 s with one (loopback). So with
+    /// MULTIAPPEND (Dovecot, Cyrus: the server's time per batch dominates) help ends at
+    /// `big_folder_messages`; without it (Exchange, Gmail: round trips dominate) it does not.
+    help_until: Option<u32>,
     books: tokio::sync::Mutex<Books>,
 }
 
@@ -1881,9 +1889,13 @@ struct Books {
 }
 
 impl Appending {
-    /// The next batch to send, open in the books from now on.
-    async fn take(&self) -> Option<Vec<Queued>> {
+    /// The next batch to send, open in the books from now on. None for a helper once the
+    /// destination folder is past `help_until`.
+    async fn take(&self, helping: bool) -> Option<Vec<Queued>> {
         let mut books = self.books.lock().await;
+        if helping && self.help_until.is_some_and(|until| books.dest_next > until) {
+            return None;
+        }
         let batch = books.batches.pop_front()?;
         books.open.insert(batch[0].uid, (batch[batch.len() - 1].uid, None));
         Some(batch)
@@ -1892,7 +1904,8 @@ impl Appending {
     /// Join as a helper if there is enough left to be worth opening the folder.
     async fn join(&self) -> bool {
         let mut books = self.books.lock().await;
-        let worth = books.batches.len() >= HELP_FROM_BATCHES;
+        let past = self.help_until.is_some_and(|until| books.dest_next > until);
+        let worth = books.batches.len() >= HELP_FROM_BATCHES && !past;
         books.helpers += usize::from(worth);
         worth
     }
@@ -2638,5 +2651,41 @@ mod tests {
         // The rest of it lands: the taken, unsent 21..=30 holds last_uid at 20.
         books.settled(6, None, 7, 40);
         assert_eq!((books.cp.last_uid, books.cp.in_flight, books.cp.fence), (20, None, None));
+    }
+
+    /// With `help_until`, helpers stop taking batches once the destination folder's UIDs pass
+    /// it; the pair that opened the folder goes on to the end.
+    #[tokio::test]
+    async fn helpers_stop_past_help_until() {
+        let job = Appending {
+            folder: FolderPlan {
+                source_raw: "INBOX".into(),
+                source_display: "INBOX".into(),
+                destination: vec!["INBOX".into()],
+                renamed: None,
+                all_mail: false,
+            },
+            destination_raw: "INBOX".into(),
+            uid_validity: 1,
+            dest_validity: 1,
+            accepted: AcceptedFlags { listed: BTreeSet::new(), any_keyword: true },
+            retry: Vec::new(),
+            highest_batched: 40,
+            help_until: Some(100),
+            books: tokio::sync::Mutex::new(Books {
+                cp: FolderCheckpoint::default(),
+                ledger: FolderLedger::default(),
+                batches: VecDeque::from([batch(1..=10), batch(11..=20), batch(21..=30), batch(31..=40)]),
+                open: BTreeMap::new(),
+                helpers: 0,
+                dest_next: 90,
+            }),
+        };
+        assert!(job.join().await, "below the mark: worth helping");
+        assert!(job.take(true).await.is_some());
+        job.books.lock().await.dest_next = 101;
+        assert!(job.take(true).await.is_none(), "past the mark: a helper takes nothing more");
+        assert!(!job.join().await, "and no pair joins");
+        assert!(job.take(false).await.is_some(), "the pair that opened the folder goes on");
     }
 }
