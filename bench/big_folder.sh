@@ -155,7 +155,7 @@ PY
 read -r LEDGER_ROWS LEDGER_MESSAGES LEDGER_BYTES <<<"$LEDGER"
 
 TABLE="$(
-    echo "### One folder of $MESSAGES small messages, loopback ($(date -u +%Y-%m-%d), load $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "### One folder of $MESSAGES small messages, loopback ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- common cli || echo "+changes"), load $(cut -d' ' -f1-3 /proc/loadavg))"
     echo
     echo "| pass | seconds | peak RSS MB | copied (all passes) | flags updated (all passes) |"
     echo "|---|---:|---:|---:|---:|"
