@@ -816,9 +816,21 @@ impl Copier<'_> {
             &self.destination_label,
         )
         .await?;
-        if source.uid_validity != Some(job.uid_validity) || destination.uid_validity != Some(job.dest_validity) {
-            // Renumbered since the folder was listed: the pair that listed it finds out.
-            return Ok(Ok(()));
+        let changed = if source.uid_validity != Some(job.uid_validity) {
+            Some((Side::Source, job.folder.source_display.clone()))
+        } else if destination.uid_validity != Some(job.dest_validity) {
+            Some((Side::Destination, display))
+        } else {
+            None
+        };
+        if let Some((side, folder)) = changed {
+            // Renumbered since the folder was listed: this pair stays out, the pass ends with
+            // this error and the next one rescans the folder (its ledger no longer applies).
+            return Err(CopyError::Folder {
+                side,
+                folder,
+                detail: "UIDVALIDITY changed during the copy: the next pass rescans it".into(),
+            });
         }
         tracing::debug!(mailbox = %self.job.mailbox, folder = %job.folder.source_display, "helping with a folder");
         self.append_batches(job, true).await
@@ -1167,7 +1179,11 @@ impl Copier<'_> {
                 .collect();
         drop(copy);
         // Other connection pairs with no folder left help with a folder of several batches.
-        let shared = batches.len() >= HELP_FROM_BATCHES && self.options.connections_per_mailbox > 1;
+        // Helpers check both UIDVALIDITYs when they open the folder: not without them.
+        let shared = batches.len() >= HELP_FROM_BATCHES
+            && self.options.connections_per_mailbox > 1
+            && uid_validity != 0
+            && dest_validity != 0;
         let job = Arc::new(Appending {
             folder: folder.clone(),
             destination_raw: destination_raw.clone(),
