@@ -572,7 +572,7 @@ impl Copier<'_> {
             .collect();
         self.outcome.folders = plans.len();
         let checkpoints = checkpoints_by_folder(self.store, &self.job.mailbox).await?;
-        // Every missing destination folder, parents first, created in one round trip.
+        // Every missing destination folder, parents first, created in two round trips.
         let mut planned = existing.clone();
         let mut missing = Vec::new();
         for folder in &plans {
