@@ -92,6 +92,13 @@ pub async fn status(batch: &str, table: &str, json: bool) -> anyhow::Result<u8> 
     let pending = s.total.saturating_sub(s.done + s.failed);
     eprintln!("batch {batch}: {} ({} done, {} failed, {pending} to go of {})", s.state, s.done, s.failed, s.total);
     eprint!("{}", report.summary_table());
+    if !status.parts.is_empty() {
+        eprintln!("copied in parts, side by side:");
+        for part in &status.parts {
+            let error = part.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            eprintln!("  {}: {}, {} passes{error}", part.mailbox, part.status.as_str(), part.passes);
+        }
+    }
     if s.state == "completed" {
         eprintln!("reports: mailhaul report {batch} --stack STACK   (or --bucket BUCKET)");
     }

@@ -14,7 +14,7 @@ use chrono::Utc;
 use mailhaul_common::batch::validate_batch;
 use mailhaul_common::engine::{copy_mailbox, TimeBox};
 use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
-use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security};
+use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security, SplitRule};
 use mailhaul_common::ports::{BatchMeta, BatchStore, MailboxRecord};
 use mailhaul_common::report::build_report;
 use mailhaul_common::settings::{parse_size, Settings};
@@ -322,6 +322,8 @@ async fn run_mailbox(
         max_throttled_passes: 0,
         max_throttled: Duration::ZERO,
         throttle_delay: Duration::from_secs(60),
+        // One machine: its connection pairs already share the mailbox's folders.
+        split: SplitRule { above_bytes: 0, max_parts: 1 },
     };
     let mut attempt = 0;
     let (status, error, hint) = loop {
@@ -334,7 +336,7 @@ async fn run_mailbox(
         let tries = Tries { attempt, stopping: *timebox.stop.borrow(), ..Tries::default() };
         match next_step(end, tries, &limits) {
             // A local pass has no deadline; should one ever end early, it is not done.
-            Next::Continue => {
+            Next::Continue | Next::Split(_) => {
                 progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
                 break (MailboxStatus::Partial, None, None);
             }

@@ -148,6 +148,72 @@ pub async fn copy_mailbox(
     result.map(|()| lead.outcome)
 }
 
+/// One source folder as a decision to split the mailbox sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurveyedFolder {
+    /// Raw names: the checkpoint key, and the folder it is copied into.
+    pub source: String,
+    pub destination: String,
+    /// Messages in the source folder now.
+    pub messages: u64,
+    /// Messages its checkpoint has settled (copied, skipped or refused).
+    pub settled: u64,
+    pub complete: bool,
+}
+
+/// What is left to copy of a mailbox, folder by folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Survey {
+    pub folders: Vec<SurveyedFolder>,
+    /// The source keeps one message in several folders (Gmail's All Mail and labels): its
+    /// folders depend on each other and are not split.
+    pub labels_are_folders: bool,
+    /// Mean size of the messages copied so far (0: none yet).
+    pub mean_message_bytes: u64,
+}
+
+/// Lists the mailbox's folders as a pass would (and creates the missing destination folders)
+/// and asks the source how many messages each holds: one STATUS per folder, nothing opened.
+pub async fn survey_mailbox(
+    job: &MailboxJob,
+    options: &CopyOptions,
+    store: &dyn CheckpointStore,
+) -> Result<Survey, CopyError> {
+    let timebox = TimeBox::unlimited();
+    let options = CopyOptions { share: None, ..options.clone() };
+    let mut copier = Copier::connect(job, &options, store, &NoProgress, &timebox).await?;
+    let prepared = copier.prepare().await?;
+    let checkpoints = checkpoints_by_folder(store, &job.mailbox).await?;
+    let mut folders = Vec::new();
+    let (mut copied, mut bytes) = (0, 0);
+    for plan in &prepared.plans {
+        let status = copier.source_status(plan, "(MESSAGES)").await?;
+        let checkpoint = checkpoints.get(&plan.source_raw);
+        let counts = checkpoint.map(|c| c.counts).unwrap_or_default();
+        copied += counts.copied;
+        bytes += counts.bytes;
+        folders.push(SurveyedFolder {
+            source: plan.source_raw.clone(),
+            destination: destination_of(plan, checkpoint, &prepared.layout, &prepared.existing),
+            messages: u64::from(status.exists),
+            settled: counts.copied
+                + counts.skipped_duplicate
+                + counts.skipped_too_big
+                + counts.skipped_by_date
+                + counts.refused,
+            complete: checkpoint.is_some_and(|c| c.complete),
+        });
+    }
+    let polite = Duration::from_secs(5);
+    let _ = tokio::time::timeout(polite, copier.source.logout()).await;
+    let _ = tokio::time::timeout(polite, copier.destination.logout()).await;
+    Ok(Survey {
+        folders,
+        labels_are_folders: prepared.has_all_mail,
+        mean_message_bytes: bytes.checked_div(copied).unwrap_or(0),
+    })
+}
+
 /// Plan with the lead's connections, copy folders on `connections_per_mailbox` pairs of
 /// connections at once (each takes the next folder when done with one), verify with the lead.
 async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Result<(), CopyError> {
@@ -566,6 +632,10 @@ impl Copier<'_> {
             tracing::info!(mailbox = %self.job.mailbox, folder = %skip.source_display, reason = %skip.reason, "folder not copied");
         }
         self.record_foreign(&foreign, &layout, &mut plans).await?;
+        // One part of a split mailbox: the other folders are other functions' to copy.
+        if let Some(share) = &self.options.share {
+            plans.retain(|p| share.includes(&p.source_raw));
+        }
         self.outcome.renamed = plans
             .iter()
             .filter_map(|p| p.renamed.clone().map(|why| (p.source_display.clone(), p.destination_display(), why)))

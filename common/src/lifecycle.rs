@@ -4,14 +4,19 @@
 
 use std::time::Duration;
 
-use crate::engine::{CopyStatus, MailboxOutcome};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::{CopyStatus, MailboxOutcome, Survey};
 use crate::error::CopyError;
+use crate::model::{FolderShare, SplitRule};
 
 /// How one pass ended.
 #[derive(Debug)]
 pub enum PassEnd<'a> {
     Copied(&'a MailboxOutcome),
     Error(&'a CopyError),
+    /// A mailbox that needed more than one pass was surveyed: split it, or go on.
+    Surveyed(&'a Survey),
 }
 
 /// What the runner knows of the mailbox's earlier tries.
@@ -41,6 +46,8 @@ pub struct Limits {
     pub max_throttled: Duration,
     /// Wait when the server throttles without saying how long.
     pub throttle_delay: Duration,
+    /// When a surveyed mailbox is split across runners.
+    pub split: SplitRule,
 }
 
 /// The mailbox's next step.
@@ -58,6 +65,8 @@ pub enum Next {
     RetryAfter(Duration),
     /// The server throttles: a new pass after this long, without holding a connection.
     Throttled(Duration),
+    /// Copy the mailbox in these parts, each in its own runner, side by side.
+    Split(Vec<FolderShare>),
     /// Final. `gave_up`: a transient error that outlasted every retry.
     Failed {
         reason: String,
@@ -69,6 +78,10 @@ pub enum Next {
 /// The one rule book: from how a pass ended to what the mailbox does next.
 pub fn next_step(end: PassEnd<'_>, tries: Tries, limits: &Limits) -> Next {
     match end {
+        PassEnd::Surveyed(survey) => match split_parts(survey, limits.split) {
+            Some(parts) => Next::Split(parts),
+            None => Next::Continue,
+        },
         PassEnd::Copied(outcome) if outcome.status == CopyStatus::Done => match outcome.verification_failure() {
             // A copy that does not verify is not done.
             Some(reason) => {
@@ -113,6 +126,45 @@ pub fn next_step(end: PassEnd<'_>, tries: Tries, limits: &Limits) -> Next {
     }
 }
 
+/// The parts a surveyed mailbox is copied in, when what it has left to copy (estimated from
+/// the messages not settled yet and the mean size copied so far) is above the rule's bytes:
+/// one part per `above_bytes` of it, at most `max_parts`, never more than the destination
+/// folders with work left. Folders going into one destination folder stay together (one
+/// writer per destination folder); the biggest are dealt first, each to the lightest part.
+/// The first part takes every folder the others do not, so a folder that appears on the
+/// source after the split is still copied.
+pub fn split_parts(survey: &Survey, rule: SplitRule) -> Option<Vec<FolderShare>> {
+    if rule.above_bytes == 0 || rule.max_parts < 2 || survey.labels_are_folders {
+        return None;
+    }
+    // Unknown sizes (nothing copied yet): a typical message.
+    let mean = if survey.mean_message_bytes > 0 { survey.mean_message_bytes } else { 75 * 1024 };
+    let mut groups: BTreeMap<&str, (u64, Vec<&str>)> = BTreeMap::new();
+    for folder in &survey.folders {
+        let left = if folder.complete { 0 } else { folder.messages.saturating_sub(folder.settled) };
+        let group = groups.entry(folder.destination.as_str()).or_default();
+        group.0 += left * mean;
+        group.1.push(folder.source.as_str());
+    }
+    let mut groups: Vec<(u64, Vec<&str>)> = groups.into_values().filter(|(bytes, _)| *bytes > 0).collect();
+    let total: u64 = groups.iter().map(|(bytes, _)| bytes).sum();
+    let parts = (total.div_ceil(rule.above_bytes) as usize).min(rule.max_parts).min(groups.len());
+    if parts < 2 {
+        return None;
+    }
+    groups.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut loads = vec![(0u64, BTreeSet::new()); parts];
+    for (bytes, folders) in groups {
+        let lightest = loads.iter_mut().min_by_key(|(load, _)| *load).expect("at least two parts");
+        lightest.0 += bytes;
+        lightest.1.extend(folders.into_iter().map(str::to_string));
+    }
+    let others: BTreeSet<String> = loads[1..].iter().flat_map(|(_, folders)| folders.iter().cloned()).collect();
+    let mut shares = vec![FolderShare::AllBut(others)];
+    shares.extend(loads.into_iter().skip(1).map(|(_, folders)| FolderShare::Only(folders)));
+    Some(shares)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +195,7 @@ mod tests {
         max_throttled_passes: 3,
         max_throttled: Duration::from_secs(3600),
         throttle_delay: Duration::from_secs(60),
+        split: SplitRule { above_bytes: 0, max_parts: 1 },
     };
     const LAMBDA: Limits = Limits { time_boxed: true, retry_delay: Some(Duration::from_secs(60)), ..LOCAL };
 
@@ -265,5 +318,87 @@ mod tests {
             let next = next_step(end, tries, limits);
             assert!(expected(&next), "{case}: {next:?}");
         }
+    }
+
+    fn folder(source: &str, destination: &str, messages: u64, settled: u64) -> crate::engine::SurveyedFolder {
+        crate::engine::SurveyedFolder {
+            source: source.into(),
+            destination: destination.into(),
+            messages,
+            settled,
+            complete: false,
+        }
+    }
+
+    fn survey(folders: Vec<crate::engine::SurveyedFolder>) -> Survey {
+        Survey { folders, labels_are_folders: false, mean_message_bytes: 1000 }
+    }
+
+    /// Which part copies each folder (exactly one must).
+    fn owners(shares: &[FolderShare], folders: &[&str]) -> Vec<usize> {
+        folders
+            .iter()
+            .map(|f| {
+                let owning: Vec<usize> = (0..shares.len()).filter(|i| shares[*i].includes(f)).collect();
+                assert_eq!(owning.len(), 1, "{f} is copied by parts {owning:?} of {shares:?}");
+                owning[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mailbox_is_split_by_what_it_has_left_one_writer_per_destination_folder() {
+        let rule = SplitRule { above_bytes: 100_000, max_parts: 4 };
+        // 400 KB left in four folders of 100 KB: four parts, one folder each.
+        let even = survey(vec![
+            folder("INBOX", "INBOX", 150, 50),
+            folder("A", "A", 100, 0),
+            folder("B", "B", 100, 0),
+            folder("C", "C", 100, 0),
+        ]);
+        let shares = split_parts(&even, rule).expect("split");
+        assert_eq!(shares.len(), 4);
+        let mut parts = owners(&shares, &["INBOX", "A", "B", "C"]);
+        parts.sort();
+        assert_eq!(parts, vec![0, 1, 2, 3]);
+        // A folder that appears after the split is the first part's.
+        assert_eq!(owners(&shares, &["New"]), vec![0]);
+
+        // Below the bound, or nothing left: not split.
+        assert_eq!(split_parts(&survey(vec![folder("INBOX", "INBOX", 90, 0), folder("A", "A", 5, 0)]), rule), None);
+        let mut done = even.clone();
+        done.folders.iter_mut().for_each(|f| f.complete = true);
+        assert_eq!(split_parts(&done, rule), None);
+        // Off, or a Gmail source.
+        assert_eq!(split_parts(&even, SplitRule { above_bytes: 0, ..rule }), None);
+        assert_eq!(split_parts(&Survey { labels_are_folders: true, ..even.clone() }, rule), None);
+        // At most max_parts.
+        assert_eq!(split_parts(&even, SplitRule { max_parts: 2, ..rule }).map(|s| s.len()), Some(2));
+
+        // Two source folders into one destination folder stay together; the big folder gets a
+        // part of its own, the small ones share the other.
+        let merged = survey(vec![
+            folder("Big", "Big", 300, 0),
+            folder("Old/Sent", "Sent", 60, 0),
+            folder("Sent", "Sent", 60, 0),
+            folder("Notes", "Notes", 10, 0),
+        ]);
+        let shares = split_parts(&merged, rule).expect("split");
+        let parts = owners(&shares, &["Big", "Old/Sent", "Sent", "Notes"]);
+        assert_eq!(parts[1], parts[2], "one writer for Sent: {shares:?}");
+        assert_ne!(parts[0], parts[1], "{shares:?}");
+        // 430 KB: five 100 KB parts wanted, but only three destination folders have work.
+        assert_eq!(shares.len(), 3);
+    }
+
+    #[test]
+    fn a_surveyed_mailbox_splits_or_goes_on() {
+        let limits = Limits { split: SplitRule { above_bytes: 100_000, max_parts: 4 }, ..LAMBDA };
+        let big = survey(vec![folder("INBOX", "INBOX", 150, 0), folder("A", "A", 100, 0)]);
+        assert!(
+            matches!(next_step(PassEnd::Surveyed(&big), tries(1), &limits), Next::Split(parts) if parts.len() == 2)
+        );
+        let small = survey(vec![folder("INBOX", "INBOX", 10, 0)]);
+        assert_eq!(next_step(PassEnd::Surveyed(&small), tries(1), &limits), Next::Continue);
     }
 }

@@ -3,7 +3,7 @@
 //! Everything here that derives `Serialize` is safe to put in a queue, a table or a report:
 //! passwords live in [`Secret`] fields marked `#[serde(skip)]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -240,6 +240,46 @@ pub struct CopyOptions {
     /// once by delta passes, not asked STATUS first: a big changed folder is opened once.
     #[serde(default = "big_folder_messages")]
     pub big_folder_messages: u64,
+    /// Set by the runner, not a setting: this call copies only these source folders (one part
+    /// of a mailbox split across copy functions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<FolderShare>,
+}
+
+/// The source folders (raw names) one part of a split mailbox copies. Every destination
+/// folder has one writer: folders that go into the same destination folder are in one part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderShare {
+    Only(BTreeSet<String>),
+    /// Every folder but these (the first part: it also takes folders that appear later).
+    AllBut(BTreeSet<String>),
+}
+
+impl FolderShare {
+    pub fn includes(&self, source_raw: &str) -> bool {
+        match self {
+            FolderShare::Only(folders) => folders.contains(source_raw),
+            FolderShare::AllBut(folders) => !folders.contains(source_raw),
+        }
+    }
+}
+
+/// When the copy function splits a mailbox across functions: one whose folders still to copy
+/// are estimated above `above_bytes` after its first pass becomes up to `max_parts` parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitRule {
+    /// 0: never split.
+    pub above_bytes: u64,
+    pub max_parts: usize,
+}
+
+impl Default for SplitRule {
+    fn default() -> Self {
+        // A Lambda pass copies a few GB in its 15 minutes: a part is worth a function when it
+        // holds several passes' worth.
+        SplitRule { above_bytes: 10 * 1024 * 1024 * 1024, max_parts: 8 }
+    }
 }
 
 impl Default for CopyOptions {
@@ -264,6 +304,7 @@ impl Default for CopyOptions {
             shared_folders: None,
             gmail_labels: GmailLabels::All,
             big_folder_messages: big_folder_messages(),
+            share: None,
         }
     }
 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{AuthMechanism, Compress, CopyOptions, FolderStrategy, GmailLabels, Login, Security, ServerSpec};
+use crate::model::{
+    AuthMechanism, Compress, CopyOptions, FolderStrategy, GmailLabels, Login, Security, ServerSpec, SplitRule,
+};
 use crate::oauth2::{OAuth2Config, Provider};
 use crate::secret::Secret;
 
@@ -237,6 +239,9 @@ pub struct Settings {
     pub max_connections_per_source_host: usize,
     /// Delta passes repeated until the cut-over (AWS: the sweeper starts them).
     pub schedule: Option<DeltaSchedule>,
+    /// AWS: a mailbox with more than this left after its first pass is copied in parts, by
+    /// several copy functions at once (`split_mailboxes_above`, `max_parts_per_mailbox`).
+    pub split: SplitRule,
 }
 
 /// `[schedule]`: a delta pass every `delta_every` until `until` (the MX cut-over). The
@@ -246,6 +251,9 @@ pub struct DeltaSchedule {
     pub every: std::time::Duration,
     pub until: chrono::DateTime<chrono::Utc>,
 }
+
+/// Parts of one split mailbox at most: each holds a connection slot of the source host.
+const MAX_PARTS: usize = 32;
 
 /// Bounds of `[schedule]`: the sweeper looks every 5 minutes, and passwords should not wait
 /// in Secrets Manager for months.
@@ -331,6 +339,7 @@ impl Default for Settings {
             workers: 4,
             max_connections_per_source_host: 10,
             schedule: None,
+            split: SplitRule::default(),
         }
     }
 }
@@ -340,6 +349,8 @@ impl Default for Settings {
 struct SettingsFile {
     workers: Option<usize>,
     max_connections_per_source_host: Option<usize>,
+    split_mailboxes_above: Option<toml::Value>,
+    max_parts_per_mailbox: Option<usize>,
     #[serde(default)]
     source: SideSettings,
     #[serde(default)]
@@ -518,6 +529,19 @@ impl Settings {
             }
             settings.max_connections_per_source_host = m;
         }
+        if let Some(v) = &file.split_mailboxes_above {
+            // 0 (or "0") never splits.
+            settings.split.above_bytes = size_value("split_mailboxes_above", v)?;
+        }
+        if let Some(parts) = file.max_parts_per_mailbox {
+            if !(1..=MAX_PARTS).contains(&parts) {
+                return Err(SettingsError::Invalid {
+                    key: "max_parts_per_mailbox".into(),
+                    message: format!("must be 1 to {MAX_PARTS} (1: never split)"),
+                });
+            }
+            settings.split.max_parts = parts;
+        }
         for (name, side) in [("source", &settings.source), ("destination", &settings.destination)] {
             if let Some(p) = side.preset.as_deref() {
                 if preset(p).is_none() {
@@ -675,6 +699,22 @@ mod tests {
         refused("24h", (now + chrono::Duration::days(200)).format("%Y-%m-%d").to_string(), "90 days");
         // Both keys, nothing else.
         assert!(Settings::from_toml_str("[schedule]\ndelta_every = \"24h\"\n").is_err());
+    }
+
+    #[test]
+    fn split_rule_defaults_sizes_and_bounds() {
+        assert_eq!(Settings::from_toml_str("").unwrap().split, SplitRule::default());
+        let s = Settings::from_toml_str("split_mailboxes_above = \"2GB\"\nmax_parts_per_mailbox = 4\n").unwrap();
+        assert_eq!(s.split, SplitRule { above_bytes: 2 << 30, max_parts: 4 });
+        assert_eq!(Settings::from_toml_str("split_mailboxes_above = 0\n").unwrap().split.above_bytes, 0);
+        for (bad, key) in [
+            ("split_mailboxes_above = \"big\"", "split_mailboxes_above"),
+            ("max_parts_per_mailbox = 0", "max_parts_per_mailbox"),
+            ("max_parts_per_mailbox = 33", "max_parts_per_mailbox"),
+        ] {
+            let e = Settings::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mailhaul_common::ports::{BatchStore, MailboxRecord, StoreError};
+use mailhaul_common::ports::{MailboxRecord, StoreError};
 use mailhaul_common::report::{build_report, BatchReport};
 
 use crate::adapters::S3Objects;
@@ -64,14 +64,20 @@ pub struct BatchStatus {
     pub state: BatchState,
     /// Ordered by CSV row.
     pub mailboxes: Vec<MailboxRecord>,
+    /// The parts of mailboxes split across copy functions, after their mailbox's row.
+    pub parts: Vec<MailboxRecord>,
 }
 
 /// Reads a batch's progress from the table.
 pub async fn status(sdk: &aws_config::SdkConfig, table: &str, batch: &str) -> Result<BatchStatus, CliError> {
     let t = Table::new(aws_sdk_dynamodb::Client::new(sdk), table);
     let state = t.batch_state(batch).await?.ok_or_else(|| CliError::NoBatch(batch.into()))?;
-    let mailboxes = t.batch_store(batch).mailboxes().await?;
-    Ok(BatchStatus { state, mailboxes })
+    let (parts, mailboxes): (Vec<_>, Vec<_>) = t.units(batch).await?.into_iter().partition(|m| m.part_of.is_some());
+    Ok(BatchStatus {
+        state,
+        mailboxes: mailboxes.into_iter().map(|m| m.record).collect(),
+        parts: parts.into_iter().map(|m| m.record).collect(),
+    })
 }
 
 /// What `mailhaul submit --delta` / `--stop` asks of a batch's delta schedule.

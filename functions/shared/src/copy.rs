@@ -6,17 +6,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use lambda_runtime::LambdaEvent;
-use mailhaul_common::engine::{copy_mailbox, ProgressSink, TimeBox};
+use mailhaul_common::engine::{copy_mailbox, survey_mailbox, ProgressSink, TimeBox};
 use mailhaul_common::error::CopyError;
 use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
-use mailhaul_common::model::{FolderCounts, MailboxStatus};
+use mailhaul_common::model::{FolderCounts, FolderShare, MailboxStatus};
 use mailhaul_common::ports::{CheckpointStore, MailboxRecord, StoreError};
 use mailhaul_common::Secret;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::adapters::MAX_DELAY_SECONDS;
 use crate::config::Services;
-use crate::messages::{pair_key, FinalizeMessage, JobMessage, MailboxCompleted, SecretChunk, MAILBOX_COMPLETED};
+use crate::messages::{pair_key, FinalizeMessage, JobMessage, MailboxCompleted, Part, SecretChunk, MAILBOX_COMPLETED};
 use crate::ports::{OutMessage, PortError};
 
 /// What one delivery of a job did.
@@ -35,6 +35,8 @@ pub enum JobOutcome {
     Busy { what: String },
     /// An old duplicate of a pass already done, or a mailbox already final: dropped.
     Stale,
+    /// The mailbox is big: it is now copied in parts, each a job of its own.
+    Split { parts: usize },
 }
 
 /// A transient failure: the message goes back to the queue (a batch item failure).
@@ -87,7 +89,8 @@ pub async fn process_message(
     // Held past the deadline so a slow checkpoint write cannot be overtaken; a pass still
     // marked after that crashed (the sweeper re-drives it).
     let until = epoch(deadline) + svc.config.lease_grace.as_secs() as i64;
-    let mailbox = job.job.mailbox.clone();
+    // A part of a split mailbox has a lease of its own: the parts run side by side.
+    let mailbox = job.unit();
     let span = info_span!("mailbox", batch = %job.batch, mailbox = %mailbox, seq = job.seq);
     async {
         if !svc.table.acquire_lease(&mailbox, &owner, until).await? {
@@ -128,7 +131,7 @@ async fn next_pass(svc: &Services, job: &JobMessage, delay_seconds: u32, throttl
     let mut next = job.clone();
     next.seq += 1;
     requeue(svc, &next, delay_seconds).await?;
-    svc.table.advance_seq(&job.batch, &job.job.mailbox, next.seq, throttled).await?;
+    svc.table.advance_seq(&job.batch, &job.unit(), next.seq, throttled).await?;
     Ok(())
 }
 
@@ -141,18 +144,32 @@ async fn with_lease(
     receipt_handle: Option<&str>,
     deadline: SystemTime,
 ) -> Result<JobOutcome, JobError> {
-    let Some(item) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
+    let Some(item) = svc.table.mailbox_item(&job.batch, &job.unit()).await? else {
         warn!("no such mailbox in the batch: dropped");
         return Ok(JobOutcome::Stale);
     };
     if item.record.status.is_final() {
-        // Its finisher may have died before queuing the batch's finalize: check again.
-        maybe_finalize(svc, &job.batch).await?;
+        // Its finisher may have died before the next step (the mailbox of a part, the
+        // batch's finalize): check again.
+        match job.part {
+            Some(_) => complete_split(svc, &job.batch, &job.job.mailbox).await?,
+            None => maybe_finalize(svc, &job.batch).await?,
+        }
         return Ok(JobOutcome::Stale);
     }
     if item.seq > job.seq {
         return Ok(JobOutcome::Stale);
     }
+    if item.is_split() {
+        // Split by a pass that died before it ended: its parts are queued (again).
+        return send_parts(svc, job).await;
+    }
+    // A mailbox a first pass did not finish is surveyed once: big ones are split.
+    let survey = job.part.is_none()
+        && item.parts.is_none()
+        && item.record.passes >= 1
+        && job.split.above_bytes > 0
+        && job.split.max_parts > 1;
     let mut record = item.record;
     let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
     let budget = remaining.saturating_sub(svc.config.safety_margin);
@@ -189,7 +206,8 @@ async fn with_lease(
             None => break,
         }
     }
-    let result = copy_pass(svc, job, &mut record, (receive_count, receipt_handle), until, budget, slots.len()).await;
+    let result =
+        copy_pass(svc, job, &mut record, (receive_count, receipt_handle), until, budget, (slots.len(), survey)).await;
     for (slot, holder) in &slots {
         if let Err(e) = svc.table.release_slot(&host, *slot, holder).await {
             warn!(error = %e, "could not release the connection slot; it expires by itself");
@@ -267,7 +285,7 @@ async fn copy_pass(
     (receive_count, receipt_handle): (u32, Option<&str>),
     until: i64,
     budget: Duration,
-    pairs: usize,
+    (pairs, survey): (usize, bool),
 ) -> Result<JobOutcome, JobError> {
     let mut job_with_passwords = job.clone();
     if let Err(reason) = fill_passwords(svc, &mut job_with_passwords).await? {
@@ -289,7 +307,7 @@ async fn copy_pass(
     }
     // Checkpoints and ledger of the mailbox pair: a later batch of the same pair is a delta.
     let checkpoints = svc.table.pair_checkpoints(&job.job.mailbox, &pair_key(&job.job));
-    if record.passes == 0 {
+    if record.passes == 0 && job.part.is_none() {
         // What earlier batches copied, so this batch counts only its own messages.
         let mut before = FolderCounts::default();
         for c in checkpoints.load_folders(&job.job.mailbox).await? {
@@ -301,7 +319,27 @@ async fn copy_pass(
     record.status = MailboxStatus::Running;
     record.started_at.get_or_insert_with(Utc::now);
     mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
-    svc.table.begin_pass(&job.batch, &job.job.mailbox, until).await?;
+    svc.table.begin_pass(&job.batch, &job.unit(), until).await?;
+    let config = &svc.config;
+    let limits = Limits {
+        max_attempts: config.max_receive_count,
+        time_boxed: true,
+        retry_delay: Some(Duration::from_secs(config.retry_delay_seconds.into())),
+        max_throttled_passes: config.max_throttled_passes,
+        max_throttled: config.max_throttled,
+        throttle_delay: Duration::from_secs(config.throttle_delay_seconds.into()),
+        split: job.split,
+    };
+    if survey {
+        match survey_mailbox(&job_with_passwords.job, &job.options, &checkpoints).await {
+            Ok(survey) => match next_step(PassEnd::Surveyed(&survey), Tries::default(), &limits) {
+                Next::Split(shares) => return split(svc, job, record, shares).await,
+                _ => svc.table.keep_whole(&job.batch, &job.job.mailbox).await?,
+            },
+            // The pass meets the same trouble and deals with it; the next one asks again.
+            Err(e) => warn!(error = %e, "could not survey the mailbox for a split"),
+        }
+    }
 
     let mut timebox = TimeBox::unlimited();
     timebox.deadline = Some(tokio::time::Instant::now() + budget);
@@ -317,19 +355,10 @@ async fn copy_pass(
     // What comes next is the shared rule book's (the local runner uses the same).
     let mut tries = Tries { attempt: receive_count, ..Tries::default() };
     if let Err(CopyError::Throttled { .. }) = &result {
-        let (passes, since) = svc.table.count_throttled(&job.batch, &job.job.mailbox).await?;
+        let (passes, since) = svc.table.count_throttled(&job.batch, &job.unit()).await?;
         tries.throttled_passes = passes;
         tries.throttled_for = Duration::from_secs((Utc::now().timestamp() - since).max(0) as u64);
     }
-    let config = &svc.config;
-    let limits = Limits {
-        max_attempts: config.max_receive_count,
-        time_boxed: true,
-        retry_delay: Some(Duration::from_secs(config.retry_delay_seconds.into())),
-        max_throttled_passes: config.max_throttled_passes,
-        max_throttled: config.max_throttled,
-        throttle_delay: Duration::from_secs(config.throttle_delay_seconds.into()),
-    };
     let end = match &result {
         Ok(outcome) => PassEnd::Copied(outcome),
         Err(e) => PassEnd::Error(e),
@@ -342,8 +371,9 @@ async fn copy_pass(
             finish(svc, job, record, MailboxStatus::Done, None, None).await?;
             Ok(JobOutcome::Done)
         }
-        // Stopped does not happen to a time-boxed runner nobody stops; continue regardless.
-        Next::Continue | Next::Stopped { .. } => {
+        // Stopped does not happen to a time-boxed runner nobody stops, nor Split to a pass;
+        // continue regardless.
+        Next::Continue | Next::Stopped { .. } | Next::Split(_) => {
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
             next_pass(svc, job, 0, false).await?;
             Ok(JobOutcome::Continued)
@@ -362,7 +392,7 @@ async fn copy_pass(
             record.hint = error.map(|e| e.hint());
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
             // The pass ended: SQS redelivers this message (not a crash for the sweeper).
-            svc.table.end_pass(&job.batch, &job.job.mailbox).await?;
+            svc.table.end_pass(&job.batch, &job.unit()).await?;
             if let Some(handle) = receipt_handle {
                 // Sooner than the queue's visibility timeout (6 × 15 min).
                 let seconds = delay.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32;
@@ -382,9 +412,10 @@ async fn copy_pass(
     }
 }
 
-/// Makes the mailbox final (once), counts it in the batch, announces it, and when the batch
-/// is complete queues its finalize message. A mailbox already final is not counted again,
-/// but the batch is still checked: its first finisher may have died before that step.
+/// Makes the job's mailbox final (once), counts it in the batch, announces it, and when the
+/// batch is complete queues its finalize message. A mailbox already final is not counted
+/// again, but the batch is still checked: its first finisher may have died before that step.
+/// For a part of a split mailbox: makes the part final, and the mailbox once all parts are.
 pub async fn finish(
     svc: &Services,
     job: &JobMessage,
@@ -393,6 +424,98 @@ pub async fn finish(
     error: Option<String>,
     hint: Option<String>,
 ) -> Result<(), JobError> {
+    record.status = status;
+    record.error = error;
+    record.hint = hint;
+    record.finished_at = Some(Utc::now());
+    if job.part.is_some() {
+        if svc.table.finish_part(&job.batch, &job.job.mailbox, record).await? {
+            info!(status = status.as_str(), "part finished");
+        }
+        // Also when it was final before: the finisher may have died before this step.
+        return complete_split(svc, &job.batch, &job.job.mailbox).await;
+    }
+    finish_whole(svc, job, record).await
+}
+
+/// Finishes a split mailbox once every part is final: done when all are, else failed with
+/// the reasons of those that failed. Idempotent.
+pub async fn complete_split(svc: &Services, batch: &str, mailbox: &str) -> Result<(), JobError> {
+    let Some(item) = svc.table.mailbox_item(batch, mailbox).await? else { return Ok(()) };
+    let (Some(parts), Some(body)) = (item.parts.filter(|_| item.is_split()), item.job.as_deref()) else {
+        return Ok(());
+    };
+    if item.parts_final < parts {
+        return Ok(());
+    }
+    let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
+    let mut record = item.record;
+    let mut failures = Vec::new();
+    let mut hint = None;
+    for part in svc.table.part_items(batch, mailbox).await? {
+        record.passes += part.record.passes;
+        record.seconds += part.record.seconds;
+        if part.record.status == MailboxStatus::Failed {
+            let at = part.record.mailbox.strip_prefix(mailbox).unwrap_or_default().trim();
+            failures.push(format!("{at}: {}", part.record.error.unwrap_or_default()));
+            hint = hint.or(part.record.hint);
+        }
+    }
+    (record.status, record.error, record.hint) = if failures.is_empty() {
+        (MailboxStatus::Done, None, None)
+    } else {
+        (MailboxStatus::Failed, Some(failures.join("; ")), hint)
+    };
+    record.finished_at = Some(Utc::now());
+    finish_whole(svc, &job, &record).await
+}
+
+/// Splits the mailbox into parts: their items (with the split mark, in one transaction),
+/// then their jobs, then the mailbox's pass ends. A crash anywhere in between leaves the
+/// mailbox's pass marked: the sweeper re-drives it and [`send_parts`] queues them again.
+async fn split(
+    svc: &Services,
+    job: &JobMessage,
+    record: &MailboxRecord,
+    shares: Vec<FolderShare>,
+) -> Result<JobOutcome, JobError> {
+    let of = shares.len();
+    let mut parts = Vec::new();
+    for (index, share) in shares.into_iter().enumerate() {
+        let mut part_job = job.clone();
+        part_job.seq = 0;
+        part_job.part = Some(Part { index, of });
+        part_job.options.share = Some(share);
+        let unit = part_job.unit();
+        let part_record = MailboxRecord::pending(&unit, record.row, &record.source_user, Vec::new());
+        let body = serde_json::to_string(&part_job).map_err(|e| JobError::BadMessage(e.to_string()))?;
+        parts.push((unit, part_record, body));
+    }
+    if svc.table.split_mailbox(&job.batch, &job.job.mailbox, &parts).await? {
+        info!(parts = of, "big mailbox: copied in parts, side by side");
+    }
+    send_parts(svc, job).await
+}
+
+/// Queues the job of every part not final yet at its current pass, then ends the mailbox's
+/// own pass. A part already running drops the duplicate (busy, then stale).
+async fn send_parts(svc: &Services, job: &JobMessage) -> Result<JobOutcome, JobError> {
+    let parts = svc.table.part_items(&job.batch, &job.job.mailbox).await?;
+    let mut messages = Vec::new();
+    for part in &parts {
+        let Some(body) = part.job.as_deref().filter(|_| !part.record.status.is_final()) else { continue };
+        let mut part_job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
+        part_job.seq = part.seq;
+        let body = serde_json::to_string(&part_job).map_err(|e| JobError::BadMessage(e.to_string()))?;
+        messages.push(OutMessage { body, delay_seconds: 0 });
+    }
+    svc.queue.send(&svc.config.jobs_queue_url, messages).await?;
+    svc.table.advance_seq(&job.batch, &job.job.mailbox, job.seq + 1, false).await?;
+    Ok(JobOutcome::Split { parts: parts.len() })
+}
+
+/// [`finish`] for a whole mailbox whose record is final.
+async fn finish_whole(svc: &Services, job: &JobMessage, record: &MailboxRecord) -> Result<(), JobError> {
     let checkpoints = svc.table.pair_checkpoints(&job.job.mailbox, &pair_key(&job.job));
     let mut totals = FolderCounts::default();
     for c in checkpoints.load_folders(&job.job.mailbox).await? {
@@ -403,10 +526,7 @@ pub async fn finish(
         svc.table.mailbox_item(&job.batch, &job.job.mailbox).await?.and_then(|m| m.baseline).unwrap_or((0, 0));
     totals.copied = totals.copied.saturating_sub(before);
     totals.bytes = totals.bytes.saturating_sub(before_bytes);
-    record.status = status;
-    record.error = error;
-    record.hint = hint;
-    record.finished_at = Some(Utc::now());
+    let status = record.status;
     if svc.table.finish_mailbox(&job.batch, record, totals.copied, totals.bytes).await? {
         info!(status = status.as_str(), copied = totals.copied, bytes = totals.bytes, "mailbox finished");
         let detail = MailboxCompleted {

@@ -7,7 +7,7 @@ use mailhaul_common::model::MailboxStatus;
 use tracing::{info, info_span, Instrument};
 
 use crate::config::Services;
-use crate::copy::{finish, maybe_finalize, JobError};
+use crate::copy::{complete_split, finish, maybe_finalize, JobError};
 use crate::messages::JobMessage;
 
 /// What became of one dead-lettered job.
@@ -43,15 +43,23 @@ pub fn crashed(times: u32, last: Option<String>) -> (String, String) {
 pub async fn process_dead_letter(svc: &Services, message: &SqsMessage) -> Result<DeadLetterOutcome, JobError> {
     let body = message.body.as_deref().ok_or_else(|| JobError::BadMessage("no body".into()))?;
     let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
-    let span = info_span!("dead_letter", batch = %job.batch, mailbox = %job.job.mailbox, seq = job.seq);
+    let span = info_span!("dead_letter", batch = %job.batch, mailbox = %job.unit(), seq = job.seq);
     async {
-        let Some(item) = svc.table.mailbox_item(&job.batch, &job.job.mailbox).await? else {
+        let Some(item) = svc.table.mailbox_item(&job.batch, &job.unit()).await? else {
             info!("no such mailbox in the batch: dropped");
             return Ok(DeadLetterOutcome::Stale);
         };
         if item.record.status.is_final() {
-            // Its finisher may have died before queuing the batch's finalize: check again.
-            maybe_finalize(svc, &job.batch).await?;
+            // Its finisher may have died before the next step (the mailbox of a part, the
+            // batch's finalize): check again.
+            match job.part {
+                Some(_) => complete_split(svc, &job.batch, &job.job.mailbox).await?,
+                None => maybe_finalize(svc, &job.batch).await?,
+            }
+            return Ok(DeadLetterOutcome::Stale);
+        }
+        if item.is_split() {
+            // Its parts copy it (their own jobs); this pass of the whole ended long ago.
             return Ok(DeadLetterOutcome::Stale);
         }
         if item.seq > job.seq {

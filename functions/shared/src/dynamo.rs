@@ -123,6 +123,19 @@ pub struct MailboxItem {
     pub throttled_since: Option<i64>,
     /// Messages and bytes the pair's checkpoints counted before this batch's first pass.
     pub baseline: Option<(u64, u64)>,
+    /// A part of a split mailbox: the mailbox.
+    pub part_of: Option<String>,
+    /// A mailbox surveyed for a split: into how many parts (1: not split).
+    pub parts: Option<u32>,
+    /// Its parts that are final.
+    pub parts_final: u32,
+}
+
+impl MailboxItem {
+    /// The mailbox was split: its parts copy it, and the last of them to end finishes it.
+    pub fn is_split(&self) -> bool {
+        self.parts.is_some_and(|n| n > 1)
+    }
 }
 
 /// How a claim on a mailbox turned out.
@@ -615,12 +628,101 @@ impl Table {
         Ok(Some(mailbox_item(&item, mailbox)?))
     }
 
-    /// Every mailbox item of a batch, by row.
+    /// Every mailbox item of a batch, by row (not the parts of split mailboxes).
     pub async fn mailbox_items(&self, batch: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        let mut out = self.units(batch).await?;
+        out.retain(|m| m.part_of.is_none());
+        Ok(out)
+    }
+
+    /// Every item a copy job runs on: the mailboxes of a batch and the parts of split ones.
+    pub async fn units(&self, batch: &str) -> Result<Vec<MailboxItem>, StoreError> {
         let items = self.query(&batch_pk(batch), "MBX#").await?;
         let mut out = items.iter().map(|i| mailbox_item(i, batch)).collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|m| m.record.row);
         Ok(out)
+    }
+
+    /// The parts of a split mailbox.
+    pub async fn part_items(&self, batch: &str, mailbox: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        let items = self.query(&batch_pk(batch), &mailbox_sk(&crate::messages::parts_prefix(mailbox))).await?;
+        let mut out = items.iter().map(|i| mailbox_item(i, batch)).collect::<Result<Vec<_>, _>>()?;
+        out.retain(|m| m.part_of.as_deref() == Some(mailbox));
+        Ok(out)
+    }
+
+    /// A survey found the mailbox not worth splitting: later passes do not ask again.
+    pub async fn keep_whole(&self, batch: &str, mailbox: &str) -> Result<(), StoreError> {
+        self.update_if(
+            key(batch_pk(batch), mailbox_sk(mailbox)),
+            "SET parts = :one",
+            Some("attribute_not_exists(parts)"),
+            HashMap::new(),
+            HashMap::from([(":one".into(), n(1))]),
+            mailbox,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Splits the mailbox into `parts` (item name, record, job message), in one transaction:
+    /// false when it was split before (a re-driven pass), and nothing is written then.
+    pub async fn split_mailbox(
+        &self,
+        batch: &str,
+        mailbox: &str,
+        parts: &[(String, MailboxRecord, String)],
+    ) -> Result<bool, StoreError> {
+        let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", mailbox, e);
+        let mut writes = vec![TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.name)
+                    .set_key(Some(key(batch_pk(batch), mailbox_sk(mailbox))))
+                    .update_expression("SET parts = :n, parts_final = :zero")
+                    .condition_expression("attribute_exists(pk) AND (attribute_not_exists(parts) OR parts = :one)")
+                    .expression_attribute_values(":n", n(parts.len()))
+                    .expression_attribute_values(":zero", n(0))
+                    .expression_attribute_values(":one", n(1))
+                    .build()
+                    .map_err(tx)?,
+            )
+            .build()];
+        for (unit, record, job) in parts {
+            let mut item = key(batch_pk(batch), mailbox_sk(unit));
+            item.insert("data".into(), to_json(record)?);
+            item.insert("job".into(), s(job));
+            item.insert("status".into(), s(record.status.as_str()));
+            item.insert("row".into(), n(record.row));
+            item.insert("pass_seq".into(), n(0));
+            item.insert("part_of".into(), s(mailbox));
+            let put = aws_sdk_dynamodb::types::Put::builder()
+                .table_name(&self.name)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(tx)?;
+            writes.push(TransactWriteItem::builder().put(put).build());
+        }
+        self.transact(writes, mailbox).await
+    }
+
+    /// Makes a part final (once) and counts it in its mailbox: false when it was final before.
+    pub async fn finish_part(&self, batch: &str, mailbox: &str, record: &MailboxRecord) -> Result<bool, StoreError> {
+        let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", &record.mailbox, e);
+        let part = self.final_record(batch, record)?;
+        let whole = Update::builder()
+            .table_name(&self.name)
+            .set_key(Some(key(batch_pk(batch), mailbox_sk(mailbox))))
+            .update_expression("ADD parts_final :one")
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(tx)?;
+        self.transact(
+            vec![TransactWriteItem::builder().update(part).build(), TransactWriteItem::builder().update(whole).build()],
+            &record.mailbox,
+        )
+        .await
     }
 
     /// A pass holds the mailbox until `until` (epoch s): if it is still marked after that,
@@ -738,7 +840,30 @@ impl Table {
         let what = &record.mailbox;
         let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", what, e);
         let counter = if record.status == MailboxStatus::Done { "done" } else { "failed" };
-        let mailbox_update = Update::builder()
+        let mailbox_update = self.final_record(batch, record)?;
+        let batch_update = Update::builder()
+            .table_name(&self.name)
+            .set_key(Some(key(batch_pk(batch), "META")))
+            .update_expression("ADD #c :one, messages_copied :m, bytes_copied :b")
+            .expression_attribute_names("#c", counter)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":m", n(messages))
+            .expression_attribute_values(":b", n(bytes))
+            .build()
+            .map_err(tx)?;
+        self.transact(
+            vec![
+                TransactWriteItem::builder().update(mailbox_update).build(),
+                TransactWriteItem::builder().update(batch_update).build(),
+            ],
+            what,
+        )
+        .await
+    }
+
+    /// Saves a final record, on the condition that it was not final before.
+    fn final_record(&self, batch: &str, record: &MailboxRecord) -> Result<Update, StoreError> {
+        Update::builder()
             .table_name(&self.name)
             .set_key(Some(key(batch_pk(batch), mailbox_sk(&record.mailbox))))
             .update_expression("SET #d = :d, #st = :st REMOVE pass_until")
@@ -750,24 +875,12 @@ impl Table {
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":failed", s("failed"))
             .build()
-            .map_err(tx)?;
-        let batch_update = Update::builder()
-            .table_name(&self.name)
-            .set_key(Some(key(batch_pk(batch), "META")))
-            .update_expression("ADD #c :one, messages_copied :m, bytes_copied :b")
-            .expression_attribute_names("#c", counter)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":m", n(messages))
-            .expression_attribute_values(":b", n(bytes))
-            .build()
-            .map_err(tx)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(mailbox_update).build())
-            .transact_items(TransactWriteItem::builder().update(batch_update).build())
-            .send()
-            .await;
+            .map_err(|e| err("TransactWriteItems", &record.mailbox, e))
+    }
+
+    /// All of `writes` or none: false when a condition of one of them did not hold.
+    async fn transact(&self, writes: Vec<TransactWriteItem>, what: &str) -> Result<bool, StoreError> {
+        let result = self.client.transact_write_items().set_transact_items(Some(writes)).send().await;
         match result {
             Ok(_) => Ok(true),
             Err(e) => {
@@ -901,6 +1014,9 @@ fn mailbox_item(item: &Item, what: &str) -> Result<MailboxItem, StoreError> {
         throttled_passes: get_n(item, "throttled_passes") as u32,
         throttled_since: opt_n("throttled_since"),
         baseline: item.get("baseline_copied").map(|_| (get_n(item, "baseline_copied"), get_n(item, "baseline_bytes"))),
+        part_of: get_s(item, "part_of").map(str::to_string),
+        parts: item.get("parts").map(|_| get_n(item, "parts") as u32),
+        parts_final: get_n(item, "parts_final") as u32,
     })
 }
 
@@ -951,11 +1067,7 @@ impl BatchStore for DynamoBatchStore {
     }
 
     async fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError> {
-        let items = self.table.query(&batch_pk(&self.batch), "MBX#").await?;
-        let mut records =
-            items.iter().map(|i| from_json::<MailboxRecord>(i, &self.batch)).collect::<Result<Vec<_>, _>>()?;
-        records.sort_by_key(|r| r.row);
-        Ok(records)
+        Ok(self.table.mailbox_items(&self.batch).await?.into_iter().map(|m| m.record).collect())
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use mailhaul_common::model::{CopyOptions, MailboxJob};
+use mailhaul_common::model::{CopyOptions, MailboxJob, SplitRule};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,6 +27,42 @@ pub struct JobMessage {
     pub source_admin_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_admin_secret: Option<String>,
+    /// When this mailbox is split across copy functions.
+    #[serde(default)]
+    pub split: SplitRule,
+    /// Set on the jobs of a split mailbox's parts (their folders are in `options.share`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// Which part of a split mailbox a job copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// 0-based; part 0 also takes folders that appear after the split.
+    pub index: usize,
+    pub of: usize,
+}
+
+impl JobMessage {
+    /// What the job holds in the table (its item, lease and pass number): the mailbox, or
+    /// one part of it.
+    pub fn unit(&self) -> String {
+        match self.part {
+            Some(part) => part_unit(&self.job.mailbox, part),
+            None => self.job.mailbox.clone(),
+        }
+    }
+}
+
+/// The table name of one part of a split mailbox: the mailbox (a destination login) with
+/// ` (part 2 of 3)` after it, which no real login ends with.
+pub fn part_unit(mailbox: &str, part: Part) -> String {
+    format!("{mailbox} (part {} of {})", part.index + 1, part.of)
+}
+
+/// What starts the names of a split mailbox's parts.
+pub fn parts_prefix(mailbox: &str) -> String {
+    format!("{mailbox} (part ")
 }
 
 /// "Every mailbox of this batch is final": the body of a finalize-queue message.

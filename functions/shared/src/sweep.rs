@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::Services;
-use crate::copy::{finish, JobError};
+use crate::copy::{complete_split, finish, JobError};
 use crate::messages::JobMessage;
 use crate::ports::OutMessage;
 use crate::schedule::Tended;
@@ -33,6 +33,9 @@ pub struct SweepOutcome {
     /// Batches whose delta schedule ended (their passwords deleted).
     #[serde(default)]
     pub schedules_ended: Vec<String>,
+    /// `batch/mailbox` split in parts, finished here: its last part's finisher died first.
+    #[serde(default)]
+    pub completed_splits: Vec<String>,
 }
 
 /// One sweep over every watched batch, then over every delta schedule.
@@ -65,7 +68,14 @@ async fn watched(svc: &Services) -> Result<SweepOutcome, JobError> {
             continue;
         }
         let now = Utc::now().timestamp();
-        for item in svc.table.mailbox_items(&batch).await? {
+        // Mailboxes and the parts of split ones alike.
+        for item in svc.table.units(&batch).await? {
+            if item.is_split() && item.parts.is_some_and(|n| item.parts_final >= n) && !item.record.status.is_final() {
+                // Every part is final but the last one's finisher died before the mailbox.
+                complete_split(svc, &batch, &item.record.mailbox).await?;
+                outcome.completed_splits.push(format!("{batch}/{}", item.record.mailbox));
+                continue;
+            }
             let Some(until) = item.pass_until.filter(|u| *u < now) else { continue };
             if item.record.status.is_final() {
                 continue;
@@ -84,13 +94,13 @@ async fn watched(svc: &Services) -> Result<SweepOutcome, JobError> {
                 let mut record = item.record;
                 let (reason, hint) = crate::dead_letter::crashed(crashes, record.error.take());
                 finish(svc, &job, &mut record, MailboxStatus::Failed, Some(reason), Some(hint)).await?;
-                svc.table.count_crash(&batch, &job.job.mailbox, until).await?;
+                svc.table.count_crash(&batch, &job.unit(), until).await?;
                 warn!(mailbox = %name, crashes, "crashed too often: failed");
                 outcome.failed.push(name);
             } else {
                 let body = serde_json::to_string(&job).map_err(|e| JobError::BadMessage(e.to_string()))?;
                 svc.queue.send(&svc.config.jobs_queue_url, vec![OutMessage { body, delay_seconds: 0 }]).await?;
-                if svc.table.count_crash(&batch, &job.job.mailbox, until).await?.is_none() {
+                if svc.table.count_crash(&batch, &job.unit(), until).await?.is_none() {
                     continue;
                 }
                 info!(mailbox = %name, seq = job.seq, crashes, "crashed pass re-driven");

@@ -274,6 +274,8 @@ pub async fn process_object(
             max_connections_per_source_host: settings.max_connections_per_source_host,
             source_admin_secret: settings.source.admin_password_secret.clone(),
             destination_admin_secret: settings.destination.admin_password_secret.clone(),
+            split: settings.split,
+            part: None,
         };
         let body = serde_json::to_string(&msg).map_err(|e| UploadError::Other(e.to_string()))?;
         messages.push(OutMessage { body, delay_seconds: 0 });

@@ -363,7 +363,7 @@ impl Stack {
         Ok(serde_json::from_value(out)?)
     }
 
-    /// The upload's one job per mailbox, by mailbox.
+    /// The next `count` jobs on the queue, by mailbox (or part of one).
     async fn first_jobs(&self, count: usize) -> Result<BTreeMap<String, SqsMessage>> {
         let url = self.svc.config.jobs_queue_url.clone();
         let mut jobs = BTreeMap::new();
@@ -374,7 +374,7 @@ impl Stack {
             }
             for m in got {
                 let job: JobMessage = serde_json::from_str(m.body.as_deref().unwrap_or(""))?;
-                jobs.insert(job.job.mailbox.clone(), m);
+                jobs.insert(job.unit(), m);
             }
         }
         Ok(jobs)
@@ -1035,17 +1035,17 @@ async fn crash_a_pass(stack: &Stack, message: &SqsMessage, deadline_in: Duration
     });
     let started = Instant::now();
     let until = loop {
-        let item = stack.svc.table.mailbox_item(&job.batch, &job.job.mailbox).await?.context("mailbox")?;
+        let item = stack.svc.table.mailbox_item(&job.batch, &job.unit()).await?.context("mailbox")?;
         if let Some(until) = item.pass_until {
             break until;
         }
         if started.elapsed() > Duration::from_secs(10) {
-            bail!("the pass of {} never started", job.job.mailbox);
+            bail!("the pass of {} never started", job.unit());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!pass.is_finished(), "the pass of {} ended before it could be killed", job.job.mailbox);
+    assert!(!pass.is_finished(), "the pass of {} ended before it could be killed", job.unit());
     pass.abort();
     let _ = pass.await;
     // SQS would hand the message out again only after its visibility timeout (90 min).
@@ -1907,5 +1907,87 @@ async fn the_exchange_form_runs_through_the_real_binaries_without_a_password_in_
             assert!(!text.contains(pw), "a password leaked into {what}");
         }
     }
+    Ok(())
+}
+
+/// A mailbox a first pass could not finish is surveyed and, being big, copied in parts by
+/// several functions side by side: each part copies its own folders (one writer per
+/// destination folder), a part killed mid-pass is re-driven by the sweeper like any
+/// mailbox, and the mailbox is done (one row, one event) once every part is.
+#[tokio::test]
+async fn a_big_mailbox_is_copied_in_parts_side_by_side_and_a_killed_part_resumes() -> Result<()> {
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("max", "pw-max-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("max", "pw-max-dst")]))?;
+    let folders = ["INBOX", "Archive", "Projects", "Receipts"];
+    for folder in folders {
+        seed(&src, "max", "pw-max-src", folder, &corpus::mailbox(&format!("max-{folder}"), 60)).await?;
+    }
+    let mut stack = Stack::start().await?;
+    let settings = format!(
+        "split_mailboxes_above = \"20KB\"\nmax_parts_per_mailbox = 3\n{}connections_per_mailbox = 1\n",
+        sidecar(&src, &dst, 2)
+    );
+    let csv = "source_user,source_password,destination_user,destination_password\nmax,pw-max-src,max,pw-max-dst\n";
+    let batch = submitted(&stack.upload("big", csv, &settings).await?)?;
+
+    // The first pass runs out of time; the next one surveys the mailbox and splits it.
+    let first = stack.first_jobs(1).await?;
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &first["max"], soon).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Continued);
+    let second = stack.first_jobs(1).await?;
+    let later = SystemTime::now() + Duration::from_secs(60);
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &second["max"], later).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Split { parts: 3 });
+    let item = stack.svc.table.mailbox_item(&batch, "max").await?.context("max")?;
+    assert!(item.is_split() && item.pass_until.is_none(), "{item:?}");
+
+    // Every folder is one part's, and only one's.
+    let parts = stack.first_jobs(3).await?;
+    let names: Vec<&String> = parts.keys().collect();
+    assert_eq!(names, ["max (part 1 of 3)", "max (part 2 of 3)", "max (part 3 of 3)"]);
+    for folder in folders {
+        let owners = parts
+            .values()
+            .map(|m| serde_json::from_str::<JobMessage>(m.body.as_deref().unwrap_or("")))
+            .filter(|job| job.as_ref().is_ok_and(|j| j.options.share.as_ref().is_some_and(|s| s.includes(folder))))
+            .count();
+        assert_eq!(owners, 1, "{folder}: copied by {owners} parts");
+    }
+
+    // Part 2 dies mid-pass; parts 1 and 3 run at once, each in its own function.
+    let killed = crash_a_pass(&stack, &parts["max (part 2 of 3)"], Duration::from_secs(3)).await?;
+    let run = |name: &str| mailhaul_aws::copy::process_message(&stack.svc, &parts[name], later);
+    let (one, three) = tokio::join!(run("max (part 1 of 3)"), run("max (part 3 of 3)"));
+    assert_eq!((one?, three?), (mailhaul_aws::copy::JobOutcome::Done, mailhaul_aws::copy::JobOutcome::Done));
+    let item = stack.svc.table.mailbox_item(&batch, "max").await?.context("max")?;
+    assert_eq!(item.record.status, mailhaul_common::model::MailboxStatus::Running, "a part is still to copy");
+    assert_eq!(item.parts_final, 2);
+    let status = mailhaul_aws::cli::status(&stack.sdk, stack.svc.table.name(), &batch).await?;
+    let states: Vec<(&str, &str)> = status.parts.iter().map(|p| (p.mailbox.as_str(), p.status.as_str())).collect();
+    assert_eq!(
+        states,
+        [("max (part 1 of 3)", "done"), ("max (part 2 of 3)", "running"), ("max (part 3 of 3)", "done")]
+    );
+    assert_eq!(status.mailboxes.len(), 1);
+
+    // The sweeper re-drives the killed part; the mailbox ends when it does.
+    wait_past(killed).await;
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.redriven, vec![format!("{batch}/max (part 2 of 3)")], "{swept:?}");
+    stack.drain(&batch, Duration::from_secs(20), Duration::from_secs(120)).await?;
+    assert_eq!(contents(&dst, "max", "pw-max-dst").await?, contents(&src, "max", "pw-max-src").await?);
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.total, state.done, state.failed), (1, 1, 0));
+    assert_eq!(state.messages_copied, 240, "every message counted once");
+    let records = mailhaul_common::ports::BatchStore::mailboxes(&stack.svc.table.batch_store(&batch)).await?;
+    assert_eq!(records.len(), 1, "one row, not one per part: {records:?}");
+    assert!(records[0].passes >= 4, "the mailbox's passes include its parts': {}", records[0].passes);
+    let report = String::from_utf8(stack.object(&format!("reports/{batch}/report.csv")).await?.context("report")?)?;
+    assert!(!report.contains("part 1 of"), "{report}");
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "MailboxCompleted").count(), 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
     Ok(())
 }
