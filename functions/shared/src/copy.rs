@@ -456,7 +456,7 @@ pub async fn complete_split(svc: &Services, batch: &str, mailbox: &str) -> Resul
         record.passes += part.record.passes;
         record.seconds += part.record.seconds;
         if part.record.status == MailboxStatus::Failed {
-            let at = part.record.mailbox.strip_prefix(mailbox).unwrap_or_default().trim();
+            let at = part.record.mailbox.strip_prefix(mailbox).unwrap_or_default().trim().trim_matches(['(', ')']);
             failures.push(format!("{at}: {}", part.record.error.unwrap_or_default()));
             hint = hint.or(part.record.hint);
         }

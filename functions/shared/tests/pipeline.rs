@@ -1918,18 +1918,14 @@ async fn the_exchange_form_runs_through_the_real_binaries_without_a_password_in_
     Ok(())
 }
 
-/// A mailbox a first pass could not finish is surveyed and, being big, copied in parts by
-/// several functions side by side: each part copies its own folders (one writer per
-/// destination folder), a part killed mid-pass is re-driven by the sweeper like any
-/// mailbox, and the mailbox is done (one row, one event) once every part is.
-#[tokio::test]
-async fn a_big_mailbox_is_copied_in_parts_side_by_side_and_a_killed_part_resumes() -> Result<()> {
-    capture_logs();
+/// Source and destination of a mailbox `max` of four folders of `messages` each, and a batch
+/// of it whose first pass ran out of time and whose second split it into three parts (their
+/// jobs queued).
+async fn split_a_mailbox(messages: u32) -> Result<(Dovecot, Dovecot, Stack, String)> {
     let src = Dovecot::start(DovecotOptions::with_users(&[("max", "pw-max-src")]))?;
     let dst = Dovecot::start(DovecotOptions::with_users(&[("max", "pw-max-dst")]))?;
-    let folders = ["INBOX", "Archive", "Projects", "Receipts"];
-    for folder in folders {
-        seed(&src, "max", "pw-max-src", folder, &corpus::mailbox(&format!("max-{folder}"), 60)).await?;
+    for folder in ["INBOX", "Archive", "Projects", "Receipts"] {
+        seed(&src, "max", "pw-max-src", folder, &corpus::mailbox(&format!("max-{folder}"), messages)).await?;
     }
     let mut stack = Stack::start().await?;
     let settings = format!(
@@ -1950,6 +1946,19 @@ async fn a_big_mailbox_is_copied_in_parts_side_by_side_and_a_killed_part_resumes
     assert_eq!(out, mailhaul_aws::copy::JobOutcome::Split { parts: 3 });
     let item = stack.svc.table.mailbox_item(&batch, "max").await?.context("max")?;
     assert!(item.is_split() && item.pass_until.is_none(), "{item:?}");
+    Ok((src, dst, stack, batch))
+}
+
+/// A mailbox a first pass could not finish is surveyed and, being big, copied in parts by
+/// several functions side by side: each part copies its own folders (one writer per
+/// destination folder), a part killed mid-pass is re-driven by the sweeper like any
+/// mailbox, and the mailbox is done (one row, one event) once every part is.
+#[tokio::test]
+async fn a_big_mailbox_is_copied_in_parts_side_by_side_and_a_killed_part_resumes() -> Result<()> {
+    capture_logs();
+    let (src, dst, mut stack, batch) = split_a_mailbox(60).await?;
+    let folders = ["INBOX", "Archive", "Projects", "Receipts"];
+    let later = SystemTime::now() + Duration::from_secs(60);
 
     // Every folder is one part's, and only one's.
     let parts = stack.first_jobs(3).await?;
@@ -2080,5 +2089,73 @@ async fn a_batch_of_a_thousand_rows_runs_through_the_real_binaries() -> Result<(
     capture_logs();
     let (upload, whole) = rows_through_the_real_binaries(1000).await?;
     println!("1000 rows through the real binaries on moto: upload {upload:.1} s, whole batch {whole:.1} s");
+    Ok(())
+}
+
+/// Every split mailbox ends, once: the mailbox's own pass re-driven after the split sends its
+/// parts again (the duplicates copy nothing), a part in the dead-letter queue fails, the
+/// sweeper finishes the mailbox when its last part's finisher died first, and the mailbox
+/// fails with the failed part's reason while the other parts' folders are copied exactly.
+#[tokio::test]
+async fn a_split_mailbox_ends_once_whatever_becomes_of_its_parts() -> Result<()> {
+    capture_logs();
+    let (src, dst, mut stack, batch) = split_a_mailbox(20).await?;
+    let parts = stack.first_jobs(3).await?;
+    let later = || SystemTime::now() + Duration::from_secs(60);
+
+    // The mailbox's pass looks crashed (as if it died between the split and its end): the
+    // sweeper re-drives it, and it queues the parts again.
+    stack.svc.table.begin_pass(&batch, "max", chrono::Utc::now().timestamp() - 10).await?;
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.redriven, vec![format!("{batch}/max")], "{swept:?}");
+    let redriven = stack.first_jobs(1).await?;
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &redriven["max"], later()).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Split { parts: 3 });
+    let duplicates = stack.first_jobs(3).await?;
+    assert_eq!(duplicates.keys().collect::<Vec<_>>(), parts.keys().collect::<Vec<_>>());
+
+    // Part 2 reaches the dead-letter queue; part 1 copies its folders.
+    let dead = mailhaul_aws::dead_letter::process_dead_letter(&stack.svc, &parts["max (part 2 of 3)"]).await?;
+    assert!(matches!(dead, mailhaul_aws::dead_letter::DeadLetterOutcome::Failed { .. }), "{dead:?}");
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &parts["max (part 1 of 3)"], later()).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Done);
+    // Part 3's finisher marks it final and dies before finishing the mailbox.
+    let three = stack.svc.table.mailbox_item(&batch, "max (part 3 of 3)").await?.context("part 3")?;
+    let mut record = three.record;
+    record.status = mailhaul_common::model::MailboxStatus::Done;
+    assert!(stack.svc.table.finish_part(&batch, "max", &record).await?);
+    let item = stack.svc.table.mailbox_item(&batch, "max").await?.context("max")?;
+    assert_eq!((item.record.status, item.parts_final), (mailhaul_common::model::MailboxStatus::Running, 3));
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.completed_splits, vec![format!("{batch}/max")], "{swept:?}");
+    assert!(stack.sweep().await?.completed_splits.is_empty(), "finished once");
+    let item = stack.svc.table.mailbox_item(&batch, "max").await?.context("max")?;
+    assert_eq!(item.record.status, mailhaul_common::model::MailboxStatus::Failed);
+    let error = item.record.error.unwrap_or_default();
+    assert!(error.starts_with("part 2 of 3: the copy function crashed"), "{error}");
+
+    // The duplicates of the parts change nothing.
+    for m in duplicates.values() {
+        let out = mailhaul_aws::copy::process_message(&stack.svc, m, later()).await?;
+        assert_eq!(out, mailhaul_aws::copy::JobOutcome::Stale);
+    }
+    stack.drain(&batch, Duration::from_secs(20), Duration::from_secs(60)).await?;
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.total, state.done, state.failed, state.state.as_str()), (1, 0, 1, "completed"));
+    // Part 1's folders are exact; nothing is anywhere twice.
+    let one: JobMessage = serde_json::from_str(parts["max (part 1 of 3)"].body.as_deref().unwrap_or(""))?;
+    let share = one.options.share.context("part 1's folders")?;
+    let (want, got) = (contents(&src, "max", "pw-max-src").await?, contents(&dst, "max", "pw-max-dst").await?);
+    for (folder, bodies) in &got {
+        let mut distinct = bodies.clone();
+        distinct.dedup();
+        assert_eq!(&distinct, bodies, "{folder}: a message twice");
+        if share.includes(folder) {
+            assert_eq!(Some(bodies), want.get(folder), "{folder}");
+        }
+    }
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "MailboxCompleted").count(), 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
     Ok(())
 }
