@@ -8,5 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v moto_server >/dev/null || { echo "moto_server not found: run scripts/setup.sh" >&2; exit 1; }
-cargo test -q -p mailhaul-aws --test pipeline a_batch_of_a_thousand_rows -- --ignored --nocapture 2>&1 \
-    | grep -E "rows through the real binaries|test result|panicked|assert"
+log=$(mktemp)
+status=0
+cargo test -p mailhaul-aws --test pipeline a_batch_of_a_thousand_rows -- --ignored --nocapture >"$log" 2>&1 || status=$?
+grep -E "rows through the real binaries|^test |panicked" "$log" || tail -30 "$log"
+echo "commit $(git rev-parse --short HEAD), $(date -u +%F), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+rm -f "$log"
+exit "$status"

@@ -104,6 +104,10 @@ impl Config {
             })?;
             defaults.insert("max_connections_per_source_host".into(), toml::Value::Integer(n));
         }
+        if let Some(size) = get("MAILHAUL_SPLIT_MAILBOXES_ABOVE") {
+            // Checked with the batch settings it becomes part of (a size such as "10GB").
+            defaults.insert("split_mailboxes_above".into(), toml::Value::String(size));
+        }
         Ok(Config {
             bucket: get("MAILHAUL_BUCKET"),
             table: need("MAILHAUL_TABLE")?,
@@ -209,6 +213,7 @@ mod tests {
             ("MAILHAUL_SOURCE_PORT", "993"),
             ("MAILHAUL_DESTINATION_HOST", ""),
             ("MAILHAUL_MAX_CONNECTIONS_PER_SOURCE_HOST", "4"),
+            ("MAILHAUL_SPLIT_MAILBOXES_ABOVE", "2GB"),
             ("MAILHAUL_DESTINATION_ADMIN_USER", "admin"),
             ("MAILHAUL_DESTINATION_ADMIN_PASSWORD_SECRET", "mailhaul/s/admin/dst"),
         ]);
@@ -219,6 +224,7 @@ mod tests {
         assert_eq!(c.defaults["destination"]["admin_password_secret"].as_str(), Some("mailhaul/s/admin/dst"));
         assert!(c.defaults["destination"].get("host").is_none());
         assert_eq!(c.defaults["max_connections_per_source_host"].as_integer(), Some(4));
+        assert_eq!(c.defaults["split_mailboxes_above"].as_str(), Some("2GB"));
         assert_eq!(c.max_receive_count, 5);
         assert_eq!((c.max_throttled_passes, c.max_crashed_passes), (50, 3));
         assert_eq!((c.min_pass, c.lease_grace), (Duration::from_secs(10), Duration::from_secs(60)));
