@@ -30,12 +30,7 @@ fn mailhaul(moto: &Moto, args: &[&str]) -> Result<Output> {
 
 /// The SDK's configuration for the moto server.
 async fn sdk(moto: &Moto) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto.url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"))
-        .load()
-        .await
+    mailhaul_aws::config::local_sdk_config(&moto.url).await
 }
 
 fn text(out: &Output) -> (String, String) {

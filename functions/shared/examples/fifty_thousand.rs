@@ -2,43 +2,21 @@
 //! against moto. Prints how long each took. Run with bench/fifty_thousand.sh, or
 //! `cargo run -p mailhaul-aws --example fifty_thousand -- [ROWS]`.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mailhaul_aws::config::{Config, NotifyTargets};
 use mailhaul_aws::upload::{process_object, UploadOutcome};
-use mailhaul_aws::Services;
 use mailhaul_common::model::MailboxStatus;
-use mailhaul_tests::moto::Moto;
+
+mod common;
+use common::{BenchStack, BUCKET};
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let rows: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(50_000);
-    let moto = Moto::start()?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto.url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("bench", "bench", None, None, "static"))
-        .load()
-        .await;
-    let bucket = "mailhaul-bench";
-    let s3 = mailhaul_aws::config::s3_client(&sdk);
-    s3.create_bucket().bucket(bucket).send().await?;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let jobs_url = sqs.create_queue().queue_name("jobs").send().await?.queue_url.context("queue url")?;
-    let finalize_url = sqs.create_queue().queue_name("finalize").send().await?.queue_url.context("queue url")?;
-    let env: HashMap<&str, String> = HashMap::from([
-        ("MAILHAUL_BUCKET", bucket.to_string()),
-        ("MAILHAUL_TABLE", "mailhaul".into()),
-        ("MAILHAUL_JOBS_QUEUE_URL", jobs_url.clone()),
-        ("MAILHAUL_FINALIZE_QUEUE_URL", finalize_url),
-        ("MAILHAUL_SECRET_PREFIX", "mailhaul/bench".into()),
-    ]);
-    let config = Config::from_lookup(|k| env.get(k).cloned())?;
-    let svc = Services::aws(&sdk, config, NotifyTargets::default());
-    svc.table.create().await?;
+    let BenchStack { sdk, svc, sqs, jobs_url, .. } = &BenchStack::start(&[]).await?;
+    let bucket = BUCKET;
 
     let mut csv = String::from("source_user,source_password,destination_user,destination_password\n");
     for i in 0..rows {
@@ -57,7 +35,7 @@ async fn main() -> Result<()> {
     ensure!(mailboxes == rows, "{mailboxes} of {rows} rows submitted");
     let queued = sqs
         .get_queue_attributes()
-        .queue_url(&jobs_url)
+        .queue_url(jobs_url)
         .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
         .send()
         .await?
@@ -86,7 +64,7 @@ async fn main() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let number = |v: usize| aws_sdk_dynamodb::types::AttributeValue::N(v.to_string());
-    aws_sdk_dynamodb::Client::new(&sdk)
+    aws_sdk_dynamodb::Client::new(sdk)
         .update_item()
         .table_name("mailhaul")
         .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("BATCH#{batch}")))

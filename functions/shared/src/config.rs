@@ -164,6 +164,17 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
 
+/// The SDK configuration for a local endpoint (moto, LocalStack) with static credentials
+/// that such an endpoint accepts: for tests and benchmarks.
+pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("local", "local", None, None, "static"))
+        .load()
+        .await
+}
+
 /// An S3 client; path-style addressing when an endpoint override is in use (moto, MinIO).
 pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let path_style = sdk.endpoint_url().is_some();

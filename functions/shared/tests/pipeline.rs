@@ -80,12 +80,7 @@ impl Stack {
     /// A stack whose functions see these environment variables besides the test defaults.
     async fn start_with(overrides: &[(&'static str, &str)]) -> Result<Stack> {
         let moto = Moto::start()?;
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&moto.url)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"))
-            .load()
-            .await;
+        let sdk = mailhaul_aws::config::local_sdk_config(&moto.url).await;
         let bucket = "mailhaul-test".to_string();
         let s3 = mailhaul_aws::config::s3_client(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
