@@ -287,6 +287,8 @@ async fn copy_pass(
     budget: Duration,
     (pairs, survey): (usize, bool),
 ) -> Result<JobOutcome, JobError> {
+    // Whatever comes before the copy (the survey) is taken from the same time box.
+    let deadline = tokio::time::Instant::now() + budget;
     let mut job_with_passwords = job.clone();
     if let Err(reason) = fill_passwords(svc, &mut job_with_passwords).await? {
         finish(
@@ -331,18 +333,25 @@ async fn copy_pass(
         split: job.split,
     };
     if survey {
-        match survey_mailbox(&job_with_passwords.job, &job.options, &checkpoints).await {
-            Ok(survey) => match next_step(PassEnd::Surveyed(&survey), Tries::default(), &limits) {
+        let surveyed =
+            tokio::time::timeout_at(deadline, survey_mailbox(&job_with_passwords.job, &job.options, &checkpoints));
+        match surveyed.await {
+            Ok(Ok(survey)) => match next_step(PassEnd::Surveyed(&survey), Tries::default(), &limits) {
                 Next::Split(shares) => return split(svc, job, record, shares).await,
                 _ => svc.table.keep_whole(&job.batch, &job.job.mailbox).await?,
             },
             // The pass meets the same trouble and deals with it; the next one asks again.
-            Err(e) => warn!(error = %e, "could not survey the mailbox for a split"),
+            Ok(Err(e)) => warn!(error = %e, "could not survey the mailbox for a split"),
+            // A survey longer than a pass is not tried again: the mailbox stays whole.
+            Err(_) => {
+                warn!("the survey for a split took the whole pass: the mailbox is copied whole");
+                svc.table.keep_whole(&job.batch, &job.job.mailbox).await?;
+            }
         }
     }
 
     let mut timebox = TimeBox::unlimited();
-    timebox.deadline = Some(tokio::time::Instant::now() + budget);
+    timebox.deadline = Some(deadline);
     let started = Instant::now();
     // One host slot is held per pair of connections.
     let options = mailhaul_common::model::CopyOptions { connections_per_mailbox: pairs, ..job.options.clone() };
