@@ -2,7 +2,7 @@
 # A 1,000-row batch through the three real function binaries behind `cargo lambda watch`
 # (issue 8, item 7), driven with S3 and SQS event JSON as AWS drives them, against moto and
 # two Dovecots: prints seconds for the upload and for the whole batch. The same test with
-# 100 rows runs with every `cargo test`; this one takes 15-25 minutes on moto (its
+# 100 rows runs with every `cargo test`; this one takes about 25 minutes on moto (its
 # TransactWriteItems deep-copies every table, and a finished mailbox is one), hence here.
 # Usage: bench/thousand_rows.sh
 set -euo pipefail

@@ -2075,7 +2075,7 @@ async fn a_batch_of_a_hundred_rows_runs_through_the_real_binaries() -> Result<()
     Ok(())
 }
 
-/// The same with 1,000 rows: 15-25 minutes on moto, whose TransactWriteItems deep-copies every
+/// The same with 1,000 rows: 23 minutes on moto, whose TransactWriteItems deep-copies every
 /// table on each call (a finished mailbox is one), so it runs from bench/thousand_rows.sh,
 /// which prints its figures, rather than in every test run.
 #[tokio::test]
