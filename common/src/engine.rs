@@ -173,7 +173,8 @@ pub struct Survey {
 }
 
 /// Lists the mailbox's folders as a pass would (and creates the missing destination folders)
-/// and asks the source how many messages each holds: one STATUS per folder, nothing opened.
+/// and asks the source how many messages each holds: a STATUS per folder, all in one round
+/// trip, nothing opened.
 pub async fn survey_mailbox(
     job: &MailboxJob,
     options: &CopyOptions,
@@ -184,10 +185,13 @@ pub async fn survey_mailbox(
     let mut copier = Copier::connect(job, &options, store, &NoProgress, &timebox).await?;
     let prepared = copier.prepare().await?;
     let checkpoints = checkpoints_by_folder(store, &job.mailbox).await?;
+    let names: Vec<String> = prepared.plans.iter().map(|p| p.source_raw.clone()).collect();
+    let counts = crate::imap::status::message_counts(&mut copier.source, &mut copier.source_tags, &names)
+        .await
+        .map_err(|detail| copier.lost(Side::Source, detail))?;
     let mut folders = Vec::new();
     let (mut copied, mut bytes) = (0, 0);
-    for plan in &prepared.plans {
-        let status = copier.source_status(plan, "(MESSAGES)").await?;
+    for (plan, count) in prepared.plans.iter().zip(counts) {
         let checkpoint = checkpoints.get(&plan.source_raw);
         let counts = checkpoint.map(|c| c.counts).unwrap_or_default();
         copied += counts.copied;
@@ -195,7 +199,8 @@ pub async fn survey_mailbox(
         folders.push(SurveyedFolder {
             source: plan.source_raw.clone(),
             destination: destination_of(plan, checkpoint, &prepared.layout, &prepared.existing),
-            messages: u64::from(status.exists),
+            // Not counted (refused): no work the split can weigh; the first part takes it.
+            messages: u64::from(count.unwrap_or(0)),
             settled: counts.copied
                 + counts.skipped_duplicate
                 + counts.skipped_too_big

@@ -24,7 +24,7 @@ pub enum Created {
 /// now, pipelined too: two round trips in all. One result per name, in order; a failed
 /// SUBSCRIBE changes nothing. `Err` when the connection broke.
 pub async fn create_all(session: &mut Session, tag_seq: &mut u64, names: &[String]) -> Result<Vec<Created>, String> {
-    let created = pipelined(session, tag_seq, "CREATE", names).await?;
+    let created = pipelined(session, tag_seq, "CREATE", names, "", &mut |_| {}).await?;
     let results: Vec<Created> = created
         .into_iter()
         .map(|reply| match reply {
@@ -35,17 +35,19 @@ pub async fn create_all(session: &mut Session, tag_seq: &mut u64, names: &[Strin
         .collect();
     let existing: Vec<String> =
         names.iter().zip(&results).filter(|(_, r)| **r == Created::Exists).map(|(n, _)| n.clone()).collect();
-    pipelined(session, tag_seq, "SUBSCRIBE", &existing).await?;
+    pipelined(session, tag_seq, "SUBSCRIBE", &existing, "", &mut |_| {}).await?;
     Ok(results)
 }
 
-/// `verb` for each of `names`, all sent at once; the tagged reply of each, in order
-/// (`Err` with the status and the server's words when not OK).
-async fn pipelined(
+/// `verb NAME args` for each of `names`, all sent at once; the tagged reply of each, in order
+/// (`Err` with the status and the server's words when not OK). Untagged data goes to `data`.
+pub(super) async fn pipelined(
     session: &mut Session,
     tag_seq: &mut u64,
     verb: &str,
     names: &[String],
+    args: &str,
+    data: &mut (dyn FnMut(&Response) + Send),
 ) -> Result<Vec<Result<(), String>>, String> {
     let mut results = vec![Ok(()); names.len()];
     if names.is_empty() {
@@ -56,7 +58,7 @@ async fn pipelined(
     for (index, name) in names.iter().enumerate() {
         *tag_seq += 1;
         let tag = format!("MC{}", *tag_seq);
-        commands.push_str(&format!("{tag} {verb} {}\r\n", quote(name)));
+        commands.push_str(&format!("{tag} {verb} {}{args}\r\n", quote(name)));
         pending.insert(tag, index);
     }
     let stream = session.get_mut();
@@ -80,7 +82,7 @@ async fn pipelined(
                     results[index] = Err(format!("{status:?} {code}{words}").trim().to_string());
                 }
             }
-            _ => {}
+            other => data(other),
         }
     }
     Ok(results)

@@ -8,5 +8,6 @@ pub mod deflate;
 pub mod fetch;
 pub mod namespace;
 pub mod search;
+pub mod status;
 
 pub use conn::{connect, Caps, Session};

@@ -27,7 +27,7 @@ async fn main() -> Result<()> {
     svc.objects.put(bucket, "incoming/big.csv", csv.into_bytes(), "text/csv").await?;
 
     let started = Instant::now();
-    let outcome = process_object(&svc, bucket, "incoming/big.csv", None).await?;
+    let outcome = process_object(svc, bucket, "incoming/big.csv", None).await?;
     let upload_seconds = started.elapsed().as_secs_f64();
     let UploadOutcome::Submitted { batch, mailboxes, .. } = outcome else {
         anyhow::bail!("not submitted: {outcome:?}")
@@ -78,7 +78,7 @@ async fn main() -> Result<()> {
     eprintln!("({rows} mailboxes marked done in {:.1} s)", marking.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let completed = mailhaul_aws::finalize::finalize_batch(&svc, &batch).await?.context("batch not finalized")?;
+    let completed = mailhaul_aws::finalize::finalize_batch(svc, &batch).await?.context("batch not finalized")?;
     let finalize_seconds = started.elapsed().as_secs_f64();
     ensure!(completed.done == rows as u64, "{} of {rows} mailboxes done in the report", completed.done);
     let report = svc.objects.get(bucket, &format!("reports/{batch}/report.csv")).await?.context("report.csv")?;

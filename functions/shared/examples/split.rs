@@ -71,13 +71,13 @@ async fn main() -> Result<()> {
         svc.objects.put(bucket, &format!("incoming/{user}.csv"), csv.into_bytes(), "text/csv").await?;
         let started = Instant::now();
         let UploadOutcome::Submitted { batch, .. } =
-            process_object(&svc, bucket, &format!("incoming/{user}.csv"), None).await?
+            process_object(svc, bucket, &format!("incoming/{user}.csv"), None).await?
         else {
             anyhow::bail!("{user}: not submitted")
         };
-        let (passes, parts) = run_functions(&svc, &sqs, &jobs_url, functions as usize, pass_seconds).await?;
+        let (passes, parts) = run_functions(svc, sqs, jobs_url, functions as usize, pass_seconds).await?;
         ensure!(
-            mailhaul_aws::finalize::finalize_batch(&svc, &batch).await?.is_some(),
+            mailhaul_aws::finalize::finalize_batch(svc, &batch).await?.is_some(),
             "{user}: the batch did not complete"
         );
         let elapsed = started.elapsed().as_secs_f64();

@@ -337,7 +337,10 @@ async fn copy_pass(
             tokio::time::timeout_at(deadline, survey_mailbox(&job_with_passwords.job, &job.options, &checkpoints));
         match surveyed.await {
             Ok(Ok(survey)) => match next_step(PassEnd::Surveyed(&survey), Tries::default(), &limits) {
-                Next::Split(shares) => return split(svc, job, record, shares).await,
+                Next::Split(shares) => match split(svc, job, record, shares).await? {
+                    Some(split) => return Ok(split),
+                    None => svc.table.keep_whole(&job.batch, &job.job.mailbox).await?,
+                },
                 _ => svc.table.keep_whole(&job.batch, &job.job.mailbox).await?,
             },
             // The pass meets the same trouble and deals with it; the next one asks again.
@@ -479,15 +482,20 @@ pub async fn complete_split(svc: &Services, batch: &str, mailbox: &str) -> Resul
     finish_whole(svc, &job, &record).await
 }
 
+/// Largest part job: under SQS's 256 KB message (and DynamoDB's 400 KB item), which a part
+/// of a mailbox with thousands of folders, listing them, could pass.
+const MAX_PART_JOB_BYTES: usize = 200 * 1024;
+
 /// Splits the mailbox into parts: their items (with the split mark, in one transaction),
 /// then their jobs, then the mailbox's pass ends. A crash anywhere in between leaves the
 /// mailbox's pass marked: the sweeper re-drives it and [`send_parts`] queues them again.
+/// `None` when the parts' jobs would be too big to queue: the mailbox stays whole.
 async fn split(
     svc: &Services,
     job: &JobMessage,
     record: &MailboxRecord,
     shares: Vec<FolderShare>,
-) -> Result<JobOutcome, JobError> {
+) -> Result<Option<JobOutcome>, JobError> {
     let of = shares.len();
     let mut parts = Vec::new();
     for (index, share) in shares.into_iter().enumerate() {
@@ -498,12 +506,16 @@ async fn split(
         let unit = part_job.unit();
         let part_record = MailboxRecord::pending(&unit, record.row, &record.source_user, Vec::new());
         let body = serde_json::to_string(&part_job).map_err(|e| JobError::BadMessage(e.to_string()))?;
+        if body.len() > MAX_PART_JOB_BYTES {
+            warn!(bytes = body.len(), "too many folders to list in a part's job: the mailbox is copied whole");
+            return Ok(None);
+        }
         parts.push((unit, part_record, body));
     }
     if svc.table.split_mailbox(&job.batch, &job.job.mailbox, &parts).await? {
         info!(parts = of, "big mailbox: copied in parts, side by side");
     }
-    send_parts(svc, job).await
+    send_parts(svc, job).await.map(Some)
 }
 
 /// Queues the job of every part not final yet at its current pass, then ends the mailbox's
