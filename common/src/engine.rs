@@ -1128,15 +1128,19 @@ impl Copier<'_> {
                 });
             }
             tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, sent = sent.len(), landed = matched.len(), "reconciled the batch cut off last time");
-            let runs =
-                matched.iter().map(|(s, d)| Run::one(*s, Some((dest_validity, *d)), Outcome::Copied, None)).collect();
-            self.settle(&mut ledger, folder, uid_validity, runs).await?;
-            self.forget_retried(folder, &retry, matched.iter().map(|(s, _)| *s)).await?;
+            let runs = ledger::runs(
+                matched.iter().map(|(s, d)| Run::one(*s, Some((dest_validity, *d)), Outcome::Copied, None)).collect(),
+            );
             cp.counts.copied += matched.len() as u64;
-            candidates.retain(|m| ledger.pending(m.uid));
             cp.in_flight = None;
             cp.fence = None;
-            self.store.save_folder(&self.job.mailbox, &cp).await?;
+            // The runs with the checkpoint counting them and clearing the mark, in one write.
+            self.store.record_batch(&self.job.mailbox, uid_validity, &runs, &cp).await?;
+            for run in runs {
+                ledger.apply(run);
+            }
+            self.forget_retried(folder, &retry, matched.iter().map(|(s, _)| *s)).await?;
+            candidates.retain(|m| ledger.pending(m.uid));
         }
 
         if let Some(elsewhere) = &elsewhere {
@@ -1454,12 +1458,15 @@ impl Copier<'_> {
             }
         }
         drop(fetched);
-        self.settle(&mut books.ledger, folder, job.uid_validity, runs).await?;
+        let runs = ledger::runs(runs);
         books.cp.counts.add(&counts);
-        self.outcome.this_pass.add(&counts);
         // From the first unconfirmed message on, the next pass reconciles.
         books.settled(batch[0].uid, appended.unconfirmed_from, job.dest_validity, job.highest_batched);
-        self.store.save_folder(&self.job.mailbox, &books.cp).await?;
+        self.store.record_batch(&self.job.mailbox, job.uid_validity, &runs, &books.cp).await?;
+        for run in runs {
+            books.ledger.apply(run);
+        }
+        self.outcome.this_pass.add(&counts);
         self.batches_confirmed += 1;
         self.progress.copied(&self.job.mailbox, &folder.source_display, counts.copied, counts.bytes);
         Ok(appended.error)

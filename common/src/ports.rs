@@ -44,6 +44,20 @@ pub trait CheckpointStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every run recorded for that folder and UIDVALIDITY, in the order recorded.
     async fn load_ledger(&self, mailbox: &str, folder: &str, uid_validity: u32) -> Result<Vec<Run>, StoreError>;
+    /// A settled batch: its ledger runs and the folder's checkpoint counting them, both or
+    /// neither (a kill between two writes would leave copied messages counted nowhere: the
+    /// ledger says settled, so no later pass counts them). Stores that can, do it in one
+    /// transaction; the default writes the runs, then the checkpoint.
+    async fn record_batch(
+        &self,
+        mailbox: &str,
+        uid_validity: u32,
+        runs: &[Run],
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError> {
+        self.record_ledger(mailbox, &checkpoint.source_folder, uid_validity, runs).await?;
+        self.save_folder(mailbox, checkpoint).await
+    }
 }
 
 /// The batch as a whole: one record per CSV row.

@@ -186,6 +186,41 @@ impl SqliteStore {
     }
 }
 
+/// Insert or replace a folder's checkpoint. An upsert (not INSERT OR REPLACE) keeps the
+/// rowid, hence the folder order.
+fn upsert_checkpoint(conn: &Connection, mailbox: &str, folder: &str, json: &str) -> Result<(), Fail> {
+    conn.prepare_cached(
+        "INSERT INTO folders (mailbox, source_folder, checkpoint, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (mailbox, source_folder) DO UPDATE
+         SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+    )?
+    .execute(params![mailbox, folder, json, time_to_sql(&Utc::now())])?;
+    Ok(())
+}
+
+/// Append ledger runs (inside the caller's transaction).
+fn insert_runs(conn: &Connection, mailbox: &str, folder: &str, uid_validity: u32, runs: &[Run]) -> Result<(), Fail> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO ledger (mailbox, folder, uid_validity, source_uid, count, destination_uid,
+                             destination_uidv, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for run in runs {
+        insert.execute(params![
+            mailbox,
+            folder,
+            uid_validity,
+            run.source_uid,
+            run.count,
+            run.destination_uid,
+            run.destination_uid_validity,
+            run.outcome.as_str(),
+            run.detail
+        ])?;
+    }
+    Ok(())
+}
+
 /// Create the schema in a new file, or check the version of an existing one.
 fn init_schema(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
     let result = (|| -> Result<(), Fail> {
@@ -340,17 +375,7 @@ impl CheckpointStore for SqliteStore {
         let folder = checkpoint.source_folder.clone();
         let what = format!("saving the checkpoint of mailbox {mailbox} folder {folder}");
         let json = json_to_sql("checkpoint", checkpoint).map_err(|e| StoreError::new(format!("{what}: {e}")))?;
-        self.call(what, move |conn| {
-            // An upsert (not INSERT OR REPLACE) keeps the rowid, hence the folder order.
-            conn.prepare_cached(
-                "INSERT INTO folders (mailbox, source_folder, checkpoint, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (mailbox, source_folder) DO UPDATE
-                 SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
-            )?
-            .execute(params![mailbox, folder, json, time_to_sql(&Utc::now())])?;
-            Ok(())
-        })
-        .await
+        self.call(what, move |conn| upsert_checkpoint(conn, &mailbox, &folder, &json)).await
     }
 
     async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError> {
@@ -404,26 +429,27 @@ impl CheckpointStore for SqliteStore {
         let what = format!("recording {} ledger run(s) of mailbox {mailbox} folder {folder}", runs.len());
         self.call(what, move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO ledger (mailbox, folder, uid_validity, source_uid, count, destination_uid,
-                                         destination_uidv, outcome, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for run in &runs {
-                    insert.execute(params![
-                        mailbox,
-                        folder,
-                        uid_validity,
-                        run.source_uid,
-                        run.count,
-                        run.destination_uid,
-                        run.destination_uid_validity,
-                        run.outcome.as_str(),
-                        run.detail
-                    ])?;
-                }
-            }
+            insert_runs(&tx, &mailbox, &folder, uid_validity, &runs)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_batch(
+        &self,
+        mailbox: &str,
+        uid_validity: u32,
+        runs: &[Run],
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError> {
+        let (mailbox, folder, runs) = (mailbox.to_string(), checkpoint.source_folder.clone(), runs.to_vec());
+        let what = format!("recording a batch of mailbox {mailbox} folder {folder}");
+        let json = json_to_sql("checkpoint", checkpoint).map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+        self.call(what, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_runs(&tx, &mailbox, &folder, uid_validity, &runs)?;
+            upsert_checkpoint(&tx, &mailbox, &folder, &json)?;
             tx.commit()?;
             Ok(())
         })

@@ -1080,6 +1080,34 @@ pub struct DynamoCheckpoints {
 }
 
 impl DynamoCheckpoints {
+    /// A folder's checkpoint item.
+    fn checkpoint_item(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<Item, StoreError> {
+        let mut item = key(self.pk(mailbox), format!("F#{}", checkpoint.source_folder));
+        item.insert("data".into(), to_json(checkpoint)?);
+        Ok(item)
+    }
+
+    /// Ledger items of `runs`: one per 500 runs (a batch: at most a few hundred runs, far
+    /// below 400 KB, and one item), keyed so a prefix query returns them in the order
+    /// written. Micros since the epoch order the writes of one folder: it has one writer.
+    fn ledger_items(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+        runs: &[Run],
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        for chunk in runs.chunks(500) {
+            let micros = Utc::now().timestamp_micros();
+            let sk = format!("{}{micros:020}#{:010}", ledger_prefix(folder, uid_validity), chunk[0].source_uid);
+            let mut item = key(self.pk(mailbox), sk);
+            item.insert("data".into(), to_json(&chunk)?);
+            items.push(item);
+        }
+        Ok(items)
+    }
+
     fn pk(&self, mailbox: &str) -> String {
         match self.pairs.get(mailbox) {
             Some(pair) => format!("CKPT#{pair}"),
@@ -1116,9 +1144,7 @@ impl CheckpointStore for DynamoCheckpoints {
     }
 
     async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
-        let mut item = key(self.pk(mailbox), format!("F#{}", checkpoint.source_folder));
-        item.insert("data".into(), to_json(checkpoint)?);
-        self.put(item, mailbox).await
+        self.put(self.checkpoint_item(mailbox, checkpoint)?, mailbox).await
     }
 
     async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), StoreError> {
@@ -1150,16 +1176,32 @@ impl CheckpointStore for DynamoCheckpoints {
         uid_validity: u32,
         runs: &[Run],
     ) -> Result<(), StoreError> {
-        // One item per call (a batch: at most a few hundred runs, far below 400 KB), keyed so a
-        // prefix query returns them in the order written. Micros since the epoch order the
-        // writes of one mailbox: only one worker holds its lease at a time.
-        for chunk in runs.chunks(500) {
-            let micros = Utc::now().timestamp_micros();
-            let sk = format!("{}{micros:020}#{:010}", ledger_prefix(folder, uid_validity), chunk[0].source_uid);
-            let mut item = key(self.pk(mailbox), sk);
-            item.insert("data".into(), to_json(&chunk)?);
+        for item in self.ledger_items(mailbox, folder, uid_validity, runs)? {
             self.put(item, mailbox).await?;
         }
+        Ok(())
+    }
+
+    async fn record_batch(
+        &self,
+        mailbox: &str,
+        uid_validity: u32,
+        runs: &[Run],
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError> {
+        let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", mailbox, e);
+        let mut items = self.ledger_items(mailbox, &checkpoint.source_folder, uid_validity, runs)?;
+        items.push(self.checkpoint_item(mailbox, checkpoint)?);
+        let mut writes = Vec::new();
+        for item in items {
+            let put = aws_sdk_dynamodb::types::Put::builder()
+                .table_name(&self.table.name)
+                .set_item(Some(item))
+                .build()
+                .map_err(tx)?;
+            writes.push(TransactWriteItem::builder().put(put).build());
+        }
+        self.table.transact(writes, mailbox).await?;
         Ok(())
     }
 
