@@ -276,7 +276,14 @@ async fn expired_token_is_renewed_on_reconnect(honest: bool) {
     assert_eq!(bodies(&copied), bodies(&original), "every message exactly once");
     let requests = mock.requests();
     assert_eq!(requests.len(), 2, "the first token and one renewal: {requests:?}");
-    assert_eq!(refused_tokens(&source, "alice"), if honest { 0 } else { 1 }, "{}", source.log());
+    // The pairs log in side by side, so each may present the stale token before either is
+    // refused; the renewal is still one request, taken by all of them.
+    let refused = refused_tokens(&source, "alice");
+    if honest {
+        assert_eq!(refused, 0, "{}", source.log());
+    } else {
+        assert!((1..=options.connections_per_mailbox).contains(&refused), "{refused} refused\n{}", source.log());
+    }
     assert!(logins(&source, "alice", "XOAUTH2") >= 2, "{}", source.log());
 }
 
