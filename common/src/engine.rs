@@ -24,7 +24,8 @@ use crate::imap::namespace::{Kind as NamespaceKind, Namespace, Namespaces};
 use crate::imap::{connect, Caps, Session};
 use crate::ledger::{self, FolderLedger, Identified, Outcome, Run};
 use crate::model::{
-    CopyOptions, Endpoint, FolderCheckpoint, FolderCounts, GmailLabels, MailboxJob, SkipReason, SkippedMessage, Verdict,
+    CopyOptions, Endpoint, FolderCheckpoint, FolderCounts, GmailLabels, MailboxJob, SkipReason, SkippedMessage,
+    UidRange, Verdict,
 };
 use crate::plan::{self, Action, MessageMeta};
 use crate::ports::CheckpointStore;
@@ -107,6 +108,12 @@ pub async fn copy_mailbox(
     progress: &dyn ProgressSink,
     timebox: &TimeBox,
 ) -> Result<MailboxOutcome, CopyError> {
+    // A part copying one UID range of a folder keeps that range's checkpoint.
+    let range_store = options.share.as_ref().and_then(|s| s.range()).map(|range| RangeStore { inner: store, range });
+    let store: &dyn CheckpointStore = match &range_store {
+        Some(range_store) => range_store,
+        None => store,
+    };
     let hard_stop = timebox.deadline.map(|d| d + DEADLINE_GRACE);
     let connected = Copier::connect(job, options, store, progress, timebox);
     let mut lead = match hard_stop {
@@ -159,6 +166,17 @@ pub struct SurveyedFolder {
     /// Messages its checkpoint has settled (copied, skipped or refused).
     pub settled: u64,
     pub complete: bool,
+    /// Where a split into UID ranges would start: past the checkpoint's last UID, below the
+    /// source's UIDNEXT (0: not said). A folder with a batch in flight is not split in ranges.
+    #[serde(default)]
+    pub last_uid: u32,
+    #[serde(default)]
+    pub uid_next: u32,
+    #[serde(default)]
+    pub in_flight: bool,
+    /// Splits into UID ranges its checkpoint has counted: the next is one more.
+    #[serde(default)]
+    pub splits: u32,
 }
 
 /// What is left to copy of a mailbox, folder by folder.
@@ -200,7 +218,11 @@ pub async fn survey_mailbox(
             source: plan.source_raw.clone(),
             destination: destination_of(plan, checkpoint, &prepared.layout, &prepared.existing),
             // Not counted (refused): no work the split can weigh; the first part takes it.
-            messages: u64::from(count.unwrap_or(0)),
+            messages: u64::from(count.map_or(0, |c| c.messages)),
+            last_uid: checkpoint.map_or(0, |c| c.last_uid),
+            uid_next: count.map_or(0, |c| c.uid_next),
+            in_flight: checkpoint.is_some_and(|c| c.in_flight.is_some()),
+            splits: checkpoint.map_or(0, |c| c.splits_folded),
             settled: counts.copied
                 + counts.skipped_duplicate
                 + counts.skipped_too_big
@@ -271,6 +293,12 @@ async fn run_all<'a>(lead: &mut Copier<'a>, helpers: &mut Vec<Copier<'a>>) -> Re
             folder: format!("{} folder(s)", folder_errors.len()),
             detail: folder_errors.join("; "),
         });
+    }
+    if lead.options.share.as_ref().is_some_and(|s| s.range().is_some()) {
+        // One UID range of a folder: the folder is verified whole by its next whole pass,
+        // once every range is done (the others are still appending now).
+        lead.outcome.status = CopyStatus::Done;
+        return Ok(());
     }
     let unchanged: HashSet<String> =
         std::iter::once(&*lead).chain(helpers.iter()).flat_map(|c| c.unchanged.iter().cloned()).collect();
@@ -983,11 +1011,28 @@ impl Copier<'_> {
             (true, Some(before), Some(now)) => (before != now).then_some(Some(before)),
             _ => Some(None),
         };
-        let flags_due = self.options.sync_flags && cp.last_uid > 0 && flags_since.is_some();
+        // A UID range of a split folder: its flags are synced by the folder's next whole pass.
+        let range = self.options.share.as_ref().and_then(|s| s.range()).filter(|r| r.folder == folder.source_raw);
+        if let Some(range) = range {
+            if rescan {
+                return Err(CopyError::Folder {
+                    side: Side::Source,
+                    folder: folder.source_display.clone(),
+                    detail: format!(
+                        "UIDVALIDITY changed while the folder was copied in UID ranges (UIDs {}..): the next pass rescans it",
+                        range.from
+                    ),
+                });
+            }
+        }
+        let flags_due = self.options.sync_flags && cp.last_uid > 0 && flags_since.is_some() && range.is_none();
         let mut ledger = FolderLedger::from_recorded(
             self.store.load_ledger(&self.job.mailbox, &folder.source_raw, uid_validity).await?,
         );
-        let retry = ledger.to_retry();
+        let mut retry = ledger.to_retry();
+        if let Some(range) = range {
+            retry.retain(|uid| range.contains(*uid));
+        }
         let unchanged = uid_next != 0 && uid_validity != 0 && cp.uid_next == uid_next;
         if cp.complete
             && unchanged
@@ -1029,6 +1074,10 @@ impl Copier<'_> {
             let reusable = examined.filter(|_| elsewhere.is_none());
             let (session, selected, label) = (&mut self.source, &mut self.source_selected, &self.source_label);
             let (endpoint, tags, last_uid, retry) = (&self.job.source, &mut self.source_tags, cp.last_uid, &retry);
+            let (uid_set, in_range) = match range {
+                Some(range) => (range.uid_set_after(last_uid), range.clone()),
+                None => (format!("{}:*", last_uid + 1), UidRange { from: 0, to: u32::MAX, ..Default::default() }),
+            };
             let source = async move {
                 let source_box = match reusable {
                     Some(mailbox) => mailbox,
@@ -1038,9 +1087,9 @@ impl Copier<'_> {
                     return Ok(Listing::default());
                 }
                 let mut link = SourceLink { session, endpoint, folder: &folder.source_raw, uid_validity, tags, label };
-                let mut listing = list_source(&mut link, &format!("{}:*", last_uid + 1)).await?;
-                listing.metas.retain(|m| m.uid > last_uid);
-                listing.unlisted.retain(|(uid, _)| *uid > last_uid);
+                let mut listing = list_source(&mut link, &uid_set).await?;
+                listing.metas.retain(|m| m.uid > last_uid && in_range.contains(m.uid));
+                listing.unlisted.retain(|(uid, _)| *uid > last_uid && in_range.contains(*uid));
                 if !retry.is_empty() {
                     let again = list_source(&mut link, &plan::uid_set(retry)).await?;
                     listing.metas.extend(again.metas);
@@ -1115,6 +1164,13 @@ impl Copier<'_> {
             let landed = if sent.is_empty() && unknown.is_empty() {
                 Vec::new()
             } else {
+                if range.is_some() {
+                    // Other ranges' parts append to this folder too: what they settled since
+                    // this pass read the ledger is theirs, not a candidate for ours.
+                    ledger = FolderLedger::from_recorded(
+                        self.store.load_ledger(&self.job.mailbox, &folder.source_raw, uid_validity).await?,
+                    );
+                }
                 self.unclaimed_arrivals(&ledger, fence, dest_validity).await?
             };
             let matched = ledger::reconcile_in_flight(&sent, &landed);
@@ -1163,7 +1219,9 @@ impl Copier<'_> {
 
         // Duplicates already in the destination (put there by someone else, or by us before
         // the source renumbered): each destination message absorbs one source message.
-        let dedupe = rescan || dest_recreated || self.options.skip_duplicates;
+        // Not in a UID range: the folder's first pass checked every message it listed, and
+        // the other ranges' messages arriving meanwhile are not duplicates.
+        let dedupe = rescan || dest_recreated || (self.options.skip_duplicates && range.is_none());
         let mut duplicates: HashMap<u32, u32> = HashMap::new();
         if dedupe && !candidates.is_empty() && dest_box.exists > 0 {
             let from = if rescan || dest_recreated { 1 } else { cp.destination_uid_next.max(1) };
@@ -1307,7 +1365,8 @@ impl Copier<'_> {
         cp.highest_modseq = highest_modseq;
         cp.destination_uid_next = books.dest_next;
         cp.last_uid = cp.last_uid.max(highest_uid);
-        cp.counts.unreadable = books.ledger.to_retry().len() as u64;
+        cp.counts.unreadable =
+            books.ledger.to_retry().iter().filter(|uid| range.is_none_or(|r| r.contains(**uid))).count() as u64;
         drop(books);
         self.store.save_folder(&self.job.mailbox, &cp).await?;
         tracing::info!(mailbox = %self.job.mailbox, folder = %folder.source_display, copied = cp.counts.copied, "folder done");
@@ -2291,6 +2350,104 @@ fn destination_of(
 
 /// A mailbox's folder checkpoints by source folder. (A free function: borrowing the whole
 /// copier across the await would make the future hold its non-`Sync` sessions.)
+/// The store as a part copying one UID range of a folder sees it: the folder's checkpoint
+/// is the range's own (saved under [`UidRange::checkpoint_key`]), its ledger the folder's.
+struct RangeStore<'a> {
+    inner: &'a dyn CheckpointStore,
+    range: &'a UidRange,
+}
+
+impl RangeStore<'_> {
+    fn as_saved(&self, checkpoint: &FolderCheckpoint) -> FolderCheckpoint {
+        if checkpoint.source_folder != self.range.folder {
+            return checkpoint.clone();
+        }
+        FolderCheckpoint {
+            source_folder: self.range.checkpoint_key(),
+            range: Some(self.range.clone()),
+            ..checkpoint.clone()
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for RangeStore<'_> {
+    async fn load_saved(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, crate::ports::StoreError> {
+        self.inner.load_saved(mailbox).await
+    }
+
+    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, crate::ports::StoreError> {
+        let saved = self.inner.load_saved(mailbox).await?;
+        let key = self.range.checkpoint_key();
+        let own = saved.iter().find(|c| c.source_folder == key && c.range.as_ref() == Some(self.range)).cloned();
+        let mut folders = crate::model::fold_ranges(saved);
+        let own = match own {
+            Some(own) => FolderCheckpoint { source_folder: self.range.folder.clone(), range: None, ..own },
+            // Before the range's first save: where the folder stood (a renumbered folder
+            // shows as such), nothing of the range settled yet.
+            None => match folders.iter().find(|c| c.source_folder == self.range.folder) {
+                Some(whole) => FolderCheckpoint {
+                    source_folder: self.range.folder.clone(),
+                    destination_folder: whole.destination_folder.clone(),
+                    uid_validity: whole.uid_validity,
+                    destination_uid_validity: whole.destination_uid_validity,
+                    last_uid: self.range.from - 1,
+                    ..FolderCheckpoint::default()
+                },
+                None => return Ok(folders),
+            },
+        };
+        folders.retain(|c| c.source_folder != self.range.folder);
+        folders.push(own);
+        Ok(folders)
+    }
+
+    async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), crate::ports::StoreError> {
+        self.inner.save_folder(mailbox, &self.as_saved(checkpoint)).await
+    }
+
+    async fn record_skipped(&self, mailbox: &str, message: &SkippedMessage) -> Result<(), crate::ports::StoreError> {
+        self.inner.record_skipped(mailbox, message).await
+    }
+
+    async fn skipped(&self, mailbox: &str) -> Result<Vec<SkippedMessage>, crate::ports::StoreError> {
+        self.inner.skipped(mailbox).await
+    }
+
+    async fn forget_skipped(&self, mailbox: &str, folder: &str, uid: u32) -> Result<(), crate::ports::StoreError> {
+        self.inner.forget_skipped(mailbox, folder, uid).await
+    }
+
+    async fn record_ledger(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+        runs: &[Run],
+    ) -> Result<(), crate::ports::StoreError> {
+        self.inner.record_ledger(mailbox, folder, uid_validity, runs).await
+    }
+
+    async fn load_ledger(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid_validity: u32,
+    ) -> Result<Vec<Run>, crate::ports::StoreError> {
+        self.inner.load_ledger(mailbox, folder, uid_validity).await
+    }
+
+    async fn record_batch(
+        &self,
+        mailbox: &str,
+        uid_validity: u32,
+        runs: &[Run],
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), crate::ports::StoreError> {
+        self.inner.record_batch(mailbox, uid_validity, runs, &self.as_saved(checkpoint)).await
+    }
+}
+
 async fn checkpoints_by_folder(
     store: &dyn CheckpointStore,
     mailbox: &str,

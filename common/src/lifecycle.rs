@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::{CopyStatus, MailboxOutcome, Survey};
+use crate::engine::{CopyStatus, MailboxOutcome, Survey, SurveyedFolder};
 use crate::error::CopyError;
-use crate::model::{FolderShare, SplitRule};
+use crate::model::{FolderShare, SplitRule, UidRange};
 
 /// How one pass ended.
 #[derive(Debug)]
@@ -133,35 +133,78 @@ pub fn next_step(end: PassEnd<'_>, tries: Tries, limits: &Limits) -> Next {
 /// writer per destination folder); the biggest are dealt first, each to the lightest part.
 /// The first part takes every folder the others do not, so a folder that appears on the
 /// source after the split is still copied.
+///
+/// A folder that alone holds more than a part's worth (its destination folder has no other
+/// source) is copied in UID ranges, one part each ([`range_parts`]); the other folders are
+/// dealt as above onto the parts left.
 pub fn split_parts(survey: &Survey, rule: SplitRule) -> Option<Vec<FolderShare>> {
     if rule.above_bytes == 0 || rule.max_parts < 2 || survey.labels_are_folders {
         return None;
     }
     // Unknown sizes (nothing copied yet): a typical message.
     let mean = if survey.mean_message_bytes > 0 { survey.mean_message_bytes } else { 75 * 1024 };
-    let mut groups: BTreeMap<&str, (u64, Vec<&str>)> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, (u64, Vec<&SurveyedFolder>)> = BTreeMap::new();
     for folder in &survey.folders {
         let left = if folder.complete { 0 } else { folder.messages.saturating_sub(folder.settled) };
         let group = groups.entry(folder.destination.as_str()).or_default();
         group.0 += left * mean;
-        group.1.push(folder.source.as_str());
+        group.1.push(folder);
     }
-    let mut groups: Vec<(u64, Vec<&str>)> = groups.into_values().filter(|(bytes, _)| *bytes > 0).collect();
+    let mut groups: Vec<(u64, Vec<&SurveyedFolder>)> = groups.into_values().filter(|(bytes, _)| *bytes > 0).collect();
+    groups.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].source.cmp(&b.1[0].source)));
     let total: u64 = groups.iter().map(|(bytes, _)| bytes).sum();
+    if let Some(shares) = range_parts(&groups, total, rule) {
+        return Some(shares);
+    }
     let parts = (total.div_ceil(rule.above_bytes) as usize).min(rule.max_parts).min(groups.len());
     if parts < 2 {
         return None;
     }
-    groups.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    Some(deal(groups, parts, BTreeSet::new()))
+}
+
+/// The folder groups dealt onto `parts` parts, the first taking every folder the others do
+/// not (and not `elsewhere`, which other parts copy).
+fn deal(groups: Vec<(u64, Vec<&SurveyedFolder>)>, parts: usize, elsewhere: BTreeSet<String>) -> Vec<FolderShare> {
     let mut loads = vec![(0u64, BTreeSet::new()); parts];
     for (bytes, folders) in groups {
-        let lightest = loads.iter_mut().min_by_key(|(load, _)| *load).expect("at least two parts");
+        let lightest = loads.iter_mut().min_by_key(|(load, _)| *load).expect("at least one part");
         lightest.0 += bytes;
-        lightest.1.extend(folders.into_iter().map(str::to_string));
+        lightest.1.extend(folders.into_iter().map(|f| f.source.clone()));
     }
-    let others: BTreeSet<String> = loads[1..].iter().flat_map(|(_, folders)| folders.iter().cloned()).collect();
+    let mut others: BTreeSet<String> = loads[1..].iter().flat_map(|(_, folders)| folders.iter().cloned()).collect();
+    others.extend(elsewhere);
     let mut shares = vec![FolderShare::AllBut(others)];
     shares.extend(loads.into_iter().skip(1).map(|(_, folders)| FolderShare::Only(folders)));
+    shares
+}
+
+/// The biggest group in UID ranges, when it is one source folder with more than a part's
+/// worth left: `k` ranges of about equal UID spans from past its checkpoint, the top one
+/// open (it takes what arrives meanwhile), plus the other folders dealt onto the parts
+/// left (at least one: it also takes new folders and verifies the finished ones).
+fn range_parts(groups: &[(u64, Vec<&SurveyedFolder>)], total: u64, rule: SplitRule) -> Option<Vec<FolderShare>> {
+    let ((big_bytes, big), rest) = groups.split_first()?;
+    let [folder] = big.as_slice() else { return None };
+    if *big_bytes <= rule.above_bytes || folder.in_flight || folder.uid_next <= folder.last_uid.saturating_add(2) {
+        return None;
+    }
+    let rest_bytes = total - big_bytes;
+    let others = (rest_bytes.div_ceil(rule.above_bytes) as usize).clamp(1, rest.len().max(1));
+    let from = folder.last_uid + 1;
+    let span = folder.uid_next - from;
+    let ranges =
+        (big_bytes.div_ceil(rule.above_bytes) as usize).min(rule.max_parts.saturating_sub(others)).min(span as usize);
+    if ranges < 2 {
+        return None;
+    }
+    let split = folder.splits + 1;
+    let starts: Vec<u32> = (0..ranges).map(|i| from + (u64::from(span) * i as u64 / ranges as u64) as u32).collect();
+    let mut shares = deal(rest.to_vec(), others, BTreeSet::from([folder.source.clone()]));
+    for (i, start) in starts.iter().enumerate() {
+        let to = starts.get(i + 1).map_or(u32::MAX, |next| next - 1);
+        shares.push(FolderShare::Range(UidRange { folder: folder.source.clone(), from: *start, to, split }));
+    }
     Some(shares)
 }
 
@@ -327,6 +370,10 @@ mod tests {
             messages,
             settled,
             complete: false,
+            last_uid: 0,
+            uid_next: 0,
+            in_flight: false,
+            splits: 0,
         }
     }
 
@@ -389,6 +436,47 @@ mod tests {
         assert_ne!(parts[0], parts[1], "{shares:?}");
         // 430 KB: five 100 KB parts wanted, but only three destination folders have work.
         assert_eq!(shares.len(), 3);
+    }
+
+    #[test]
+    fn a_folder_with_more_than_a_part_left_is_split_in_uid_ranges() {
+        let rule = SplitRule { above_bytes: 100_000, max_parts: 4 };
+        let mut inbox = folder("INBOX", "INBOX", 1000, 100);
+        (inbox.last_uid, inbox.uid_next) = (100, 1001);
+        let big = survey(vec![inbox.clone(), folder("A", "A", 50, 0)]);
+        let shares = split_parts(&big, rule).expect("split");
+        // 900 KB in INBOX, 50 KB in A: A's part (which also takes new folders), then INBOX's
+        // 900 UIDs in the three parts left, contiguous, the top one open.
+        assert_eq!(shares.len(), 4, "{shares:?}");
+        assert_eq!(owners(&shares, &["A", "New"]), vec![0, 0]);
+        let ranges: Vec<&UidRange> = shares.iter().filter_map(FolderShare::range).collect();
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges[0].from, 101);
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].to + 1, pair[1].from, "{ranges:?}");
+        }
+        assert_eq!(ranges[2].to, u32::MAX);
+        assert!(ranges.iter().all(|r| r.folder == "INBOX" && r.split == 1));
+        for uid in [101, 400, 1000, 5000] {
+            assert_eq!(ranges.iter().filter(|r| r.contains(uid)).count(), 1, "UID {uid}");
+        }
+        assert!(!shares[0].includes("INBOX"));
+
+        // The next split of the same folder is numbered on.
+        let again = survey(vec![crate::engine::SurveyedFolder { splits: 1, ..inbox.clone() }]);
+        let shares = split_parts(&again, rule).expect("split");
+        assert!(shares.iter().filter_map(FolderShare::range).all(|r| r.split == 2));
+
+        // A batch in flight (reconciled by a whole pass first), or UIDNEXT not known: by
+        // folder only.
+        let in_flight =
+            survey(vec![crate::engine::SurveyedFolder { in_flight: true, ..inbox.clone() }, folder("A", "A", 50, 0)]);
+        assert!(split_parts(&in_flight, rule).expect("split").iter().all(|s| s.range().is_none()));
+        let unknown = survey(vec![crate::engine::SurveyedFolder { uid_next: 0, ..inbox.clone() }]);
+        assert_eq!(split_parts(&unknown, rule), None);
+        // Two sources into one destination folder: never in ranges (one writer each).
+        let merged = survey(vec![inbox.clone(), folder("Old", "INBOX", 10, 0)]);
+        assert_eq!(split_parts(&merged, rule), None);
     }
 
     #[test]

@@ -254,6 +254,8 @@ pub enum FolderShare {
     Only(BTreeSet<String>),
     /// Every folder but these (the first part: it also takes folders that appear later).
     AllBut(BTreeSet<String>),
+    /// One UID range of one big folder; the folder's other ranges are other parts'.
+    Range(UidRange),
 }
 
 impl FolderShare {
@@ -261,8 +263,155 @@ impl FolderShare {
         match self {
             FolderShare::Only(folders) => folders.contains(source_raw),
             FolderShare::AllBut(folders) => !folders.contains(source_raw),
+            FolderShare::Range(range) => range.folder == source_raw,
         }
     }
+
+    pub fn range(&self) -> Option<&UidRange> {
+        match self {
+            FolderShare::Range(range) => Some(range),
+            _ => None,
+        }
+    }
+}
+
+/// Source UIDs `from..=to` of one folder, copied by one part of a split mailbox while other
+/// parts copy the folder's other ranges into the same destination folder. The range keeps
+/// its own checkpoint (`checkpoint_key`); the folder's ledger is shared (the ranges' UIDs
+/// are disjoint), and every read of the checkpoints folds the ranges back into the folder's
+/// ([`fold_ranges`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UidRange {
+    /// Source folder, raw.
+    pub folder: String,
+    pub from: u32,
+    /// `u32::MAX` for the top range: it also takes what arrives during the split.
+    pub to: u32,
+    /// Which split of the folder made it (1 for the first): a folder checkpoint counts the
+    /// ranges of the splits up to its `splits_folded`, never twice.
+    pub split: u32,
+}
+
+impl UidRange {
+    pub fn contains(&self, uid: u32) -> bool {
+        (self.from..=self.to).contains(&uid)
+    }
+
+    /// The UID set of the range from `after + 1` on, for UID FETCH.
+    pub fn uid_set_after(&self, after: u32) -> String {
+        let first = after.saturating_add(1).max(self.from);
+        if self.to == u32::MAX {
+            format!("{first}:*")
+        } else {
+            format!("{first}:{}", self.to)
+        }
+    }
+
+    /// The checkpoint's key: the folder's name, the split and the range's start, apart by a
+    /// control character no folder name has.
+    pub fn checkpoint_key(&self) -> String {
+        format!("{}\u{1f}{}\u{1f}{}", self.folder, self.split, self.from)
+    }
+}
+
+/// The checkpoints as saved → one per folder: the checkpoints of UID ranges are folded into
+/// their folder's, split by split (a range not final yet leaves the folder incomplete from
+/// its first unsettled UID: the ledger knows what above it is settled, so nothing is copied
+/// twice). Reads of a store go through this; only a range's own part sees its checkpoint.
+pub fn fold_ranges(saved: Vec<FolderCheckpoint>) -> Vec<FolderCheckpoint> {
+    let (ranges, mut folders): (Vec<_>, Vec<_>) = saved.into_iter().partition(|c| c.range.is_some());
+    if ranges.is_empty() {
+        return folders;
+    }
+    let mut by_split: BTreeMap<(String, u32), Vec<FolderCheckpoint>> = BTreeMap::new();
+    for range_cp in ranges {
+        let range = range_cp.range.clone().expect("partitioned");
+        by_split.entry((range.folder, range.split)).or_default().push(range_cp);
+    }
+    for ((folder, split), mut ranges) in by_split {
+        let index = match folders.iter().position(|f| f.source_folder == folder) {
+            Some(index) => index,
+            None => {
+                // The folder's first pass never reached it: the ranges are all there is.
+                let first = &ranges[0];
+                folders.push(FolderCheckpoint {
+                    source_folder: folder.clone(),
+                    destination_folder: first.destination_folder.clone(),
+                    uid_validity: first.uid_validity,
+                    ..FolderCheckpoint::default()
+                });
+                folders.len() - 1
+            }
+        };
+        let whole = &mut folders[index];
+        if split <= whole.splits_folded {
+            continue;
+        }
+        ranges.retain(|r| r.uid_validity == whole.uid_validity || whole.uid_validity == 0);
+        ranges.sort_by_key(|r| r.range.as_ref().map_or(0, |r| r.from));
+        fold_split(whole, &ranges, split);
+    }
+    folders.sort_by(|a, b| a.source_folder.cmp(&b.source_folder));
+    folders
+}
+
+fn fold_split(whole: &mut FolderCheckpoint, ranges: &[FolderCheckpoint], split: u32) {
+    // The first UID no range has settled everything up to: a missing range (never started)
+    // or one not complete.
+    // The ranges start where the folder's checkpoint stood at the split.
+    let mut expected = whole.last_uid + 1;
+    let mut settled_to = None;
+    for r in ranges {
+        let range = r.range.as_ref().expect("a range");
+        if range.from > expected {
+            settled_to = Some(expected - 1);
+            break;
+        }
+        if !r.complete {
+            settled_to = Some(r.last_uid.max(range.from - 1));
+            break;
+        }
+        if range.to == u32::MAX {
+            break;
+        }
+        expected = range.to + 1;
+    }
+    let top_done =
+        settled_to.is_none() && ranges.last().is_some_and(|r| r.range.as_ref().is_some_and(|g| g.to == u32::MAX));
+    if whole.uid_validity == 0 {
+        whole.uid_validity = ranges.first().map_or(0, |r| r.uid_validity);
+    }
+    for r in ranges {
+        whole.counts.add(&r.counts);
+        if r.destination_uid_validity != 0 {
+            whole.destination_uid_validity = r.destination_uid_validity;
+        }
+        if let Some((low, high)) = r.in_flight {
+            whole.in_flight = Some(match whole.in_flight {
+                Some((l, h)) => (l.min(low), h.max(high)),
+                None => (low, high),
+            });
+            whole.fence = match (whole.fence, r.fence) {
+                (Some((v, a)), Some((w, b))) if v == w => Some((v, a.min(b))),
+                (None, fence) => fence,
+                _ => None,
+            };
+        }
+    }
+    if top_done {
+        let top = ranges.last().expect("not empty");
+        whole.last_uid = whole.last_uid.max(top.last_uid);
+        whole.uid_next = top.uid_next;
+        whole.destination_uid_next = ranges.iter().map(|r| r.destination_uid_next).max().unwrap_or(0);
+        whole.complete = whole.in_flight.is_none();
+    } else {
+        whole.last_uid = whole.last_uid.max(settled_to.unwrap_or(0));
+        whole.complete = false;
+    }
+    // Flags were not synced during the split; the next pass compares them all.
+    whole.highest_modseq = None;
+    whole.verify = None;
+    whole.splits_folded = split;
 }
 
 /// When the copy function splits a mailbox across functions: one whose folders still to copy
@@ -366,6 +515,20 @@ pub struct FolderCheckpoint {
     /// destination refuses), for the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed: Option<String>,
+    /// Set on the checkpoint of one UID range of the folder (a split mailbox's part): its
+    /// `source_folder` is then [`UidRange::checkpoint_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<UidRange>,
+    /// The folder's splits into UID ranges counted in this checkpoint.
+    #[serde(default)]
+    pub splits_folded: u32,
+}
+
+impl FolderCheckpoint {
+    /// The folder whose ledger this checkpoint counts (a range's is its folder's).
+    pub fn ledger_folder(&self) -> &str {
+        self.range.as_ref().map_or(&self.source_folder, |r| &r.folder)
+    }
 }
 
 /// Message tallies, cumulative over every pass.
@@ -508,5 +671,70 @@ impl MailboxStatus {
 
     pub fn is_final(self) -> bool {
         matches!(self, MailboxStatus::Done | MailboxStatus::Failed)
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    fn range_checkpoint(from: u32, to: u32, last_uid: u32, complete: bool, copied: u64) -> FolderCheckpoint {
+        let range = UidRange { folder: "INBOX".into(), from, to, split: 1 };
+        FolderCheckpoint {
+            source_folder: range.checkpoint_key(),
+            uid_validity: 7,
+            last_uid,
+            uid_next: last_uid + 1,
+            complete,
+            counts: FolderCounts { copied, ..FolderCounts::default() },
+            range: Some(range),
+            ..FolderCheckpoint::default()
+        }
+    }
+
+    #[test]
+    fn ranges_fold_into_their_folder_once_and_from_the_first_unsettled_uid() {
+        let whole = FolderCheckpoint {
+            source_folder: "INBOX".into(),
+            uid_validity: 7,
+            last_uid: 100,
+            highest_modseq: Some(5),
+            counts: FolderCounts { copied: 100, ..FolderCounts::default() },
+            ..FolderCheckpoint::default()
+        };
+        let other = FolderCheckpoint { source_folder: "Sent".into(), complete: true, ..FolderCheckpoint::default() };
+        let first = range_checkpoint(101, 400, 400, true, 300);
+        let mut middle = range_checkpoint(401, 700, 550, false, 150);
+        middle.in_flight = Some((551, 560));
+        middle.fence = Some((9, 900));
+
+        // The top range never saved: the folder stands at the middle one's last UID.
+        let folded = fold_ranges(vec![whole.clone(), first.clone(), middle.clone(), other.clone()]);
+        assert_eq!(folded.len(), 2);
+        let inbox = &folded[0];
+        assert_eq!(inbox.source_folder, "INBOX");
+        assert_eq!((inbox.last_uid, inbox.complete), (550, false));
+        assert_eq!((inbox.in_flight, inbox.fence), (Some((551, 560)), Some((9, 900))));
+        assert_eq!(inbox.counts.copied, 550);
+        assert_eq!((inbox.highest_modseq, inbox.splits_folded), (None, 1));
+        assert_eq!(folded[1], other);
+
+        // A missing range in the middle: the folder stands below it.
+        let gap = fold_ranges(vec![whole.clone(), first.clone(), range_checkpoint(701, u32::MAX, 900, true, 200)]);
+        assert_eq!((gap[0].last_uid, gap[0].complete), (400, false));
+
+        // All done: complete up to the top range's last UID, its UIDNEXT.
+        let mut middle_done = range_checkpoint(401, 700, 700, true, 300);
+        middle_done.destination_uid_next = 800;
+        let top = range_checkpoint(701, u32::MAX, 1200, true, 500);
+        let done = fold_ranges(vec![whole.clone(), first.clone(), middle_done.clone(), top.clone()]);
+        let inbox = &done[0];
+        assert_eq!((inbox.last_uid, inbox.uid_next, inbox.complete), (1200, 1201, true));
+        assert_eq!(inbox.counts.copied, 1200);
+        assert_eq!(inbox.destination_uid_next, 800);
+
+        // Saved folded (as the next whole pass does), the ranges are not counted again.
+        let again = fold_ranges(vec![inbox.clone(), first, middle_done, top]);
+        assert_eq!(again[0], *inbox);
     }
 }

@@ -22,8 +22,12 @@ impl StoreError {
 /// Where the engine keeps per-folder progress of a mailbox.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
-    /// Every folder checkpoint saved for this mailbox.
-    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError>;
+    /// Every checkpoint saved for this mailbox, UID ranges of split folders included.
+    async fn load_saved(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError>;
+    /// One checkpoint per folder: the saved ones with their UID ranges folded in.
+    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError> {
+        Ok(crate::model::fold_ranges(self.load_saved(mailbox).await?))
+    }
     /// Insert or replace the checkpoint of `checkpoint.source_folder`.
     async fn save_folder(&self, mailbox: &str, checkpoint: &FolderCheckpoint) -> Result<(), StoreError>;
     /// Record a message that is not copied; idempotent on (mailbox, folder, uid, reason).
@@ -55,7 +59,7 @@ pub trait CheckpointStore: Send + Sync {
         runs: &[Run],
         checkpoint: &FolderCheckpoint,
     ) -> Result<(), StoreError> {
-        self.record_ledger(mailbox, &checkpoint.source_folder, uid_validity, runs).await?;
+        self.record_ledger(mailbox, checkpoint.ledger_folder(), uid_validity, runs).await?;
         self.save_folder(mailbox, checkpoint).await
     }
 }

@@ -354,7 +354,7 @@ impl MailboxRow {
 
 #[async_trait]
 impl CheckpointStore for SqliteStore {
-    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError> {
+    async fn load_saved(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError> {
         let mailbox = mailbox.to_string();
         self.call(format!("loading folder checkpoints of mailbox {mailbox}"), move |conn| {
             // rowid order = the order folders were first saved (the engine's plan order).
@@ -443,13 +443,14 @@ impl CheckpointStore for SqliteStore {
         runs: &[Run],
         checkpoint: &FolderCheckpoint,
     ) -> Result<(), StoreError> {
-        let (mailbox, folder, runs) = (mailbox.to_string(), checkpoint.source_folder.clone(), runs.to_vec());
+        let (mailbox, folder, runs) = (mailbox.to_string(), checkpoint.ledger_folder().to_string(), runs.to_vec());
+        let key = checkpoint.source_folder.clone();
         let what = format!("recording a batch of mailbox {mailbox} folder {folder}");
         let json = json_to_sql("checkpoint", checkpoint).map_err(|e| StoreError::new(format!("{what}: {e}")))?;
         self.call(what, move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             insert_runs(&tx, &mailbox, &folder, uid_validity, &runs)?;
-            upsert_checkpoint(&tx, &mailbox, &folder, &json)?;
+            upsert_checkpoint(&tx, &mailbox, &key, &json)?;
             tx.commit()?;
             Ok(())
         })
@@ -678,6 +679,8 @@ mod tests {
             }),
             not_copied: None,
             renamed: None,
+            range: None,
+            splits_folded: 0,
         }
     }
 

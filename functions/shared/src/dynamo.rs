@@ -1089,7 +1089,8 @@ impl DynamoCheckpoints {
 
     /// Ledger items of `runs`: one per 500 runs (a batch: at most a few hundred runs, far
     /// below 400 KB, and one item), keyed so a prefix query returns them in the order
-    /// written. Micros since the epoch order the writes of one folder: it has one writer.
+    /// written. Micros since the epoch order the writes of one folder's UIDs: each UID has one
+    /// writer (the folder's, or its UID range's part), and the first UID keeps writers apart.
     fn ledger_items(
         &self,
         mailbox: &str,
@@ -1138,7 +1139,7 @@ fn ledger_prefix(folder: &str, uid_validity: u32) -> String {
 
 #[async_trait]
 impl CheckpointStore for DynamoCheckpoints {
-    async fn load_folders(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError> {
+    async fn load_saved(&self, mailbox: &str) -> Result<Vec<FolderCheckpoint>, StoreError> {
         let items = self.table.query(&self.pk(mailbox), "F#").await?;
         items.iter().map(|i| from_json(i, mailbox)).collect()
     }
@@ -1190,7 +1191,7 @@ impl CheckpointStore for DynamoCheckpoints {
         checkpoint: &FolderCheckpoint,
     ) -> Result<(), StoreError> {
         let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", mailbox, e);
-        let mut items = self.ledger_items(mailbox, &checkpoint.source_folder, uid_validity, runs)?;
+        let mut items = self.ledger_items(mailbox, checkpoint.ledger_folder(), uid_validity, runs)?;
         items.push(self.checkpoint_item(mailbox, checkpoint)?);
         let mut writes = Vec::new();
         for item in items {
