@@ -232,6 +232,93 @@ async fn twelve_kills_exactly_once_with_three_pairs_in_one_folder() {
     killed_again_and_again(settings, false, 0x5eed_0003).await;
 }
 
+/// One folder copied in two UID ranges at once (as two functions copy a split mailbox's
+/// parts) into the same destination folder, each range killed again and again at its own
+/// moments while the other goes on appending: the other range's arrivals above a killed
+/// range's fence are not taken for its cut-off batch, nothing lands twice or is lost, each
+/// message is counted once, and the ranges fold back into one complete folder checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_uid_ranges_of_one_folder_killed_again_and_again_exactly_once() {
+    use mailhaul_common::model::{fold_ranges, FolderShare, UidRange};
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    let count = 240;
+    seed(&source, "alice", "pw", "INBOX", &heavy_mailbox("ranges", count)).await.expect("seed");
+    let before = dump(&source, "alice", "pw").await.expect("dump");
+    let counter = DelayProxy::start(([127, 0, 0, 1], destination.imap_port()).into(), Duration::ZERO).expect("proxy");
+    let mut job = support::job(&source, &destination);
+    job.destination = support::plain_endpoint(counter.port, "alice", "pw");
+    let store = std::sync::Arc::new(SqliteStore::in_memory().expect("store"));
+    let ranges = [(1, 120), (121, u32::MAX)].map(|(from, to)| UidRange { folder: "INBOX".into(), from, to, split: 1 });
+    let options = ranges.clone().map(|range| CopyOptions {
+        batch_messages: 10,
+        skip_duplicates: false,
+        connections_per_mailbox: 1,
+        share: Some(FolderShare::Range(range)),
+        ..CopyOptions::default()
+    });
+    let start = |index: usize| {
+        let (job, options, store) = (job.clone(), options[index].clone(), store.clone());
+        tokio::spawn(async move { copy_mailbox(&job, &options, &*store, &NoProgress, &TimeBox::unlimited()).await })
+    };
+
+    let mut rng = Rng(0x5eed_0004);
+    let mut kills = [0, 0];
+    for _ in 0..8 {
+        let mut running = [Some(start(0)), Some(start(1))];
+        // One range dies first, the other a little later: each is cut off while the other
+        // is still appending.
+        let first = (rng.next() % 2) as usize;
+        for victim in [first, 1 - first] {
+            let kill_at = counter.bytes() + rng.between(200_000, 900_000);
+            let give_up = std::time::Instant::now() + Duration::from_secs(60);
+            while counter.bytes() < kill_at && std::time::Instant::now() < give_up {
+                if running[victim].as_ref().is_some_and(|t| t.is_finished()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let task = running[victim].take().expect("running");
+            if !task.is_finished() {
+                task.abort();
+                kills[victim] += 1;
+            }
+            let _ = task.await;
+        }
+    }
+    assert!(kills.iter().all(|k| *k >= 4), "most runs of each range must really be killed mid-way: {kills:?}");
+
+    let (low, high) = tokio::join!(start(0), start(1));
+    for outcome in [low, high] {
+        let outcome = outcome.expect("task").expect("the last runs complete");
+        assert_eq!(outcome.status, CopyStatus::Done);
+    }
+    let source_now = dump(&source, "alice", "pw").await.expect("dump source");
+    assert_eq!(source_now, before, "the source is never modified");
+    assert_exact(&source_now, &dump(&destination, "alice", "pw").await.expect("dump destination"), "two UID ranges");
+
+    let saved = store.load_saved("alice").await.expect("checkpoints");
+    let copied: Vec<u64> = saved.iter().filter(|c| c.range.is_some()).map(|c| c.counts.copied).collect();
+    assert_eq!(copied.len(), 2, "{saved:?}");
+    assert_eq!(copied.iter().sum::<u64>(), u64::from(count), "each message counted once: {copied:?}");
+    let folded = fold_ranges(saved);
+    assert_eq!(folded.len(), 1, "{folded:?}");
+    assert!(folded[0].complete && folded[0].in_flight.is_none(), "{:?}", folded[0]);
+    assert_eq!((folded[0].last_uid, folded[0].counts.copied), (count, u64::from(count)));
+    let ledger =
+        FolderLedger::from_recorded(store.load_ledger("alice", "INBOX", folded[0].uid_validity).await.expect("ledger"));
+    let mut destination_uids: Vec<u32> = (1..=count)
+        .map(|uid| match ledger.get(uid) {
+            Some((Outcome::Copied, Some(d))) => d,
+            other => panic!("source UID {uid}: {other:?}"),
+        })
+        .collect();
+    destination_uids.sort_unstable();
+    destination_uids.dedup();
+    assert_eq!(destination_uids.len(), count as usize, "each source message has its own destination UID");
+}
+
 /// A lone folder is appended by every connection pair: each pair's connection to the
 /// destination sends APPENDs into it, and every source message lands once, under its own
 /// destination UID, as the ledger records.

@@ -460,18 +460,35 @@ pub async fn complete_split(svc: &Services, batch: &str, mailbox: &str) -> Resul
     if item.parts_final < parts {
         return Ok(());
     }
-    let job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
+    let mut job: JobMessage = serde_json::from_str(body).map_err(|e| JobError::BadMessage(e.to_string()))?;
     let mut record = item.record;
     let mut failures = Vec::new();
     let mut hint = None;
+    let mut in_ranges = false;
     for part in svc.table.part_items(batch, mailbox).await? {
         record.passes += part.record.passes;
         record.seconds += part.record.seconds;
+        in_ranges |= part
+            .job
+            .as_deref()
+            .and_then(|body| serde_json::from_str::<JobMessage>(body).ok())
+            .is_some_and(|part_job| part_job.options.share.is_some_and(|share| share.range().is_some()));
         if part.record.status == MailboxStatus::Failed {
             let at = part.record.mailbox.strip_prefix(mailbox).unwrap_or_default().trim().trim_matches(['(', ')']);
             failures.push(format!("{at}: {}", part.record.error.unwrap_or_default()));
             hint = hint.or(part.record.hint);
         }
+    }
+    if failures.is_empty() && in_ranges {
+        // A folder copied in UID ranges is verified whole, now that no range is appending to
+        // it: by one more pass of the mailbox (which finds it copied and only verifies).
+        if svc.table.rejoin_split(batch, mailbox, parts, &record).await? {
+            job.seq = item.seq;
+            let body = serde_json::to_string(&job).map_err(|e| JobError::BadMessage(e.to_string()))?;
+            svc.queue.send(&svc.config.jobs_queue_url, vec![OutMessage { body, delay_seconds: 0 }]).await?;
+            info!(mailbox, "every part done: one pass of the whole mailbox verifies the folder copied in UID ranges");
+        }
+        return Ok(());
     }
     (record.status, record.error, record.hint) = if failures.is_empty() {
         (MailboxStatus::Done, None, None)

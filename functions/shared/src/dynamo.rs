@@ -707,6 +707,33 @@ impl Table {
         self.transact(writes, mailbox).await
     }
 
+    /// Every part of a split mailbox is done and one of them copied a UID range: the mailbox
+    /// is whole again (`parts = 1`, so no second survey) with `record` (the parts' passes
+    /// summed) and a lease that has run out, so that the sweeper re-drives its pass if the
+    /// caller dies before queuing it. False when another caller did it first.
+    pub async fn rejoin_split(
+        &self,
+        batch: &str,
+        mailbox: &str,
+        parts: u32,
+        record: &MailboxRecord,
+    ) -> Result<bool, StoreError> {
+        self.update_if(
+            key(batch_pk(batch), mailbox_sk(mailbox)),
+            "SET parts = :one, pass_until = :now, #d = :record",
+            Some("parts = :n"),
+            HashMap::from([("#d".into(), "data".into())]),
+            HashMap::from([
+                (":one".into(), n(1)),
+                (":n".into(), n(parts)),
+                (":now".into(), n(Utc::now().timestamp())),
+                (":record".into(), to_json(record)?),
+            ]),
+            mailbox,
+        )
+        .await
+    }
+
     /// Makes a part final (once) and counts it in its mailbox: false when it was final before.
     pub async fn finish_part(&self, batch: &str, mailbox: &str, record: &MailboxRecord) -> Result<bool, StoreError> {
         let tx = |e: aws_sdk_dynamodb::error::BuildError| err("TransactWriteItems", &record.mailbox, e);

@@ -2004,6 +2004,85 @@ async fn a_big_mailbox_is_copied_in_parts_side_by_side_and_a_killed_part_resumes
     Ok(())
 }
 
+/// One big folder copied by several functions at once, each a UID range of it, into the same
+/// destination folder: a range killed mid-batch while another appends resumes (sweeper)
+/// without a duplicate, the folder is verified whole by one more pass once every range is
+/// done, the report has one row that says so, and a later delta pass copies only what is new.
+#[tokio::test]
+async fn one_big_folder_is_copied_in_uid_ranges_by_parts_side_by_side_exactly_once() -> Result<()> {
+    capture_logs();
+    let messages = 120;
+    let src = Dovecot::start(DovecotOptions::with_users(&[("uma", "pw-uma-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("uma", "pw-uma-dst")]))?;
+    seed(&src, "uma", "pw-uma-src", "INBOX", &corpus::mailbox("uma", messages)).await?;
+    let mut stack = Stack::start().await?;
+    let settings = format!(
+        "split_mailboxes_above = \"20KB\"\nmax_parts_per_mailbox = 3\n{}connections_per_mailbox = 1\n",
+        sidecar(&src, &dst, 2)
+    );
+    let csv = "source_user,source_password,destination_user,destination_password\numa,pw-uma-src,uma,pw-uma-dst\n";
+    let batch = submitted(&stack.upload("uma", csv, &settings).await?)?;
+    let first = stack.first_jobs(1).await?;
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &first["uma"], soon).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Continued);
+    let second = stack.first_jobs(1).await?;
+    let later = SystemTime::now() + Duration::from_secs(60);
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &second["uma"], later).await?;
+    assert_eq!(out, mailhaul_aws::copy::JobOutcome::Split { parts: 3 });
+
+    // Part 1 takes every folder but INBOX (none has work); parts 2 and 3 split INBOX's UIDs
+    // not copied yet, the top range open.
+    let parts = stack.first_jobs(3).await?;
+    let share = |name: &str| -> Result<mailhaul_common::model::FolderShare> {
+        let job: JobMessage = serde_json::from_str(parts[name].body.as_deref().unwrap_or(""))?;
+        job.options.share.context("a part's share")
+    };
+    assert!(!share("uma (part 1 of 3)")?.includes("INBOX"));
+    let (low, high) = (share("uma (part 2 of 3)")?, share("uma (part 3 of 3)")?);
+    let (low, high) = (low.range().context("a range")?.clone(), high.range().context("a range")?.clone());
+    assert_eq!((low.to + 1, high.to), (high.from, u32::MAX), "{low:?} {high:?}");
+    assert!(low.from > 1, "the first pass copied some: {low:?}");
+
+    // The top range dies mid-pass while the low range appends to the same folder.
+    let run = |name: &str| mailhaul_aws::copy::process_message(&stack.svc, &parts[name], later);
+    let (killed, one, two) = tokio::join!(
+        crash_a_pass(&stack, &parts["uma (part 3 of 3)"], Duration::from_secs(3)),
+        run("uma (part 1 of 3)"),
+        run("uma (part 2 of 3)"),
+    );
+    assert_eq!((one?, two?), (mailhaul_aws::copy::JobOutcome::Done, mailhaul_aws::copy::JobOutcome::Done));
+    let item = stack.svc.table.mailbox_item(&batch, "uma").await?.context("uma")?;
+    assert_eq!((item.record.status, item.parts_final), (mailhaul_common::model::MailboxStatus::Running, 2));
+
+    // The sweeper re-drives it; when it is done, one more pass of the mailbox verifies INBOX.
+    wait_past(killed?).await;
+    let swept = stack.sweep().await?;
+    assert_eq!(swept.redriven, vec![format!("{batch}/uma (part 3 of 3)")], "{swept:?}");
+    stack.drain(&batch, Duration::from_secs(20), Duration::from_secs(120)).await?;
+    let copied = contents(&dst, "uma", "pw-uma-dst").await?;
+    assert_eq!(copied, contents(&src, "uma", "pw-uma-src").await?, "every message exactly once");
+    let state = stack.svc.table.batch_state(&batch).await?.context("batch")?;
+    assert_eq!((state.done, state.failed, state.messages_copied), (1, 0, u64::from(messages)));
+    let report: serde_json::Value =
+        serde_json::from_slice(&stack.object(&format!("reports/{batch}/report.json")).await?.context("report")?)?;
+    let rows = report["mailboxes"].as_array().context("mailboxes")?;
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["verify"], "ok", "verified whole after the ranges: {report}");
+    assert_eq!(rows[0]["totals"]["copied"], messages, "{report}");
+    let events = stack.events().await?;
+    assert_eq!(events.iter().filter(|(t, _)| t == "MailboxCompleted").count(), 1, "{events:?}");
+
+    // The folder's checkpoint is one again, for the delta passes until cut-over.
+    seed(&src, "uma", "pw-uma-src", "INBOX", &corpus::mailbox("uma-late", 3)).await?;
+    let delta = submitted(&stack.upload("uma", csv, &settings).await?)?;
+    stack.drain(&delta, Duration::from_secs(20), Duration::from_secs(60)).await?;
+    assert_eq!(contents(&dst, "uma", "pw-uma-dst").await?, contents(&src, "uma", "pw-uma-src").await?);
+    let state = stack.svc.table.batch_state(&delta).await?.context("delta")?;
+    assert_eq!((state.done, state.messages_copied), (1, 3), "the delta copies only the new messages");
+    Ok(())
+}
+
 /// A batch of `rows` rows through the real binaries: upload packs the passwords into secrets
 /// under 64 KB and fans out a job per row, copy functions (four instances, one record per
 /// invocation as the stack's event source mapping has it) copy every mailbox, and finalize
