@@ -2,7 +2,8 @@
 //! time-boxed (Lambda's 15 minutes, scaled down), copied whole (one chain of passes) and split
 //! across functions (its parts side by side), against moto and two Dovecots behind a delay
 //! proxy. Prints the seconds of each. Run with bench/split.sh, or
-//! `cargo run -p mailhaul-aws --example split -- [MESSAGES_PER_FOLDER] [RTT_MS] [PASS_SECONDS] [FUNCTIONS]`.
+//! `cargo run -p mailhaul-aws --example split -- [MESSAGES_PER_FOLDER] [RTT_MS] [PASS_SECONDS] [FUNCTIONS] [FOLDERS]`
+//! (FOLDERS 1: one big folder, split in UID ranges).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,11 +27,13 @@ async fn main() -> Result<()> {
         Ok(std::env::args().nth(i).map(|a| a.parse()).transpose()?.unwrap_or(default))
     };
     let (per_folder, rtt_ms, pass_seconds, functions) = (arg(1, 400)?, arg(2, 50)?, arg(3, 4)?, arg(4, 4)?);
+    // 1: one big folder, which the split copies in UID ranges.
+    let folders = &FOLDERS[..arg(5, 4)?.clamp(1, 4) as usize];
     let src = Dovecot::start(DovecotOptions::with_users(&[("big", "pw-big-src")]).layout(Layout::None))?;
     let dst = Dovecot::start(
         DovecotOptions::with_users(&[("whole", "pw-whole-dst"), ("split", "pw-split-dst")]).layout(Layout::None),
     )?;
-    for folder in FOLDERS {
+    for folder in folders {
         let messages = mailhaul_tests::corpus::mailbox(&format!("big-{folder}"), per_folder as u32);
         mailhaul_tests::imap::seed(&src, "big", "pw-big-src", folder, &messages).await?;
     }
@@ -51,8 +54,8 @@ async fn main() -> Result<()> {
 
     println!(
         "one mailbox of {} messages in {} folders, {rtt_ms} ms RTT, {pass_seconds} s passes, up to {functions} functions",
-        per_folder * FOLDERS.len() as u64,
-        FOLDERS.len()
+        per_folder * folders.len() as u64,
+        folders.len()
     );
     let mut seconds = Vec::new();
     for (user, split_above) in [("whole", "0"), ("split", "1KB")] {
@@ -83,8 +86,8 @@ async fn main() -> Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         let state = svc.table.batch_state(&batch).await?.context("batch")?;
         ensure!(state.done == 1, "{user}: the mailbox did not finish done: {state:?}");
-        ensure!(state.messages_copied == per_folder * FOLDERS.len() as u64, "{user}: {state:?}");
-        for folder in FOLDERS {
+        ensure!(state.messages_copied == per_folder * folders.len() as u64, "{user}: {state:?}");
+        for folder in folders {
             let mut session = mailhaul_tests::imap::login(&dst, user, &format!("pw-{user}-dst")).await?;
             let status = session.status(folder, "(MESSAGES)").await?;
             ensure!(u64::from(status.exists) == per_folder, "{user} {folder}: {} messages", status.exists);
