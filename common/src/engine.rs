@@ -1074,10 +1074,8 @@ impl Copier<'_> {
             let reusable = examined.filter(|_| elsewhere.is_none());
             let (session, selected, label) = (&mut self.source, &mut self.source_selected, &self.source_label);
             let (endpoint, tags, last_uid, retry) = (&self.job.source, &mut self.source_tags, cp.last_uid, &retry);
-            let (uid_set, in_range) = match range {
-                Some(range) => (range.uid_set_after(last_uid), range.clone()),
-                None => (format!("{}:*", last_uid + 1), UidRange { from: 0, to: u32::MAX, ..Default::default() }),
-            };
+            let uid_set = range.map_or_else(|| format!("{}:*", last_uid + 1), |r| r.uid_set_after(last_uid));
+            let in_range = move |uid: u32| uid > last_uid && range.is_none_or(|r| r.contains(uid));
             let source = async move {
                 let source_box = match reusable {
                     Some(mailbox) => mailbox,
@@ -1088,8 +1086,8 @@ impl Copier<'_> {
                 }
                 let mut link = SourceLink { session, endpoint, folder: &folder.source_raw, uid_validity, tags, label };
                 let mut listing = list_source(&mut link, &uid_set).await?;
-                listing.metas.retain(|m| m.uid > last_uid && in_range.contains(m.uid));
-                listing.unlisted.retain(|(uid, _)| *uid > last_uid && in_range.contains(*uid));
+                listing.metas.retain(|m| in_range(m.uid));
+                listing.unlisted.retain(|(uid, _)| in_range(*uid));
                 if !retry.is_empty() {
                     let again = list_source(&mut link, &plan::uid_set(retry)).await?;
                     listing.metas.extend(again.metas);

@@ -584,8 +584,9 @@ impl Table {
 
     /// Whether `other`'s claim on `mailbox` is over: see [`Table::claim_mailbox`].
     async fn claim_expired(&self, other: &str, mailbox: &str) -> Result<bool, StoreError> {
-        /// Longer than the upload function's timeout: a batch still submitting after this died.
-        const SUBMIT_AT_MOST: i64 = 900;
+        /// Longer than the upload function's timeout (900 s) and Lambda's two retries of it: a
+        /// batch still submitting after this died.
+        const SUBMIT_AT_MOST: i64 = 3600;
         let Some(state) = self.batch_state(other).await? else { return Ok(true) };
         match state.state.as_str() {
             "completed" | "rejected" => return Ok(true),

@@ -61,7 +61,7 @@ pub async fn handle(svc: &Services, event: LambdaEvent<SqsEvent>) -> Result<SqsB
 
 /// Longer than the finalize function's timeout: a batch completed this long ago and still not
 /// announced lost its announcer, and the next finalize message (from the sweeper) announces it.
-pub const ANNOUNCE_AT_MOST_SECONDS: i64 = 300;
+pub const ANNOUNCE_AT_MOST_SECONDS: i64 = 1200;
 
 /// Writes the reports, deletes the secrets, marks the batch completed and announces it.
 /// Idempotent: only the delivery that marks the batch completed announces it (or, if that
