@@ -179,31 +179,59 @@ fn deal(groups: Vec<(u64, Vec<&SurveyedFolder>)>, parts: usize, elsewhere: BTree
     shares
 }
 
-/// The biggest group in UID ranges, when it is one source folder with more than a part's
-/// worth left: `k` ranges of about equal UID spans from past its checkpoint, the top one
-/// open (it takes what arrives meanwhile), plus the other folders dealt onto the parts
-/// left (at least one: it also takes new folders and verifies the finished ones).
+/// The folders with more than a part's worth left each in UID ranges (a folder that is the
+/// only source of its destination folder, its UIDNEXT known, no batch in flight): ranges of
+/// about equal UID spans from past its checkpoint, the top one open (it takes what arrives
+/// meanwhile). The other folders are dealt onto the parts they need, at least one (it also
+/// takes new folders and verifies the finished ones); the parts left go, one range at a time,
+/// to the big folder with the most bytes per range. None when no folder gets two ranges.
 fn range_parts(groups: &[(u64, Vec<&SurveyedFolder>)], total: u64, rule: SplitRule) -> Option<Vec<FolderShare>> {
-    let ((big_bytes, big), rest) = groups.split_first()?;
-    let [folder] = big.as_slice() else { return None };
-    if *big_bytes <= rule.above_bytes || folder.in_flight || folder.uid_next <= folder.last_uid.saturating_add(2) {
+    let rangeable = |(bytes, folders): &(u64, Vec<&SurveyedFolder>)| match folders.as_slice() {
+        [f] => *bytes > rule.above_bytes && !f.in_flight && f.uid_next > f.last_uid.saturating_add(2),
+        _ => false,
+    };
+    let (big, rest): (Vec<_>, Vec<_>) = groups.iter().cloned().partition(rangeable);
+    if big.is_empty() {
         return None;
     }
-    let rest_bytes = total - big_bytes;
+    let rest_bytes = total - big.iter().map(|(bytes, _)| bytes).sum::<u64>();
     let others = (rest_bytes.div_ceil(rule.above_bytes) as usize).clamp(1, rest.len().max(1));
-    let from = folder.last_uid + 1;
-    let span = folder.uid_next - from;
-    let ranges =
-        (big_bytes.div_ceil(rule.above_bytes) as usize).min(rule.max_parts.saturating_sub(others)).min(span as usize);
-    if ranges < 2 {
+    // Each big folder one part to begin with, then more ranges where they shorten most.
+    let budget = rule.max_parts.saturating_sub(others);
+    if budget <= big.len() {
         return None;
     }
-    let split = folder.splits + 1;
-    let starts: Vec<u32> = (0..ranges).map(|i| from + (u64::from(span) * i as u64 / ranges as u64) as u32).collect();
-    let mut shares = deal(rest.to_vec(), others, BTreeSet::from([folder.source.clone()]));
-    for (i, start) in starts.iter().enumerate() {
-        let to = starts.get(i + 1).map_or(u32::MAX, |next| next - 1);
-        shares.push(FolderShare::Range(UidRange { folder: folder.source.clone(), from: *start, to, split }));
+    let wanted = |bytes: u64, folder: &SurveyedFolder| {
+        (bytes.div_ceil(rule.above_bytes) as usize).min((folder.uid_next - folder.last_uid - 1) as usize)
+    };
+    let mut ranges = vec![1usize; big.len()];
+    for _ in big.len()..budget {
+        let next = (0..big.len())
+            .filter(|&i| ranges[i] < wanted(big[i].0, big[i].1[0]))
+            .max_by_key(|&i| (big[i].0 / ranges[i] as u64, std::cmp::Reverse(i)));
+        match next {
+            Some(i) => ranges[i] += 1,
+            None => break,
+        }
+    }
+    if ranges.iter().all(|&k| k < 2) {
+        return None;
+    }
+    let elsewhere: BTreeSet<String> = big.iter().map(|(_, f)| f[0].source.clone()).collect();
+    let mut shares = deal(rest, others, elsewhere);
+    for ((_, folders), k) in big.iter().zip(ranges) {
+        let folder = folders[0];
+        if k == 1 {
+            shares.push(FolderShare::Only(BTreeSet::from([folder.source.clone()])));
+            continue;
+        }
+        let (from, split) = (folder.last_uid + 1, folder.splits + 1);
+        let span = u64::from(folder.uid_next - from);
+        let starts: Vec<u32> = (0..k).map(|i| from + (span * i as u64 / k as u64) as u32).collect();
+        for (i, start) in starts.iter().enumerate() {
+            let to = starts.get(i + 1).map_or(u32::MAX, |next| next - 1);
+            shares.push(FolderShare::Range(UidRange { folder: folder.source.clone(), from: *start, to, split }));
+        }
     }
     Some(shares)
 }
@@ -474,6 +502,23 @@ mod tests {
         assert!(split_parts(&in_flight, rule).expect("split").iter().all(|s| s.range().is_none()));
         let unknown = survey(vec![crate::engine::SurveyedFolder { uid_next: 0, ..inbox.clone() }]);
         assert_eq!(split_parts(&unknown, rule), None);
+        // Two big folders: each in ranges, the parts shared by bytes per range (600 KB and
+        // 300 KB left, 7 parts after A's: INBOX 5 ranges, Sent 2).
+        let mut sent = folder("Sent", "Sent", 300, 0);
+        (sent.last_uid, sent.uid_next) = (0, 301);
+        let mut six = inbox.clone();
+        (six.messages, six.settled) = (700, 100);
+        let two = survey(vec![six, sent, folder("A", "A", 50, 0)]);
+        let shares = split_parts(&two, SplitRule { above_bytes: 100_000, max_parts: 8 }).expect("split");
+        assert_eq!(shares.len(), 8, "{shares:?}");
+        let count = |name: &str| shares.iter().filter_map(FolderShare::range).filter(|r| r.folder == name).count();
+        assert_eq!((count("INBOX"), count("Sent")), (5, 2), "{shares:?}");
+        assert_eq!(owners(&shares, &["A", "New"]), vec![0, 0]);
+        assert!(!shares[0].includes("INBOX") && !shares[0].includes("Sent"));
+        // Too few parts for two big folders to get a range each plus one more: by folder.
+        let few = split_parts(&two, SplitRule { above_bytes: 100_000, max_parts: 3 }).expect("split");
+        assert!(few.iter().all(|s| s.range().is_none()), "{few:?}");
+
         // Two sources into one destination folder: never in ranges (one writer each).
         let merged = survey(vec![inbox.clone(), folder("Old", "INBOX", 10, 0)]);
         assert_eq!(split_parts(&merged, rule), None);

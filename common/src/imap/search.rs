@@ -71,11 +71,12 @@ pub async fn uids_in_windows(
             Response::Data { status: Status::Bye, outcome } => {
                 return Err(format!("BYE {}", outcome.information.as_deref().unwrap_or("")).trim().to_string());
             }
-            Response::Done { tag, status, outcome } if pending.remove::<str>(&tag.0) => {
-                if *status != Status::Ok && refused.is_none() {
-                    let words = outcome.information.as_deref().unwrap_or("").trim();
-                    refused = Some(format!("SEARCH refused: {status:?} {words}").trim().to_string());
-                }
+            // Only our own tags end a SEARCH; the first refusal is the one told.
+            Response::Done { tag, status, outcome }
+                if pending.remove::<str>(&tag.0) && *status != Status::Ok && refused.is_none() =>
+            {
+                let words = outcome.information.as_deref().unwrap_or("").trim();
+                refused = Some(format!("SEARCH refused: {status:?} {words}").trim().to_string());
             }
             _ => {}
         }

@@ -77,9 +77,18 @@ async fn main() -> Result<()> {
         .await?;
     eprintln!("({rows} mailboxes marked done in {:.1} s)", marking.elapsed().as_secs_f64());
 
+    // The finalize function's own peak memory: the process's peak is reset first (Linux).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let started = Instant::now();
     let completed = mailhaul_aws::finalize::finalize_batch(svc, &batch).await?.context("batch not finalized")?;
     let finalize_seconds = started.elapsed().as_secs_f64();
+    let peak_mb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or_else(|| "unknown".to_string(), |kb| format!("{} MB", kb / 1024));
     ensure!(completed.done == rows as u64, "{} of {rows} mailboxes done in the report", completed.done);
     let report = svc.objects.get(bucket, &format!("reports/{batch}/report.csv")).await?.context("report.csv")?;
     let lines = report.iter().filter(|b| **b == b'\n').count();
@@ -88,5 +97,6 @@ async fn main() -> Result<()> {
     println!("rows                    {rows}");
     println!("upload (validate, secrets, {rows} records, {rows} jobs)   {upload_seconds:.1} s");
     println!("finalize (report of {rows} mailboxes, {} KB)   {finalize_seconds:.1} s", report.len() / 1024);
+    println!("peak memory of the process during finalize (upload's data still held)   {peak_mb}");
     Ok(())
 }
