@@ -84,12 +84,17 @@ unpack_server courier usr/sbin/couriertcpd courier-imap courier-base courier-aut
     courier-authlib-userdb libcourier-unicode4
 
 
-if ! command -v moto_server >/dev/null 2>&1; then
-    echo "setup: installing moto[server]" >&2
-    PIP="$(command -v pip || command -v pip3)"
+# moto 5.2.6 or later: 5.2.1 answers CompleteMultipartUpload with a root element the Rust SDK
+# refuses (CompleteMultipartUploadResponse, where S3 says CompleteMultipartUploadResult).
+MOTO_AT_LEAST=5.2.6
+PIP="$(command -v pip || command -v pip3)"
+moto_version="$("$PIP" show moto 2>/dev/null | awk '/^Version:/ {print $2}')"
+if ! command -v moto_server >/dev/null 2>&1 \
+    || [ "$(printf '%s\n%s\n' "$MOTO_AT_LEAST" "${moto_version:-0}" | sort -V | head -1)" != "$MOTO_AT_LEAST" ]; then
+    echo "setup: installing moto[server]>=$MOTO_AT_LEAST (found: ${moto_version:-none})" >&2
     # Debian marks the system Python as externally managed; this is a throwaway test machine.
-    "$PIP" install --quiet "moto[server]" 2>/dev/null \
-        || "$PIP" install --quiet --break-system-packages "moto[server]"
+    "$PIP" install --quiet "moto[server]>=$MOTO_AT_LEAST" 2>/dev/null \
+        || "$PIP" install --quiet --break-system-packages "moto[server]>=$MOTO_AT_LEAST"
 fi
 
 # oauth2-mock-server 8.x (9.x needs Node >= 22.12; Debian 12 has 20), where the tests look.

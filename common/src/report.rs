@@ -3,16 +3,18 @@
 
 #[path = "report_html.rs"]
 pub mod html;
+#[path = "report_writer.rs"]
+pub mod writer;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FolderCounts, MailboxStatus, SkippedMessage, Verdict};
-use crate::ports::{BatchStore, CheckpointStore, StoreError};
+use crate::model::{FolderCheckpoint, FolderCounts, MailboxStatus, SkippedMessage, Verdict};
+use crate::ports::{BatchMeta, BatchStore, CheckpointStore, MailboxRecord, StoreError};
 
 /// The columns of report.csv, in order.
 pub const REPORT_CSV_HEADERS: [&str; 18] = [
@@ -121,6 +123,28 @@ pub struct BatchTotals {
 }
 
 impl BatchTotals {
+    /// Counts one more mailbox.
+    pub fn add_mailbox(&mut self, m: &MailboxReport) {
+        self.mailboxes += 1;
+        match m.status {
+            MailboxStatus::Done => self.done += 1,
+            MailboxStatus::Failed => self.failed += 1,
+            MailboxStatus::Partial => self.partial += 1,
+            MailboxStatus::Pending => self.pending += 1,
+            MailboxStatus::Running => self.running += 1,
+        }
+        let t = &m.totals;
+        self.messages += t.copied;
+        self.bytes += t.bytes;
+        self.skipped_duplicate += t.skipped_duplicate;
+        self.skipped_too_big += t.skipped_too_big;
+        self.skipped_by_date += t.skipped_by_date;
+        self.refused += t.refused;
+        self.unreadable += t.unreadable;
+        self.in_label_folder += t.in_label_folder;
+        self.seconds += m.seconds;
+    }
+
     /// Source messages not in the destination, each listed in the report with its reason.
     pub fn not_copied(&self) -> u64 {
         self.skipped_too_big + self.refused + self.unreadable
@@ -150,84 +174,10 @@ pub async fn build_report(
     batch: &dyn BatchStore,
     checkpoints: &dyn CheckpointStore,
 ) -> Result<BatchReport, StoreError> {
-    let meta = batch
-        .batch()
-        .await?
-        .ok_or_else(|| StoreError::new("the state holds no batch: nothing to report (was the batch submitted?)"))?;
-    let mut records = batch.mailboxes().await?;
-    records.sort_by(|a, b| (a.row, &a.mailbox).cmp(&(b.row, &b.mailbox)));
-
-    // Two reads per mailbox: several at once, so 50,000 mailboxes on DynamoDB take seconds.
-    let per_mailbox: Vec<_> = stream::iter(&records)
-        .map(|record| async move {
-            let folders = checkpoints.load_folders(&record.mailbox).await?;
-            let skipped = checkpoints.skipped(&record.mailbox).await?;
-            Ok::<_, StoreError>((folders, skipped))
-        })
-        .buffered(STORE_READS_IN_FLIGHT)
-        .try_collect()
-        .await?;
-
-    let mut mailboxes = Vec::with_capacity(records.len());
+    let (meta, reports) = mailbox_reports(batch, checkpoints).await?;
+    let mailboxes: Vec<MailboxReport> = reports.try_collect().await?;
     let mut totals = BatchTotals::default();
-    for (record, (mut checkpoints_of, mut skipped)) in records.into_iter().zip(per_mailbox) {
-        checkpoints_of.sort_by(|a, b| a.source_folder.cmp(&b.source_folder));
-        skipped.sort_by(|a, b| (&a.folder, a.uid, a.reason).cmp(&(&b.folder, b.uid, b.reason)));
-
-        let folders: Vec<FolderReport> = checkpoints_of
-            .into_iter()
-            .map(|c| FolderReport {
-                source: crate::mutf7::decode(&c.source_folder),
-                destination: crate::mutf7::decode(&c.destination_folder),
-                counts: c.counts,
-                complete: c.complete,
-                verify: c.verify,
-                not_copied: c.not_copied,
-                renamed: c.renamed,
-            })
-            .collect();
-        let mut mailbox_totals = FolderCounts::default();
-        for folder in &folders {
-            mailbox_totals.add(&folder.counts);
-        }
-
-        totals.mailboxes += 1;
-        match record.status {
-            MailboxStatus::Done => totals.done += 1,
-            MailboxStatus::Failed => totals.failed += 1,
-            MailboxStatus::Partial => totals.partial += 1,
-            MailboxStatus::Pending => totals.pending += 1,
-            MailboxStatus::Running => totals.running += 1,
-        }
-        totals.messages += mailbox_totals.copied;
-        totals.bytes += mailbox_totals.bytes;
-        totals.skipped_duplicate += mailbox_totals.skipped_duplicate;
-        totals.skipped_too_big += mailbox_totals.skipped_too_big;
-        totals.skipped_by_date += mailbox_totals.skipped_by_date;
-        totals.refused += mailbox_totals.refused;
-        totals.unreadable += mailbox_totals.unreadable;
-        totals.in_label_folder += mailbox_totals.in_label_folder;
-        totals.seconds += record.seconds;
-
-        mailboxes.push(MailboxReport {
-            row: record.row,
-            verify: verify_summary(&folders),
-            mailbox: record.mailbox,
-            source_user: record.source_user,
-            status: record.status,
-            folders,
-            totals: mailbox_totals,
-            seconds: record.seconds,
-            passes: record.passes,
-            started_at: record.started_at,
-            finished_at: record.finished_at,
-            error: record.error,
-            hint: record.hint,
-            skipped,
-            cells: record.cells,
-        });
-    }
-
+    mailboxes.iter().for_each(|m| totals.add_mailbox(m));
     Ok(BatchReport {
         batch: meta.id,
         delta_of: None,
@@ -236,6 +186,73 @@ pub async fn build_report(
         mailboxes,
         totals,
     })
+}
+
+/// The batch and its mailboxes' reports in CSV-row order, read as they are taken (a few
+/// mailboxes at a time), so a writer can hand them on without holding them all.
+pub async fn mailbox_reports<'a>(
+    batch: &'a dyn BatchStore,
+    checkpoints: &'a dyn CheckpointStore,
+) -> Result<(BatchMeta, impl Stream<Item = Result<MailboxReport, StoreError>> + 'a), StoreError> {
+    let meta = batch
+        .batch()
+        .await?
+        .ok_or_else(|| StoreError::new("the state holds no batch: nothing to report (was the batch submitted?)"))?;
+    let mut records = batch.mailboxes().await?;
+    records.sort_by(|a, b| (a.row, &a.mailbox).cmp(&(b.row, &b.mailbox)));
+
+    // Two reads per mailbox: several at once, so 50,000 mailboxes on DynamoDB take seconds.
+    let reports = stream::iter(records)
+        .map(move |record| async move {
+            let folders = checkpoints.load_folders(&record.mailbox).await?;
+            let skipped = checkpoints.skipped(&record.mailbox).await?;
+            Ok::<_, StoreError>(mailbox_report(record, folders, skipped))
+        })
+        .buffered(STORE_READS_IN_FLIGHT);
+    Ok((meta, reports))
+}
+
+fn mailbox_report(
+    record: MailboxRecord,
+    mut checkpoints_of: Vec<FolderCheckpoint>,
+    mut skipped: Vec<SkippedMessage>,
+) -> MailboxReport {
+    checkpoints_of.sort_by(|a, b| a.source_folder.cmp(&b.source_folder));
+    skipped.sort_by(|a, b| (&a.folder, a.uid, a.reason).cmp(&(&b.folder, b.uid, b.reason)));
+
+    let folders: Vec<FolderReport> = checkpoints_of
+        .into_iter()
+        .map(|c| FolderReport {
+            source: crate::mutf7::decode(&c.source_folder),
+            destination: crate::mutf7::decode(&c.destination_folder),
+            counts: c.counts,
+            complete: c.complete,
+            verify: c.verify,
+            not_copied: c.not_copied,
+            renamed: c.renamed,
+        })
+        .collect();
+    let mut totals = FolderCounts::default();
+    for folder in &folders {
+        totals.add(&folder.counts);
+    }
+    MailboxReport {
+        row: record.row,
+        verify: verify_summary(&folders),
+        mailbox: record.mailbox,
+        source_user: record.source_user,
+        status: record.status,
+        folders,
+        totals,
+        seconds: record.seconds,
+        passes: record.passes,
+        started_at: record.started_at,
+        finished_at: record.finished_at,
+        error: record.error,
+        hint: record.hint,
+        skipped,
+        cells: record.cells,
+    }
 }
 
 /// `ok` when every folder verified fine, `mismatch in N folder(s): ...` when any did not,
@@ -289,72 +306,74 @@ fn opt(value: &Option<String>) -> &str {
 }
 
 impl BatchReport {
+    /// The four files, written by [`writer::ReportWriter`] like the finalize function's.
+    pub fn files(&self) -> ReportFiles {
+        // Into memory: neither writing nor reading back can fail.
+        let mut taken = writer::ReadyBytes::default();
+        let mut finished = self
+            .written(None, |ready| {
+                taken.csv.extend(ready.csv);
+                taken.json.extend(ready.json);
+                taken.failed.extend(ready.failed);
+                Ok(())
+            })
+            .expect("report to memory");
+        let mut html = Vec::new();
+        finished.html.read_to_end(&mut html).expect("report to memory");
+        taken.csv.extend(finished.rest.csv);
+        taken.json.extend(finished.rest.json);
+        taken.failed.extend(finished.rest.failed);
+        ReportFiles { csv: taken.csv, json: taken.json, html, failed: taken.failed }
+    }
+
+    /// Every mailbox through a [`writer::ReportWriter`] (report.html's entries spooled in
+    /// `spool_dir`, or memory), `take` handed what is ready after each; the rest at the end.
+    fn written(
+        &self,
+        spool_dir: Option<&Path>,
+        mut take: impl FnMut(writer::ReadyBytes) -> std::io::Result<()>,
+    ) -> std::io::Result<writer::FinishedReport> {
+        let mut writer = writer::ReportWriter::new(
+            &self.batch,
+            self.delta_of.clone(),
+            self.generated_at,
+            self.headers.clone(),
+            spool_dir,
+        )?;
+        for m in &self.mailboxes {
+            writer.add(m)?;
+            take(writer.take_ready())?;
+        }
+        writer.finish(Some(self.totals.clone()))
+    }
+
     /// report.csv: one line per mailbox with the columns of [`REPORT_CSV_HEADERS`].
     pub fn to_csv(&self) -> Vec<u8> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let mut rows: Vec<Vec<String>> = Vec::with_capacity(self.mailboxes.len() + 1);
-        rows.push(REPORT_CSV_HEADERS.iter().map(|h| h.to_string()).collect());
-        for m in &self.mailboxes {
-            let t = &m.totals;
-            rows.push(vec![
-                m.row.to_string(),
-                m.mailbox.clone(),
-                m.source_user.clone(),
-                m.status.as_str().to_string(),
-                m.folders.iter().filter(|f| !f.left_alone()).count().to_string(),
-                t.copied.to_string(),
-                t.skipped_duplicate.to_string(),
-                t.skipped_too_big.to_string(),
-                t.skipped_by_date.to_string(),
-                t.refused.to_string(),
-                t.unreadable.to_string(),
-                t.bytes.to_string(),
-                format!("{:.1}", m.seconds),
-                m.verify.clone(),
-                opt(&m.error).to_string(),
-                opt(&m.hint).to_string(),
-                folder_notes(&m.folders),
-                t.in_label_folder.to_string(),
-            ]);
-        }
-        for row in rows {
-            // Writing to a Vec cannot fail and every row has the same length.
-            w.write_record(&row).expect("csv to memory");
-        }
-        w.into_inner().expect("csv to memory")
+        self.files().csv
     }
 
     /// report.json: everything, including per-folder details and every message not copied.
     pub fn to_json(&self) -> Vec<u8> {
-        // Only strings, numbers and string-keyed structs: serialization cannot fail.
+        // The bytes ReportWriter writes (a test holds them equal), without the other files.
         let mut out = serde_json::to_vec_pretty(self).expect("report serializes");
         out.push(b'\n');
         out
     }
 
+    /// report.html: the batch at a glance, then every mailbox (worst first), each expanding to
+    /// its folders, the messages not copied and what to do about every problem.
+    pub fn to_html(&self) -> Vec<u8> {
+        // The other files are dropped as they are written.
+        let mut finished = self.written(None, |_| Ok(())).expect("report to memory");
+        let mut html = Vec::new();
+        finished.html.read_to_end(&mut html).expect("report to memory");
+        html
+    }
+
     /// failed.csv: every mailbox not `done`, in the batch's own CSV form (its header and the
     /// row's cells, password cells empty), ready to fix and resubmit. Header only when all are done.
     pub fn failed_csv(&self) -> Vec<u8> {
-        let width = self.headers.len();
-        let mut w = csv::WriterBuilder::new().flexible(width == 0).from_writer(Vec::new());
-        if width > 0 {
-            w.write_record(&self.headers).expect("csv to memory");
-        }
-        let secret_columns: Vec<bool> = self.headers.iter().map(|h| is_password_header(h)).collect();
-        for m in self.mailboxes.iter().filter(|m| m.status != MailboxStatus::Done) {
-            let mut cells = m.cells.clone();
-            if width > 0 {
-                // Keep the file rectangular so spreadsheet tools and our own parser accept it.
-                cells.resize(width, String::new());
-            }
-            for (cell, secret) in cells.iter_mut().zip(&secret_columns) {
-                if *secret {
-                    cell.clear();
-                }
-            }
-            w.write_record(&cells).expect("csv to memory");
-        }
-        w.into_inner().expect("csv to memory")
+        self.files().failed
     }
 
     /// A fixed-width table for stderr: mailbox, status, messages, MB, time, verify, error, and
@@ -438,25 +457,83 @@ impl BatchReport {
     /// missing). Each file is written aside and renamed, so a reader never sees half a report.
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
-        let files = [
-            ("report.csv", self.to_csv()),
-            ("report.json", self.to_json()),
-            ("report.html", self.to_html()),
-            ("failed.csv", self.failed_csv()),
-        ];
-        let mut written = Vec::with_capacity(files.len());
-        for (name, bytes) in files {
-            let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
+        let names = ["report.csv", "report.json", "report.html", "failed.csv"];
+        let aside = |name: &str| dir.join(format!(".{name}.tmp"));
+        let open = |name: &str| std::fs::File::create(aside(name)).map(std::io::BufWriter::new);
+        let (mut csv, mut json, mut html, mut failed) =
+            (open(names[0])?, open(names[1])?, open(names[2])?, open(names[3])?);
+        // Written as they grow: the files are never all in memory at once.
+        let mut write_ready = |ready: writer::ReadyBytes| {
+            csv.write_all(&ready.csv)?;
+            json.write_all(&ready.json)?;
+            failed.write_all(&ready.failed)
+        };
+        let mut finished = self.written(Some(dir), &mut write_ready)?;
+        write_ready(finished.rest)?;
+        std::io::copy(&mut finished.html, &mut html)?;
+        let mut written = Vec::with_capacity(names.len());
+        for (name, file) in names.into_iter().zip([csv, json, html, failed]) {
+            let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             drop(file);
-            std::fs::rename(&tmp, &path)?;
+            let path = dir.join(name);
+            std::fs::rename(aside(name), &path)?;
             written.push(path);
         }
         Ok(written)
     }
+}
+
+/// The bytes of report.csv, report.json, report.html and failed.csv.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportFiles {
+    pub csv: Vec<u8>,
+    pub json: Vec<u8>,
+    pub html: Vec<u8>,
+    pub failed: Vec<u8>,
+}
+
+/// A mailbox's line of report.csv.
+fn csv_row(m: &MailboxReport) -> Vec<String> {
+    let t = &m.totals;
+    vec![
+        m.row.to_string(),
+        m.mailbox.clone(),
+        m.source_user.clone(),
+        m.status.as_str().to_string(),
+        m.folders.iter().filter(|f| !f.left_alone()).count().to_string(),
+        t.copied.to_string(),
+        t.skipped_duplicate.to_string(),
+        t.skipped_too_big.to_string(),
+        t.skipped_by_date.to_string(),
+        t.refused.to_string(),
+        t.unreadable.to_string(),
+        t.bytes.to_string(),
+        format!("{:.1}", m.seconds),
+        m.verify.clone(),
+        opt(&m.error).to_string(),
+        opt(&m.hint).to_string(),
+        folder_notes(&m.folders),
+        t.in_label_folder.to_string(),
+    ]
+}
+
+/// A mailbox's line of failed.csv (None when it is done): its CSV cells, password cells
+/// empty, as wide as the header so spreadsheet tools and our own parser accept the file.
+fn failed_row(headers: &[String], secret_columns: &[bool], m: &MailboxReport) -> Option<Vec<String>> {
+    if m.status == MailboxStatus::Done {
+        return None;
+    }
+    let mut cells = m.cells.clone();
+    if !headers.is_empty() {
+        cells.resize(headers.len(), String::new());
+    }
+    for (cell, secret) in cells.iter_mut().zip(secret_columns) {
+        if *secret {
+            cell.clear();
+        }
+    }
+    Some(cells)
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -487,8 +564,7 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FolderCheckpoint, SkipReason};
-    use crate::ports::{BatchMeta, MailboxRecord};
+    use crate::model::SkipReason;
     use crate::sqlite::SqliteStore;
 
     const HEADERS: [&str; 5] = ["SourceUser", "SourcePassword", "Mailbox", "DestPassword", "Note"];
@@ -842,6 +918,60 @@ mod tests {
         assert!(html.contains("first pass"));
         report.delta_of = Some("batch-6".into());
         assert!(String::from_utf8(report.to_html()).unwrap().contains("delta pass after batch batch-6"));
+    }
+
+    #[tokio::test]
+    async fn files_written_mailbox_by_mailbox_are_the_whole_reports_files() {
+        let report = three_mailboxes().await;
+        let mut delta = report.clone();
+        delta.delta_of = Some("batch-6".into());
+        let empty = BatchReport {
+            mailboxes: Vec::new(),
+            headers: Vec::new(),
+            totals: BatchTotals::default(),
+            ..report.clone()
+        };
+        for report in [report, delta, empty] {
+            let files = report.files();
+            // report.json is what serde_json writes of the whole report, and reads back.
+            let mut whole = serde_json::to_vec_pretty(&report).unwrap();
+            whole.push(b'\n');
+            assert_eq!(String::from_utf8_lossy(&files.json), String::from_utf8_lossy(&whole));
+            let back: BatchReport = serde_json::from_slice(&files.json).unwrap();
+            assert_eq!(back.mailboxes.len(), report.mailboxes.len());
+
+            // As the finalize function writes them: entries spooled on disk, the bytes taken
+            // every mailbox; the same files.
+            let dir = tempfile::tempdir().unwrap();
+            let mut writer = writer::ReportWriter::new(
+                &report.batch,
+                report.delta_of.clone(),
+                report.generated_at,
+                report.headers.clone(),
+                Some(dir.path()),
+            )
+            .unwrap();
+            let mut taken = writer::ReadyBytes::default();
+            for m in &report.mailboxes {
+                writer.add(m).unwrap();
+                let ready = writer.take_ready();
+                assert_eq!(writer.ready_len(), 0);
+                taken.csv.extend(ready.csv);
+                taken.json.extend(ready.json);
+                taken.failed.extend(ready.failed);
+            }
+            let mut finished = writer.finish(None).unwrap();
+            assert_eq!(finished.totals, report.totals, "the tally of the mailboxes is the report's totals");
+            taken.csv.extend(finished.rest.csv);
+            taken.json.extend(finished.rest.json);
+            taken.failed.extend(finished.rest.failed);
+            let mut html = Vec::new();
+            finished.html.read_to_end(&mut html).unwrap();
+            assert_eq!(taken.csv, files.csv);
+            assert_eq!(taken.json, files.json);
+            assert_eq!(taken.failed, files.failed);
+            assert_eq!(String::from_utf8_lossy(&html), String::from_utf8_lossy(&files.html));
+        }
     }
 
     #[tokio::test]

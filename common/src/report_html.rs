@@ -11,7 +11,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{human_seconds, BatchReport, FolderReport, MailboxReport};
+use super::{human_seconds, BatchTotals, FolderReport, MailboxReport};
 use crate::model::MailboxStatus;
 
 /// How a mailbox is shown and sorted: the worst first.
@@ -59,7 +59,7 @@ impl Standing {
         }
     }
 
-    const ALL: [Standing; 5] =
+    pub(crate) const ALL: [Standing; 5] =
         [Standing::Failed, Standing::Unfinished, Standing::Pending, Standing::Warnings, Standing::Done];
 }
 
@@ -99,11 +99,36 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Wall time of the batch: first mailbox started to last one finished, when both are known.
-fn wall_time(report: &BatchReport) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let start = report.mailboxes.iter().filter_map(|m| m.started_at).min()?;
-    let end = report.mailboxes.iter().filter_map(|m| m.finished_at).max()?;
-    (end > start).then_some((start, end))
+/// What the top of the page says, gathered as the mailboxes go by (the page is written in
+/// one go after them, so it never needs them all at once).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tally {
+    pub totals: BatchTotals,
+    /// Mailboxes by [`Standing`], worst first.
+    pub standings: [usize; Standing::ALL.len()],
+    pub first_start: Option<DateTime<Utc>>,
+    pub last_finish: Option<DateTime<Utc>>,
+    pub most_passes: u32,
+}
+
+impl Tally {
+    pub fn add(&mut self, m: &MailboxReport) {
+        self.totals.add_mailbox(m);
+        self.standings[Standing::of(m) as usize] += 1;
+        self.first_start = self.first_start.into_iter().chain(m.started_at).min();
+        self.last_finish = self.last_finish.into_iter().chain(m.finished_at).max();
+        self.most_passes = self.most_passes.max(m.passes);
+    }
+
+    fn mailboxes(&self) -> usize {
+        self.standings.iter().sum()
+    }
+
+    /// Wall time of the batch: first mailbox started to last one finished, when both are known.
+    fn wall_time(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let (start, end) = (self.first_start?, self.last_finish?);
+        (end > start).then_some((start, end))
+    }
 }
 
 const STYLE: &str = r##"
@@ -182,157 +207,150 @@ document.documentElement.dataset.ready="1";
 })();
 "##;
 
-impl BatchReport {
-    /// report.html: the batch at a glance, then every mailbox (worst first), each expanding to
-    /// its folders, the messages not copied and what to do about every problem.
-    pub fn to_html(&self) -> Vec<u8> {
-        let mut boxes: Vec<&MailboxReport> = self.mailboxes.iter().collect();
-        boxes.sort_by_key(|m| (Standing::of(m), m.row));
-        let script_hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(SCRIPT.as_bytes()));
-        let title = format!("mailhaul report: {}", self.batch);
-
-        let mut h = String::with_capacity(16_384 + self.mailboxes.len() * 2_048);
-        // Writing into a String cannot fail: the fmt::Results below are ignored on purpose.
-        let _ = write!(
-            h,
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'\">\
-             <meta name=\"referrer\" content=\"no-referrer\">\
-             <title>{}</title><style>{STYLE}</style></head><body><main>\n",
-            escape(&title)
-        );
-        let _ = writeln!(
-            h,
-            "<h1>{}</h1><p class=\"muted\">Batch <b>{}</b> · report generated {} UTC</p>",
-            escape("mailhaul migration report"),
-            escape(&self.batch),
-            self.generated_at.format("%Y-%m-%d %H:%M:%S")
-        );
-        self.glance(&mut h, &boxes);
-        self.mailbox_list(&mut h, &boxes);
-        let _ = writeln!(
-            h,
-            "<p class=\"muted\">The same data as report.json; report.csv has one line per mailbox and failed.csv the rows to fix and run again.</p>\
-             </main><script>{SCRIPT}</script></body></html>"
-        );
-        h.into_bytes()
-    }
-
-    fn glance(&self, h: &mut String, boxes: &[&MailboxReport]) {
-        let t = &self.totals;
-        let count = |s: Standing| boxes.iter().filter(|m| Standing::of(m) == s).count();
-        let counts: Vec<(Standing, usize)> = Standing::ALL.iter().map(|&s| (s, count(s))).collect();
-
-        h.push_str("<section aria-label=\"The batch at a glance\"><h2>At a glance</h2>");
-        // A stacked bar: one segment per standing, widths in percent of the mailboxes.
-        let _ = write!(
-            h,
-            "<svg class=\"chart\" viewBox=\"0 0 100 6\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{} mailboxes by status\">",
-            t.mailboxes
-        );
-        let total = boxes.len().max(1) as f64;
-        let mut x = 0.0;
-        for &(standing, n) in counts.iter().filter(|(_, n)| *n > 0) {
-            let w = n as f64 * 100.0 / total;
-            let _ = write!(
-                h,
-                "<rect class=\"bar {}\" x=\"{x:.3}\" y=\"0\" width=\"{w:.3}\" height=\"6\"><title>{n} {}</title></rect>",
-                standing.key(),
-                standing.label()
-            );
-            x += w;
-        }
-        h.push_str("</svg><ul class=\"legend\">");
-        for &(standing, n) in &counts {
-            let _ = write!(
-                h,
-                "<li class=\"{}\"><span class=\"dot\"></span><b>{n}</b> {}</li>",
-                standing.key(),
-                standing.label()
-            );
-        }
-        h.push_str("</ul><div class=\"glance\">");
-
-        let tile = |h: &mut String, value: String, label: &str| {
-            let _ = write!(h, "<div class=\"tile\"><b>{}</b><span>{}</span></div>", escape(&value), escape(label));
-        };
-        tile(h, t.mailboxes.to_string(), "mailboxes");
-        tile(h, t.messages.to_string(), "messages copied");
-        tile(h, size(t.bytes), "copied");
-        let not_copied = t.not_copied();
-        tile(h, not_copied.to_string(), "messages not copied (listed below)");
-        let wall = wall_time(self).map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0);
-        match wall {
-            Some(seconds) => {
-                tile(h, human_seconds(seconds), "duration (first start to last finish)");
-                tile(h, format!("{:.1} MB/s", t.bytes as f64 / 1e6 / seconds), "throughput");
-                tile(h, format!("{:.0}", t.messages as f64 * 60.0 / seconds), "messages per minute");
-            }
-            None => tile(h, human_seconds(t.seconds), "copying time, summed over mailboxes"),
-        }
-        let passes = self.mailboxes.iter().map(|m| m.passes).max().unwrap_or(0);
-        let pass = match (&self.delta_of, passes) {
-            (Some(first), _) => format!("delta pass after batch {first}"),
-            (None, 0 | 1) => "first pass".to_string(),
-            (None, n) => format!("up to {n} passes per mailbox; counts are totals over all of them"),
-        };
-        tile(h, pass, "pass");
-        h.push_str("</div>");
-        if t.skipped_duplicate + t.skipped_by_date > 0 {
-            let _ = write!(
-                h,
-                "<p class=\"muted\">Not copied on purpose: {} already in the destination (duplicates), {} before the <code>since</code> date.</p>",
-                t.skipped_duplicate, t.skipped_by_date
-            );
-        }
-        if t.in_label_folder > 0 {
-            let _ = write!(
-                h,
-                "<p class=\"muted\">Gmail: {} messages of All Mail were copied from their label folders, not again from All Mail.</p>",
-                t.in_label_folder
-            );
-        }
-        h.push_str("</section>\n");
-    }
-
-    fn mailbox_list(&self, h: &mut String, boxes: &[&MailboxReport]) {
-        h.push_str("<section aria-label=\"Mailboxes\"><h2>Mailboxes</h2><div class=\"controls\"><span id=\"filters\">");
-        let _ = write!(
-            h,
-            "<button type=\"button\" data-filter=\"all\" aria-pressed=\"true\">all {}</button> ",
-            boxes.len()
-        );
-        for standing in Standing::ALL {
-            let n = boxes.iter().filter(|m| Standing::of(m) == standing).count();
-            if n > 0 {
-                let _ = write!(
-                    h,
-                    "<button type=\"button\" class=\"{0}\" data-filter=\"{0}\" aria-pressed=\"false\"><span class=\"dot\"></span>{1} {n}</button> ",
-                    standing.key(),
-                    standing.label()
-                );
-            }
-        }
-        h.push_str(
-            "</span><label>Sort <select id=\"sort\"><option value=\"standing\">failed first</option>\
-             <option value=\"row\">CSV row</option><option value=\"mailbox\">mailbox</option>\
-             <option value=\"copied\">most messages</option><option value=\"bytes\">largest</option>\
-             <option value=\"seconds\">longest</option></select></label>\
-             <button type=\"button\" id=\"expand\">expand / collapse all</button>\
-             <span id=\"shown\" class=\"muted\"></span></div>\
-             <div class=\"head\" aria-hidden=\"true\"><span>status</span><span>mailbox</span>\
-             <span class=\"num\">messages</span><span class=\"num\">size</span><span class=\"num\">time</span><span>verification / error</span></div>\
-             <div id=\"mailboxes\">\n",
-        );
-        for m in boxes {
-            mailbox(h, m);
-        }
-        h.push_str("</div></section>\n");
-    }
+/// The page down to the list of mailboxes: the batch at a glance and the list's controls.
+/// [`mailbox`] entries follow, worst first, then [`page_tail`].
+pub(crate) fn page_head(batch: &str, delta_of: Option<&str>, generated_at: DateTime<Utc>, tally: &Tally) -> String {
+    let script_hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(SCRIPT.as_bytes()));
+    let title = format!("mailhaul report: {batch}");
+    let mut h = String::with_capacity(16_384);
+    // Writing into a String cannot fail: the fmt::Results below are ignored on purpose.
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'\">\
+         <meta name=\"referrer\" content=\"no-referrer\">\
+         <title>{}</title><style>{STYLE}</style></head><body><main>\n",
+        escape(&title)
+    );
+    let _ = writeln!(
+        h,
+        "<h1>{}</h1><p class=\"muted\">Batch <b>{}</b> · report generated {} UTC</p>",
+        escape("mailhaul migration report"),
+        escape(batch),
+        generated_at.format("%Y-%m-%d %H:%M:%S")
+    );
+    glance(&mut h, delta_of, tally);
+    mailbox_list_head(&mut h, tally);
+    h
 }
 
-fn mailbox(h: &mut String, m: &MailboxReport) {
+/// The page after the last mailbox.
+pub(crate) fn page_tail() -> String {
+    format!(
+        "</div></section>\n<p class=\"muted\">The same data as report.json; report.csv has one line per mailbox and failed.csv the rows to fix and run again.</p>\
+         </main><script>{SCRIPT}</script></body></html>\n"
+    )
+}
+
+fn glance(h: &mut String, delta_of: Option<&str>, tally: &Tally) {
+    let t = &tally.totals;
+    let counts: Vec<(Standing, usize)> = Standing::ALL.iter().map(|&s| (s, tally.standings[s as usize])).collect();
+
+    h.push_str("<section aria-label=\"The batch at a glance\"><h2>At a glance</h2>");
+    // A stacked bar: one segment per standing, widths in percent of the mailboxes.
+    let _ = write!(
+        h,
+        "<svg class=\"chart\" viewBox=\"0 0 100 6\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{} mailboxes by status\">",
+        t.mailboxes
+    );
+    let total = tally.mailboxes().max(1) as f64;
+    let mut x = 0.0;
+    for &(standing, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        let w = n as f64 * 100.0 / total;
+        let _ = write!(
+            h,
+            "<rect class=\"bar {}\" x=\"{x:.3}\" y=\"0\" width=\"{w:.3}\" height=\"6\"><title>{n} {}</title></rect>",
+            standing.key(),
+            standing.label()
+        );
+        x += w;
+    }
+    h.push_str("</svg><ul class=\"legend\">");
+    for &(standing, n) in &counts {
+        let _ = write!(
+            h,
+            "<li class=\"{}\"><span class=\"dot\"></span><b>{n}</b> {}</li>",
+            standing.key(),
+            standing.label()
+        );
+    }
+    h.push_str("</ul><div class=\"glance\">");
+
+    let tile = |h: &mut String, value: String, label: &str| {
+        let _ = write!(h, "<div class=\"tile\"><b>{}</b><span>{}</span></div>", escape(&value), escape(label));
+    };
+    tile(h, t.mailboxes.to_string(), "mailboxes");
+    tile(h, t.messages.to_string(), "messages copied");
+    tile(h, size(t.bytes), "copied");
+    let not_copied = t.not_copied();
+    tile(h, not_copied.to_string(), "messages not copied (listed below)");
+    let wall = tally.wall_time().map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0);
+    match wall {
+        Some(seconds) => {
+            tile(h, human_seconds(seconds), "duration (first start to last finish)");
+            tile(h, format!("{:.1} MB/s", t.bytes as f64 / 1e6 / seconds), "throughput");
+            tile(h, format!("{:.0}", t.messages as f64 * 60.0 / seconds), "messages per minute");
+        }
+        None => tile(h, human_seconds(t.seconds), "copying time, summed over mailboxes"),
+    }
+    let pass = match (delta_of, tally.most_passes) {
+        (Some(first), _) => format!("delta pass after batch {first}"),
+        (None, 0 | 1) => "first pass".to_string(),
+        (None, n) => format!("up to {n} passes per mailbox; counts are totals over all of them"),
+    };
+    tile(h, pass, "pass");
+    h.push_str("</div>");
+    if t.skipped_duplicate + t.skipped_by_date > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"muted\">Not copied on purpose: {} already in the destination (duplicates), {} before the <code>since</code> date.</p>",
+            t.skipped_duplicate, t.skipped_by_date
+        );
+    }
+    if t.in_label_folder > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"muted\">Gmail: {} messages of All Mail were copied from their label folders, not again from All Mail.</p>",
+            t.in_label_folder
+        );
+    }
+    h.push_str("</section>\n");
+}
+
+fn mailbox_list_head(h: &mut String, tally: &Tally) {
+    h.push_str("<section aria-label=\"Mailboxes\"><h2>Mailboxes</h2><div class=\"controls\"><span id=\"filters\">");
+    let _ = write!(
+        h,
+        "<button type=\"button\" data-filter=\"all\" aria-pressed=\"true\">all {}</button> ",
+        tally.mailboxes()
+    );
+    for standing in Standing::ALL {
+        let n = tally.standings[standing as usize];
+        if n > 0 {
+            let _ = write!(
+                h,
+                "<button type=\"button\" class=\"{0}\" data-filter=\"{0}\" aria-pressed=\"false\"><span class=\"dot\"></span>{1} {n}</button> ",
+                standing.key(),
+                standing.label()
+            );
+        }
+    }
+    h.push_str(
+        "</span><label>Sort <select id=\"sort\"><option value=\"standing\">failed first</option>\
+         <option value=\"row\">CSV row</option><option value=\"mailbox\">mailbox</option>\
+         <option value=\"copied\">most messages</option><option value=\"bytes\">largest</option>\
+         <option value=\"seconds\">longest</option></select></label>\
+         <button type=\"button\" id=\"expand\">expand / collapse all</button>\
+         <span id=\"shown\" class=\"muted\"></span></div>\
+         <div class=\"head\" aria-hidden=\"true\"><span>status</span><span>mailbox</span>\
+         <span class=\"num\">messages</span><span class=\"num\">size</span><span class=\"num\">time</span><span>verification / error</span></div>\
+         <div id=\"mailboxes\">\n",
+    );
+}
+
+/// One mailbox's entry: a line that expands to its folders and messages not copied.
+pub(crate) fn mailbox(h: &mut String, m: &MailboxReport) {
     let standing = Standing::of(m);
     let t = &m.totals;
     let _ = write!(

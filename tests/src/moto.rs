@@ -18,10 +18,16 @@ pub struct Moto {
 impl Moto {
     /// Start it and wait until it listens. Fails (never skips) when moto is not installed.
     pub fn start() -> Result<Moto> {
+        Moto::start_with_env(&[])
+    }
+
+    /// Started with these environment variables (moto's settings, e.g. `S3_UPLOAD_PART_MIN_SIZE`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Moto> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = tempfile::NamedTempFile::new()?.into_temp_path().keep()?;
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(&log)?)

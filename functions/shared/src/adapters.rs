@@ -57,6 +57,74 @@ impl ObjectStore for S3Objects {
         Ok(())
     }
 
+    async fn start_parts(&self, bucket: &str, key: &str, content_type: &str) -> Result<String, PortError> {
+        let what = format!("s3://{bucket}/{key}");
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| sdk_err("s3", "CreateMultipartUpload", &what, e))?;
+        out.upload_id.ok_or_else(|| PortError::new("s3", "CreateMultipartUpload", format!("{what}: no upload id")))
+    }
+
+    async fn send_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+        number: i32,
+        body: Vec<u8>,
+    ) -> Result<String, PortError> {
+        let what = format!("s3://{bucket}/{key} part {number}");
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| sdk_err("s3", "UploadPart", &what, e))?;
+        out.e_tag.ok_or_else(|| PortError::new("s3", "UploadPart", format!("{what}: no ETag")))
+    }
+
+    async fn finish_parts(&self, bucket: &str, key: &str, upload: &str, etags: Vec<String>) -> Result<(), PortError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let parts = etags
+            .into_iter()
+            .zip(1..)
+            .map(|(etag, number)| CompletedPart::builder().e_tag(etag).part_number(number).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| sdk_err("s3", "CompleteMultipartUpload", &format!("s3://{bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    async fn abort_parts(&self, bucket: &str, key: &str, upload: &str) -> Result<(), PortError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .send()
+            .await
+            .map_err(|e| sdk_err("s3", "AbortMultipartUpload", &format!("s3://{bucket}/{key}"), e))?;
+        Ok(())
+    }
+
     async fn presigned_get(
         &self,
         bucket: &str,

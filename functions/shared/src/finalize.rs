@@ -5,7 +5,6 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use lambda_runtime::LambdaEvent;
-use mailhaul_common::report::build_report;
 use tracing::{error, info, warn};
 
 use crate::config::Services;
@@ -24,6 +23,8 @@ pub enum FinalizeError {
     Store(#[from] mailhaul_common::ports::StoreError),
     #[error(transparent)]
     Port(#[from] PortError),
+    #[error("writing the report: {0}")]
+    Report(#[from] std::io::Error),
 }
 
 /// The Lambda handler.
@@ -89,17 +90,18 @@ pub async fn finalize_batch(svc: &Services, batch: &str) -> Result<Option<BatchC
             warn!(batch, done = state.done, failed = state.failed, total = state.total, "not every mailbox is final");
             return Ok(None);
         }
-        let mut report = build_report(&svc.table.batch_store(batch), &svc.table.checkpoints(batch).await?).await?;
         // A delta pass says so; its counts are the pair's cumulative checkpoint counts, as a
         // local delta run reports them.
-        report.delta_of = state.delta_of.clone();
-        let csv_type = "text/csv; charset=utf-8";
-        svc.objects.put(&bucket, &format!("{prefix}/report.csv"), report.to_csv(), csv_type).await?;
-        svc.objects.put(&bucket, &format!("{prefix}/report.json"), report.to_json(), "application/json").await?;
-        svc.objects
-            .put(&bucket, &format!("{prefix}/report.html"), report.to_html(), "text/html; charset=utf-8")
-            .await?;
-        svc.objects.put(&bucket, &format!("{prefix}/failed.csv"), report.failed_csv(), csv_type).await?;
+        crate::report_upload::write_report(
+            svc.objects.as_ref(),
+            &bucket,
+            &prefix,
+            &svc.table.batch_store(batch),
+            &svc.table.checkpoints(batch).await?,
+            state.delta_of.clone(),
+            crate::report_upload::PART_BYTES,
+        )
+        .await?;
         // With delta passes scheduled, the schedule deletes them when it ends.
         if next_delta_at.is_none() {
             for name in &state.secrets {

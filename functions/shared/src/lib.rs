@@ -12,6 +12,7 @@ pub mod finalize;
 pub mod logging;
 pub mod messages;
 pub mod ports;
+pub mod report_upload;
 pub mod schedule;
 pub mod sweep;
 pub mod upload;

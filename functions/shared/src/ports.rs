@@ -29,6 +29,22 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), PortError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), PortError>;
+    /// Starts an object sent in parts (S3 multipart upload); returns the upload's id.
+    async fn start_parts(&self, bucket: &str, key: &str, content_type: &str) -> Result<String, PortError>;
+    /// Sends part `number` (1, 2, ...; every part but the last at least 5 MiB); returns its
+    /// ETag for [`ObjectStore::finish_parts`].
+    async fn send_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+        number: i32,
+        body: Vec<u8>,
+    ) -> Result<String, PortError>;
+    /// Makes the parts sent one object; `etags` in part order.
+    async fn finish_parts(&self, bucket: &str, key: &str, upload: &str, etags: Vec<String>) -> Result<(), PortError>;
+    /// Drops an unfinished upload and the parts it holds.
+    async fn abort_parts(&self, bucket: &str, key: &str, upload: &str) -> Result<(), PortError>;
     /// An HTTPS URL that lets whoever holds it GET the object until `expires_in` has passed
     /// (signed here, no call to the service).
     async fn presigned_get(

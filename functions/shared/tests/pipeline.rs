@@ -2233,3 +2233,101 @@ async fn a_split_mailbox_ends_once_whatever_becomes_of_its_parts() -> Result<()>
     assert_eq!(events.iter().filter(|(t, _)| t == "BatchCompleted").count(), 1, "{events:?}");
     Ok(())
 }
+
+/// The finalize function's report goes to S3 as it is written, in parts once a file is bigger
+/// than a part: the objects are the report built whole. moto here takes parts of 1 KiB (S3:
+/// 5 MiB) so that 60 mailboxes make every file but the CSVs several parts.
+#[tokio::test]
+async fn a_report_bigger_than_a_part_goes_to_s3_in_parts_and_is_the_whole_report() -> Result<()> {
+    use mailhaul_common::model::{FolderCheckpoint, FolderCounts, MailboxStatus, SkipReason, SkippedMessage};
+    use mailhaul_common::ports::{BatchMeta, BatchStore, CheckpointStore, MailboxRecord};
+    use mailhaul_common::report::{build_report, BatchReport};
+
+    let moto = Moto::start_with_env(&[("S3_UPLOAD_PART_MIN_SIZE", "1024")])?;
+    let sdk = mailhaul_aws::config::local_sdk_config(&moto.url).await;
+    let s3 = mailhaul_aws::config::s3_client(&sdk);
+    s3.create_bucket().bucket("reports").send().await?;
+    let objects = mailhaul_aws::adapters::S3Objects { client: s3.clone() };
+
+    let state = mailhaul_common::sqlite::SqliteStore::in_memory()?;
+    let headers = vec!["source_user".to_string(), "source_password".to_string(), "destination_user".to_string()];
+    state.put_batch(&BatchMeta { id: "big".into(), headers, total: 60, created_at: chrono::Utc::now() }).await?;
+    for row in 1..=60 {
+        let mailbox = format!("user{row}@example.com");
+        let mut record = MailboxRecord::pending(
+            &mailbox,
+            row,
+            &format!("old{row}"),
+            vec![format!("old{row}"), String::new(), mailbox.clone()],
+        );
+        record.status = if row % 7 == 0 { MailboxStatus::Failed } else { MailboxStatus::Done };
+        record.error = (row % 7 == 0).then(|| "LOGIN refused: AUTHENTICATIONFAILED".to_string());
+        state.put_mailbox(&record).await?;
+        for folder in ["INBOX", "Sent", "Archive/2024", "Projekte/Qualität"] {
+            let counts = FolderCounts { copied: row as u64, bytes: 1_000 * row as u64, ..Default::default() };
+            let checkpoint = FolderCheckpoint {
+                source_folder: folder.into(),
+                destination_folder: folder.into(),
+                counts,
+                complete: true,
+                ..Default::default()
+            };
+            state.save_folder(&mailbox, &checkpoint).await?;
+        }
+        if row % 5 == 0 {
+            let refused = SkippedMessage {
+                folder: "INBOX".into(),
+                uid: row as u32,
+                size: 60_000_000,
+                message_id: None,
+                reason: SkipReason::Refused,
+                detail: "NO [LIMIT] too big".into(),
+            };
+            state.record_skipped(&mailbox, &refused).await?;
+        }
+    }
+
+    let totals =
+        mailhaul_aws::report_upload::write_report(&objects, "reports", "reports/big", &state, &state, None, 1024)
+            .await?;
+    let whole = build_report(&state, &state).await?;
+    assert_eq!(totals, whole.totals);
+
+    let get = |name: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            let out = s3.get_object().bucket("reports").key(format!("reports/big/{name}")).send().await?;
+            Ok::<_, anyhow::Error>(out.body.collect().await?.into_bytes().to_vec())
+        }
+    };
+    // An object sent in parts says how many (its ETag ends "-N"); one sent whole does not.
+    let parts = |name: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            let head = s3.head_object().bucket("reports").key(format!("reports/big/{name}")).send().await?;
+            let etag = head.e_tag.unwrap_or_default();
+            Ok::<_, anyhow::Error>(etag.trim_matches('"').split_once('-').map(|(_, n)| n.parse::<u32>()).transpose()?)
+        }
+    };
+    let json = get("report.json").await?;
+    let html = get("report.html").await?;
+    let csv = get("report.csv").await?;
+    let failed = get("failed.csv").await?;
+    for (name, size) in [("report.json", json.len()), ("report.html", html.len()), ("report.csv", csv.len())] {
+        let expected = size.div_ceil(1024) as u32;
+        assert_eq!(parts(name).await?, Some(expected), "{name}: {size} bytes in parts of 1 KiB");
+    }
+    assert_eq!(parts("failed.csv").await?, None, "a file smaller than a part is one PutObject");
+
+    // The same files as the report built whole (the time it was generated aside).
+    let sent: BatchReport = serde_json::from_slice(&json)?;
+    let expected = BatchReport { generated_at: sent.generated_at, ..whole };
+    let files = expected.files();
+    assert_eq!(String::from_utf8(json)?, String::from_utf8(files.json)?);
+    assert_eq!(String::from_utf8(html)?, String::from_utf8(files.html)?);
+    assert_eq!(String::from_utf8(csv)?, String::from_utf8(files.csv)?);
+    assert_eq!(String::from_utf8(failed)?, String::from_utf8(files.failed)?);
+    assert_eq!(expected.mailboxes.len(), 60);
+    assert!(s3.list_multipart_uploads().bucket("reports").send().await?.uploads().is_empty(), "no upload left open");
+    Ok(())
+}
