@@ -455,3 +455,41 @@ async fn verification_tells_duplicates_from_other_mail() {
     assert!(copied.iter().all(|(outcome, d)| *outcome == Outcome::Copied && d.is_some()));
     assert!(ledger.runs().count() <= 2, "stored as runs, not one row per message: {:?}", ledger.runs().count());
 }
+
+/// A pass that finds the folder's last messages settled in the ledger already (its last batch
+/// reconciled on resume: nothing left to send) still moves the checkpoint's last_uid past
+/// them when it completes, so the next delta does not list them again. Seen in CI as a range
+/// ending with last_uid 220 of 240.
+#[tokio::test]
+async fn a_folder_whose_last_messages_are_settled_already_completes_past_them() {
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("settled", 30)).await.expect("seed");
+    let job = support::job(&source, &destination);
+    let options = CopyOptions { batch_messages: 10, ..CopyOptions::default() };
+    let store = SqliteStore::in_memory().expect("store");
+    let inbox = |saved: Vec<mailhaul_common::model::FolderCheckpoint>| {
+        saved.into_iter().find(|c| c.source_folder == "INBOX").expect("INBOX checkpoint")
+    };
+    let first = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("copy");
+    assert_eq!((first.status, first.this_pass.copied), (CopyStatus::Done, 30));
+
+    // The checkpoint as a pass cut off after its last batch landed leaves it once the batch
+    // is reconciled: the ledger has every message, last_uid is behind.
+    let mut checkpoint = inbox(store.load_saved("alice").await.expect("checkpoints"));
+    assert_eq!(checkpoint.last_uid, 30);
+    (checkpoint.last_uid, checkpoint.complete) = (20, false);
+    store.save_folder("alice", &checkpoint).await.expect("save");
+
+    let again = copy_mailbox(&job, &options, &store, &NoProgress, &TimeBox::unlimited()).await.expect("copy again");
+    assert_eq!((again.status, again.this_pass.copied), (CopyStatus::Done, 0), "nothing is copied twice");
+    let checkpoint = inbox(store.load_saved("alice").await.expect("checkpoints"));
+    assert!(checkpoint.complete);
+    assert_eq!(checkpoint.last_uid, 30, "last_uid moves past the messages settled already");
+    assert_exact(
+        &dump(&source, "alice", "pw").await.expect("dump source"),
+        &dump(&destination, "alice", "pw").await.expect("dump destination"),
+        "settled already",
+    );
+}

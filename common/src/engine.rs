@@ -1135,6 +1135,9 @@ impl Copier<'_> {
         let mut candidates = listing.metas;
         candidates.sort_by_key(|m| m.uid);
         candidates.dedup_by_key(|m| m.uid);
+        // Listed and already settled (a batch reconciled, or settled by a pass cut off before
+        // its checkpoint moved): once the folder is done, last_uid moves past these too.
+        let highest_listed = candidates.last().map_or(0, |m| m.uid);
         candidates.retain(|m| ledger.pending(m.uid));
         let mut unlisted = listing.unlisted;
         unlisted.sort_by_key(|(uid, _)| *uid);
@@ -1299,7 +1302,7 @@ impl Copier<'_> {
         cp.counts.add(&counts);
         self.outcome.this_pass.add(&counts);
 
-        let highest_uid = candidates.last().map_or(0, |m| m.uid);
+        let highest_uid = candidates.last().map_or(0, |m| m.uid).max(highest_listed);
         let copy: Vec<Queued> = candidates
             .into_iter()
             .zip(&actions)
