@@ -233,9 +233,11 @@ impl ProgressSink for KickOnce {
 /// renews it before it reconnects; else it claims an hour, Dovecot refuses the cached token
 /// and mailhaul asks for exactly one new one. Either way every message lands once.
 async fn expired_token_is_renewed_on_reconnect(honest: bool) {
-    // After a refused token Dovecot delays the next login from the same address by up to 5 s
-    // (anvil's auth penalty): the renewed token must outlive that.
-    let (ttl, expires_in) = if honest { (3, 3) } else { (10, 3600) };
+    // After a refused token Dovecot delays the next logins from the same address (anvil's auth
+    // penalty, doubling per refusal up to 15 s): the renewed token must outlive that. With two
+    // pairs refused, CI saw the second pair's login with the new token wait 8 s and find a
+    // 10 s token expired; 25 s outlives the longest penalty.
+    let (ttl, expires_in) = if honest { (3, 3) } else { (25, 3600) };
     let mock = OAuthMock::start(json!({ "clients": { "app": client("app-secret", "alice", ttl, expires_in) } }))
         .expect("mock");
     let source = oauth_server(&mock, &[("alice", "pw")]);
