@@ -89,6 +89,12 @@ pub struct DovecotOptions {
     /// without the plugin (the command is refused: a server, or a proxy in front of it, that
     /// offers what it cannot do), `X-GM-EXT-1` (a Gmail-like source as far as detection goes).
     pub announced_only: Vec<String>,
+    /// Dovecot's mailbox list index (its default). Off unless asked for: Dovecot 2.3.19 now
+    /// and then kills one of a user's sessions running side by side ("Panic: fcntl(...
+    /// dovecot.list.index.log, write-lock) ... Resource deadlock avoided", a lock-order bug
+    /// between the list index and a mailbox's index). mailhaul resumes after that, but most
+    /// tests are not about a server crashing at random.
+    pub list_index: bool,
 }
 
 /// What Dovecot's `passdb oauth2` needs to validate an issuer's RS256 tokens locally.
@@ -120,6 +126,7 @@ impl Default for DovecotOptions {
             sasl_ir: true,
             deflate: false,
             announced_only: Vec::new(),
+            list_index: false,
         }
     }
 }
@@ -452,7 +459,23 @@ impl crate::servers::ImapServer for Dovecot {
 impl Drop for Dovecot {
     fn drop(&mut self) {
         self.stop();
+        // libtest shows a test's output only when it fails: then this says what the server
+        // saw (a disconnect, an error) when the client only saw a lost connection.
+        let log = std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default();
+        let unusual: Vec<&str> = log.lines().filter(|line| is_unusual(line)).collect();
+        if !unusual.is_empty() {
+            eprintln!("Dovecot on port {} logged:", self.imap_port);
+            for line in &unusual[unusual.len().saturating_sub(40)..] {
+                eprintln!("  {line}");
+            }
+        }
     }
+}
+
+/// A log line about something other than an ordinary login, logout or server stop.
+fn is_unusual(line: &str) -> bool {
+    const ORDINARY: [&str; 4] = ["Login: user=", "Logged out", "Disconnected: Server shutting down", "master: Info"];
+    !line.trim().is_empty() && !ORDINARY.iter().any(|o| line.contains(o))
 }
 
 /// Send SIGTERM to a Dovecot master and wait (up to `wait`) for it to exit, then SIGKILL.
@@ -660,6 +683,7 @@ fn write_oauth2(dir: &Path, oauth2: &OAuth2Validation) -> Result<()> {
 
 fn config(dir: &Path, opts: &DovecotOptions, imap: u16, imaps: u16, run_as: Option<&str>) -> String {
     let d = dir.display();
+    let list_index = if opts.list_index { "yes" } else { "no" };
     let mechanisms = if opts.oauth2.is_some() { " xoauth2 oauthbearer" } else { "" };
     // Tokens first: passwd-file would only compare a token with a password.
     let oauth2_passdb = if opts.oauth2.is_some() {
@@ -686,6 +710,7 @@ auth_mechanisms = plain login{mechanisms}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir:LAYOUT=fs
 mail_max_userip_connections = 100
+mailbox_list_index = {list_index}
 default_process_limit = 200
 ssl = yes
 ssl_cert = <{d}/server.pem

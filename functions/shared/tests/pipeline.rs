@@ -13,6 +13,7 @@ use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use mailhaul_aws::config::{Config, NotifyTargets};
+use mailhaul_aws::copy::{JobError, JobOutcome};
 use mailhaul_aws::messages::JobMessage;
 use mailhaul_aws::Services;
 use mailhaul_tests::corpus;
@@ -752,8 +753,11 @@ async fn an_invalid_csv_is_rejected_with_a_report() -> Result<()> {
 #[tokio::test]
 async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<()> {
     capture_logs();
-    let src = Dovecot::start(DovecotOptions::with_users(&[("erin", "pw-erin-src")]))?;
-    let dst = Dovecot::start(DovecotOptions::with_users(&[("erin", "pw-erin-dst")]))?;
+    // With Dovecot's list index, whose lock-order bug now and then kills a session mid-pass.
+    let shipped =
+        |password: &str| DovecotOptions { list_index: true, ..DovecotOptions::with_users(&[("erin", password)]) };
+    let src = Dovecot::start(shipped("pw-erin-src"))?;
+    let dst = Dovecot::start(shipped("pw-erin-dst"))?;
     seed(&src, "erin", "pw-erin-src", "INBOX", &corpus::mailbox("erin", 40)).await?;
     let mut stack = Stack::start().await?;
     let csv = "source_user,source_password,destination_user,destination_password\nerin,pw-erin-src,erin,pw-erin-dst\n";
@@ -781,10 +785,20 @@ async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<(
         Ok::<_, anyhow::Error>(mailhaul_aws::copy::process_message(&stack.svc, &message, deadline).await?)
     };
     let (a, b) = tokio::join!(mailhaul_aws::copy::process_message(&stack.svc, &message, deadline), second);
-    let (a, b) = (a?, b?);
-    let busy = |o: &mailhaul_aws::copy::JobOutcome| matches!(o, mailhaul_aws::copy::JobOutcome::Busy { .. });
-    assert!(busy(&a) != busy(&b), "exactly one delivery copies, the other waits: {a:?} / {b:?}");
-    stack.delete(&jobs_url, &message).await?;
+    let b = b?;
+    let (a_busy, b_busy) = (matches!(a, Ok(JobOutcome::Busy { .. })), matches!(b, JobOutcome::Busy { .. }));
+    assert!(a_busy != b_busy, "exactly one delivery copies, the other waits: {a:?} / {b:?}");
+    match a {
+        // Dovecot 2.3.19 now and then kills a session of a user whose other sessions hold
+        // its index locks ("Panic: fcntl(...) Resource deadlock avoided"). The pass ends on the
+        // lost connection and asks SQS for the message again, as the handler does.
+        Err(JobError::Copy(reason)) if reason.contains("connection lost") => {
+            eprintln!("the copying delivery ended on a lost connection ({reason}): delivered again");
+            stack.redeliver_soon(&jobs_url, &message).await?
+        }
+        Err(e) => bail!("the copying delivery: {e}"),
+        Ok(_) => stack.delete(&jobs_url, &message).await?,
+    }
     stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(120)).await?;
 
     let want = contents(&src, "erin", "pw-erin-src").await?;
