@@ -34,6 +34,7 @@ fn main() {
         let spool = tempfile::tempdir().expect("temporary directory");
         let mut writer =
             ReportWriter::new("fifty-thousand", None, Utc::now(), headers(), Some(spool.path())).expect("writer");
+        writer.expect_mailboxes(mailboxes);
         let mut sent = [0usize; 3];
         let mut send = |ready: mailhaul_common::report::writer::ReadyBytes| {
             for (total, bytes) in sent.iter_mut().zip([ready.csv, ready.json, ready.failed]) {

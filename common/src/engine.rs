@@ -2349,8 +2349,6 @@ fn destination_of(
     }
 }
 
-/// A mailbox's folder checkpoints by source folder. (A free function: borrowing the whole
-/// copier across the await would make the future hold its non-`Sync` sessions.)
 /// The store as a part copying one UID range of a folder sees it: the folder's checkpoint
 /// is the range's own (saved under [`UidRange::checkpoint_key`]), its ledger the folder's.
 struct RangeStore<'a> {
@@ -2449,6 +2447,8 @@ impl CheckpointStore for RangeStore<'_> {
     }
 }
 
+/// A mailbox's folder checkpoints by source folder. (A free function: borrowing the whole
+/// copier across the await would make the future hold its non-`Sync` sessions.)
 async fn checkpoints_by_folder(
     store: &dyn CheckpointStore,
     mailbox: &str,

@@ -340,6 +340,7 @@ impl BatchReport {
             self.headers.clone(),
             spool_dir,
         )?;
+        writer.expect_mailboxes(self.mailboxes.len());
         for m in &self.mailboxes {
             writer.add(m)?;
             take(writer.take_ready())?;
@@ -918,6 +919,44 @@ mod tests {
         assert!(html.contains("first pass"));
         report.delta_of = Some("batch-6".into());
         assert!(String::from_utf8(report.to_html()).unwrap().contains("delta pass after batch batch-6"));
+    }
+
+    #[tokio::test]
+    async fn a_big_batchs_page_keeps_folders_only_for_mailboxes_that_need_a_look() {
+        let mut report = three_mailboxes().await;
+        // Alice with nothing left out: simply done.
+        let mut clean = report.mailboxes[0].clone();
+        clean.skipped.clear();
+        clean.totals = counts(120, 0, 0, 6_000_000);
+        for folder in &mut clean.folders {
+            folder.counts = counts(60, 0, 0, 3_000_000);
+        }
+        let entry_of = |html: &str, mailbox: &str| -> String {
+            let start = html.find(&format!("data-mailbox=\"{mailbox}\"")).expect(mailbox);
+            html[start..].split("</details>").next().unwrap_or_default().to_string()
+        };
+        let folder_table = "<table class=\"folders\">";
+
+        report.mailboxes.push(MailboxReport { row: 4, mailbox: "dora@new.example".into(), ..clean.clone() });
+        let small = String::from_utf8(report.to_html()).unwrap();
+        assert!(entry_of(&small, "dora@new.example").contains(folder_table), "a small batch shows every folder");
+        assert!(!small.contains("not on this page"));
+
+        let first_extra = report.mailboxes.len() + 1;
+        for row in first_extra..=html::FOLDERS_OF_DONE_MAILBOXES_UP_TO + 1 {
+            report.mailboxes.push(MailboxReport { row, mailbox: format!("user{row}@new.example"), ..clean.clone() });
+        }
+        let big = String::from_utf8(report.to_html()).unwrap();
+        assert!(big.contains("the folders of mailboxes done without warnings are in report.json, not on this page"));
+        let dora = entry_of(&big, "dora@new.example");
+        assert!(!dora.contains(folder_table) && dora.contains("2 folder(s)"), "{dora}");
+        // Done with warnings (alice) and stopped before the end (carol) keep their folders.
+        assert!(entry_of(&big, "alice@new.example").contains(folder_table));
+        assert!(entry_of(&big, "carol@new.example").contains("1 missing"));
+        assert_eq!(big.matches(folder_table).count(), 2);
+        // report.json keeps everything.
+        let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+        assert_eq!(json["mailboxes"][3]["folders"].as_array().map(Vec::len), Some(2));
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub struct ReportWriter {
     failed: Vec<u8>,
     /// report.html's mailbox entries, one spool per [`Standing`].
     html: Vec<Spool>,
+    /// Whether report.html shows the folders of mailboxes done without warnings.
+    done_folders_shown: bool,
 }
 
 /// The bytes of the three files that grow as mailboxes are added, not taken yet.
@@ -111,6 +113,7 @@ impl ReportWriter {
             json: Vec::new(),
             failed: Vec::new(),
             html,
+            done_folders_shown: true,
         };
         write_csv_record(&mut writer.csv, REPORT_CSV_HEADERS.iter().map(|h| h.to_string()).collect())?;
         if !writer.headers.is_empty() {
@@ -130,6 +133,12 @@ impl ReportWriter {
         Ok(writer)
     }
 
+    /// How many mailboxes will be added: above [`html::FOLDERS_OF_DONE_MAILBOXES_UP_TO`],
+    /// report.html leaves the folders of mailboxes done without warnings to report.json.
+    pub fn expect_mailboxes(&mut self, mailboxes: usize) {
+        self.done_folders_shown = mailboxes <= html::FOLDERS_OF_DONE_MAILBOXES_UP_TO;
+    }
+
     pub fn add(&mut self, m: &MailboxReport) -> io::Result<()> {
         write_csv_record(&mut self.csv, csv_row(m))?;
         if let Some(cells) = failed_row(&self.headers, &self.secret_columns, m) {
@@ -138,7 +147,7 @@ impl ReportWriter {
         self.json.extend_from_slice(if self.added == 0 { b"\n" } else { b",\n" });
         write_indented(&mut self.json, &serde_json::to_vec_pretty(m).map_err(io::Error::other)?, "    ", true);
         let mut entry = String::with_capacity(2_048);
-        html::mailbox(&mut entry, m);
+        html::mailbox(&mut entry, m, self.done_folders_shown);
         self.html[Standing::of(m) as usize].write(entry.as_bytes())?;
         self.tally.add(m);
         self.added += 1;
@@ -171,7 +180,13 @@ impl ReportWriter {
         write_indented(&mut self.json, &totals, "  ", false);
         self.json.extend_from_slice(b"\n}\n");
 
-        let head = html::page_head(&self.batch, self.delta_of.as_deref(), self.generated_at, &self.tally);
+        let head = html::page_head(
+            &self.batch,
+            self.delta_of.as_deref(),
+            self.generated_at,
+            &self.tally,
+            self.done_folders_shown,
+        );
         let mut page: Box<dyn Read + Send> = Box::new(Cursor::new(head.into_bytes()));
         for spool in self.html.drain(..) {
             page = Box::new(page.chain(spool.into_reader()?));

@@ -66,6 +66,7 @@ async fn write_files(
     let (meta, reports) = mailbox_reports(batch, checkpoints).await?;
     // report.html's entries wait in the function's /tmp until the page's top can be written.
     let mut writer = ReportWriter::new(&meta.id, delta_of, Utc::now(), meta.headers, Some(&std::env::temp_dir()))?;
+    writer.expect_mailboxes(meta.total);
     let mut reports = std::pin::pin!(reports);
     while let Some(mailbox) = reports.try_next().await? {
         writer.add(&mailbox)?;
