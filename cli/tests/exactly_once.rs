@@ -308,6 +308,11 @@ async fn two_uid_ranges_of_one_folder_killed_again_and_again_exactly_once() {
     assert_eq!((folded[0].last_uid, folded[0].counts.copied), (count, u64::from(count)));
     let ledger =
         FolderLedger::from_recorded(store.load_ledger("alice", "INBOX", folded[0].uid_validity).await.expect("ledger"));
+    assert_one_destination_uid_each(&ledger, count);
+}
+
+/// Source UIDs 1..=count are each recorded copied, each to a destination UID of its own.
+fn assert_one_destination_uid_each(ledger: &FolderLedger, count: u32) {
     let mut destination_uids: Vec<u32> = (1..=count)
         .map(|uid| match ledger.get(uid) {
             Some((Outcome::Copied, Some(d))) => d,
@@ -356,15 +361,7 @@ async fn one_folder_is_appended_by_every_connection_pair_exactly_once() {
     let ledger = FolderLedger::from_recorded(
         store.load_ledger("alice", "INBOX", source_box.uid_validity.unwrap()).await.expect("ledger"),
     );
-    let mut destination_uids: Vec<u32> = (1..=400)
-        .map(|uid| match ledger.get(uid) {
-            Some((Outcome::Copied, Some(d))) => d,
-            other => panic!("source UID {uid}: {other:?}"),
-        })
-        .collect();
-    destination_uids.sort_unstable();
-    destination_uids.dedup();
-    assert_eq!(destination_uids.len(), 400, "each source message has its own destination UID");
+    assert_one_destination_uid_each(&ledger, 400);
     let source_now = dump(&source, "alice", "pw").await.expect("dump source");
     assert_eq!(source_now, before, "the source is never modified");
     assert_exact(&source_now, &dump(&destination, "alice", "pw").await.expect("dump destination"), "three pairs");
