@@ -126,8 +126,10 @@ async fn submit_status_and_report_against_the_stack() -> Result<()> {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for name in ["report.html", "report.csv", "report.json", "failed.csv"] {
-        assert!(reports.join(name).exists(), "{name} downloaded: {stderr}");
+        let object = svc.objects.get(BUCKET, &format!("reports/{batch}/{name}")).await?.context("in S3")?;
+        assert_eq!(std::fs::read(reports.join(name))?, object, "{name} downloaded whole: {stderr}");
     }
+    assert_eq!(std::fs::read_dir(&reports)?.count(), 4, "the four files and nothing else (no .part left)");
     let report_csv = std::fs::read_to_string(reports.join("report.csv"))?;
     assert!(report_csv.contains("alice") && report_csv.contains("bob"), "{report_csv}");
     let out = mailhaul(&moto, &["status", &batch, "--table", TABLE])?;

@@ -124,13 +124,12 @@ pub async fn download_report(
     batch: &str,
     dir: &Path,
 ) -> Result<Vec<PathBuf>, CliError> {
-    let objects = S3Objects { client: s3_client(sdk) };
+    let client = s3_client(sdk);
     std::fs::create_dir_all(dir).map_err(|source| CliError::Write { path: dir.into(), source })?;
     let mut written = Vec::new();
     for name in ["report.html", "report.csv", "report.json", "failed.csv", "validation.json", "validation.txt"] {
-        if let Some(bytes) = objects.get(bucket, &format!("reports/{batch}/{name}")).await? {
-            let path = dir.join(name);
-            std::fs::write(&path, bytes).map_err(|source| CliError::Write { path: path.clone(), source })?;
+        let path = dir.join(name);
+        if download(&client, bucket, &format!("reports/{batch}/{name}"), &path).await? {
             written.push(path);
         }
     }
@@ -138,4 +137,35 @@ pub async fn download_report(
         return Err(CliError::NoReport(batch.into()));
     }
     Ok(written)
+}
+
+/// `s3://bucket/key` written to `path` as it arrives (report.json of 50,000 mailboxes is
+/// ~660 MB), through `<path>.part` renamed at the end so a cut-off download leaves no
+/// half file under the real name. `Ok(false)`: no such object.
+async fn download(client: &aws_sdk_s3::Client, bucket: &str, key: &str, path: &Path) -> Result<bool, CliError> {
+    use tokio::io::AsyncWriteExt as _;
+    let what = format!("s3://{bucket}/{key}");
+    let s3_error = |detail: String| PortError::new("s3", "GetObject", format!("{what}: {detail}"));
+    let mut body = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out.body,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(false),
+        Err(e) => return Err(s3_error(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()).into()),
+    };
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let write_error = |source| CliError::Write { path: part.clone(), source };
+    let copied = async {
+        let mut file = tokio::fs::File::create(&part).await.map_err(write_error)?;
+        while let Some(chunk) = body.try_next().await.map_err(|e| s3_error(e.to_string()))? {
+            file.write_all(&chunk).await.map_err(write_error)?;
+        }
+        file.flush().await.map_err(write_error)
+    };
+    if let Err(e) = copied.await {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&part, path).await.map_err(|source| CliError::Write { path: path.into(), source })?;
+    Ok(true)
 }
