@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use mailhaul_common::batch::validate_batch;
-use mailhaul_common::engine::{copy_mailbox, TimeBox};
+use mailhaul_common::engine::{copy_mailbox, CountedProgress, TimeBox};
 use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
 use mailhaul_common::model::{FolderStrategy, MailboxJob, MailboxStatus, Security, SplitRule};
 use mailhaul_common::ports::{BatchMeta, BatchStore, MailboxRecord};
@@ -328,12 +328,14 @@ async fn run_mailbox(
     let mut attempt = 0;
     let (status, error, hint) = loop {
         attempt += 1;
-        let result = copy_mailbox(job, &settings.copy, store, progress, timebox).await;
+        let counted = CountedProgress::new(progress);
+        let result = copy_mailbox(job, &settings.copy, store, &counted, timebox).await;
         let end = match &result {
             Ok(outcome) => PassEnd::Copied(outcome),
             Err(e) => PassEnd::Error(e),
         };
-        let tries = Tries { attempt, stopping: *timebox.stop.borrow(), ..Tries::default() };
+        let (stopping, progressed) = (*timebox.stop.borrow(), counted.copied() > 0);
+        let tries = Tries { attempt, stopping, progressed, ..Tries::default() };
         match next_step(end, tries, &limits) {
             // A local pass has no deadline; should one ever end early, it is not done.
             Next::Continue | Next::Split(_) => {
@@ -352,13 +354,16 @@ async fn run_mailbox(
                 progress.mailbox_finished(&job.mailbox, "stopped, checkpoint saved: run again to resume");
                 break (MailboxStatus::Partial, Some(error), Some(hint));
             }
-            Next::RetryAfter(wait) | Next::Throttled(wait) => {
+            Next::RetryAfter(wait) | Next::Throttled(wait) | Next::Resume(wait) => {
                 let e = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-                progress.line(&format!(
-                    "{}: {e}; retrying in {}s (attempt {attempt}/{MAX_ATTEMPTS})",
-                    job.mailbox,
-                    wait.as_secs()
-                ));
+                let tries = if progressed {
+                    // Copied something before the error: the tries start over.
+                    attempt = 0;
+                    format!("{} copied since the last try", counted.copied())
+                } else {
+                    format!("attempt {attempt}/{MAX_ATTEMPTS}")
+                };
+                progress.line(&format!("{}: {e}; retrying in {}s ({tries})", job.mailbox, wait.as_secs()));
                 let mut stop = timebox.stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

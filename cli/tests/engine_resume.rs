@@ -383,3 +383,49 @@ async fn a_full_destination_stops_the_mailbox_without_refusing_messages() {
     assert!(checkpoint.in_flight.is_some_and(|(lo, _)| lo == landed + 1), "{checkpoint:?}");
     assert!(!checkpoint.complete);
 }
+
+/// A destination that drops every connection after 70 KB of appends (two batches or so): more drops than
+/// the runner's tries, but each try gets further, so the mailbox is resumed to the end (as a
+/// long copy whose provider closes sessions now and then) and every message lands once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_keeps_dropping_is_resumed_while_each_try_gets_further() {
+    use mailhaul_tests::proxy::{Direction, FaultPlan, FaultPolicy, FaultProxy};
+
+    let users = [("alice", "pw")];
+    let source = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("source");
+    let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
+    seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("drops", 150)).await.expect("seed");
+    let cut = FaultPlan::CutAfter { direction: Direction::ClientToServer, bytes: 70_000 };
+    let proxy =
+        FaultProxy::start(([127, 0, 0, 1], destination.imap_port).into(), FaultPolicy::always(cut)).expect("proxy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("batch.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password\n\
+             127.0.0.1,{},plain,alice,pw,127.0.0.1,{},plain,alice,pw\n",
+            source.imap_port, proxy.port
+        ),
+    )
+    .expect("csv");
+    let config = dir.path().join("mailhaul.toml");
+    std::fs::write(&config, "[copy]\nbatch_messages = 5\nconnections_per_mailbox = 1\n").expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_mailhaul"))
+        .arg("run")
+        .arg(&csv)
+        .arg("--config")
+        .arg(&config)
+        .arg("--report-dir")
+        .arg(dir.path().join("report"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let drops = proxy.fired().len();
+    assert!(drops > 6, "more drops ({drops}) than the 6 tries a pass that gets nowhere has: {stderr}");
+    assert!(stderr.contains("copied since the last try"), "{stderr}");
+    let source_dump = dump(&source, "alice", "pw").await.expect("dump source");
+    let destination_dump = dump(&destination, "alice", "pw").await.expect("dump destination");
+    assert_eq!(bodies(&destination_dump, "INBOX"), bodies(&source_dump, "INBOX"), "every message exactly once");
+}

@@ -58,6 +58,34 @@ pub trait ProgressSink: Send + Sync {
 pub struct NoProgress;
 impl ProgressSink for NoProgress {}
 
+/// Another sink, counting the messages confirmed on the way: whether a pass that ended in an
+/// error got anywhere first.
+pub struct CountedProgress<'a> {
+    inner: &'a dyn ProgressSink,
+    copied: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> CountedProgress<'a> {
+    pub fn new(inner: &'a dyn ProgressSink) -> Self {
+        CountedProgress { inner, copied: Default::default() }
+    }
+
+    /// Messages confirmed by the destination so far.
+    pub fn copied(&self) -> u64 {
+        self.copied.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl ProgressSink for CountedProgress<'_> {
+    fn planned(&self, mailbox: &str, folder: &str, messages: u64, bytes: u64) {
+        self.inner.planned(mailbox, folder, messages, bytes);
+    }
+    fn copied(&self, mailbox: &str, folder: &str, messages: u64, bytes: u64) {
+        self.copied.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+        self.inner.copied(mailbox, folder, messages, bytes);
+    }
+}
+
 /// How a call to [`copy_mailbox`] ended without error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CopyStatus {

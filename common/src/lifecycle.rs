@@ -29,6 +29,8 @@ pub struct Tries {
     pub throttled_for: Duration,
     /// The user asked to stop (Ctrl-C): nothing is retried.
     pub stopping: bool,
+    /// The pass copied messages before its error: the mailbox is moving, its tries start over.
+    pub progressed: bool,
 }
 
 /// The runner's rules.
@@ -63,6 +65,10 @@ pub enum Next {
     },
     /// A transient error: try the same pass again after this long.
     RetryAfter(Duration),
+    /// A transient error after the pass copied messages: a new pass after this long, its tries
+    /// counted from the start. A long copy whose connection drops now and then (providers
+    /// close long sessions) is never given up while each pass gets further.
+    Resume(Duration),
     /// The server throttles: a new pass after this long, without holding a connection.
     Throttled(Duration),
     /// Copy the mailbox in these parts, each in its own runner, side by side.
@@ -113,9 +119,9 @@ pub fn next_step(end: PassEnd<'_>, tries: Tries, limits: &Limits) -> Next {
         PassEnd::Error(e) if e.is_retryable() && tries.stopping => {
             Next::Stopped { error: e.to_string(), hint: e.hint() }
         }
+        PassEnd::Error(e) if e.is_retryable() && tries.progressed => Next::Resume(retry_delay(e, 1, limits)),
         PassEnd::Error(e) if e.is_retryable() && tries.attempt < limits.max_attempts => {
-            let backoff = Duration::from_secs(1 << tries.attempt.min(5));
-            Next::RetryAfter(e.retry_after().or(limits.retry_delay).unwrap_or(backoff).min(Duration::from_secs(120)))
+            Next::RetryAfter(retry_delay(e, tries.attempt, limits))
         }
         PassEnd::Error(e) if e.is_retryable() => Next::Failed {
             reason: format!("{e} (gave up after {} tries)", tries.attempt),
@@ -124,6 +130,13 @@ pub fn next_step(end: PassEnd<'_>, tries: Tries, limits: &Limits) -> Next {
         },
         PassEnd::Error(e) => Next::Failed { reason: e.to_string(), hint: e.hint(), gave_up: false },
     }
+}
+
+/// How long to wait before try `attempt + 1`: the server's word, else the runner's fixed
+/// delay, else an exponential backoff; never more than two minutes.
+fn retry_delay(e: &CopyError, attempt: u32, limits: &Limits) -> Duration {
+    let backoff = Duration::from_secs(1 << attempt.min(5));
+    e.retry_after().or(limits.retry_delay).unwrap_or(backoff).min(Duration::from_secs(120))
 }
 
 /// The parts a surveyed mailbox is copied in, when what it has left to copy (estimated from
@@ -338,6 +351,27 @@ mod tests {
                 tries(2),
                 &LAMBDA,
                 Box::new(move |n| *n == Next::RetryAfter(s(60))),
+            ),
+            (
+                "transient after copying, out of tries: a new pass, tries from the start",
+                PassEnd::Error(&lost),
+                Tries { progressed: true, ..tries(6) },
+                &LOCAL,
+                Box::new(move |n| *n == Next::Resume(s(2))),
+            ),
+            (
+                "transient after copying on Lambda",
+                PassEnd::Error(&lost),
+                Tries { progressed: true, ..tries(5) },
+                &LAMBDA,
+                Box::new(move |n| *n == Next::Resume(s(60))),
+            ),
+            (
+                "login refused after copying: still final",
+                PassEnd::Error(&auth),
+                Tries { progressed: true, ..tries(1) },
+                &LOCAL,
+                Box::new(|n| matches!(n, Next::Failed { gave_up: false, .. })),
             ),
             (
                 "transient while stopping",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::Utc;
 use lambda_runtime::LambdaEvent;
-use mailhaul_common::engine::{copy_mailbox, survey_mailbox, ProgressSink, TimeBox};
+use mailhaul_common::engine::{copy_mailbox, survey_mailbox, CountedProgress, ProgressSink, TimeBox};
 use mailhaul_common::error::CopyError;
 use mailhaul_common::lifecycle::{next_step, Limits, Next, PassEnd, Tries};
 use mailhaul_common::model::{FolderCounts, FolderShare, MailboxStatus};
@@ -359,13 +359,14 @@ async fn copy_pass(
     // One host slot is held per pair of connections.
     let options = mailhaul_common::model::CopyOptions { connections_per_mailbox: pairs, ..job.options.clone() };
     // Boxed: the engine's future is deep enough to overflow the compiler's layout recursion.
-    let result = Box::pin(copy_mailbox(&job_with_passwords.job, &options, &checkpoints, &LogProgress, &timebox)).await;
+    let counted = CountedProgress::new(&LogProgress);
+    let result = Box::pin(copy_mailbox(&job_with_passwords.job, &options, &checkpoints, &counted, &timebox)).await;
     drop(job_with_passwords);
     record.seconds += started.elapsed().as_secs_f64();
     record.passes += 1;
 
     // What comes next is the shared rule book's (the local runner uses the same).
-    let mut tries = Tries { attempt: receive_count, ..Tries::default() };
+    let mut tries = Tries { attempt: receive_count, progressed: counted.copied() > 0, ..Tries::default() };
     if let Err(CopyError::Throttled { .. }) = &result {
         let (passes, since) = svc.table.count_throttled(&job.batch, &job.unit()).await?;
         tries.throttled_passes = passes;
@@ -398,6 +399,17 @@ async fn copy_pass(
             mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
             next_pass(svc, job, delay, true).await?;
             Ok(JobOutcome::Throttled { delay_seconds: delay })
+        }
+        Next::Resume(delay) => {
+            // A new pass (a new message, its receive count from 1): SQS would otherwise send
+            // a mailbox that keeps getting further to the dead-letter queue.
+            let delay = delay.as_secs().clamp(1, MAX_DELAY_SECONDS as u64) as u32;
+            warn!(error = ?error, delay, copied = counted.copied(), "connection lost after copying: a new pass resumes");
+            record.error = error.map(|e| e.to_string());
+            record.hint = error.map(|e| e.hint());
+            mailhaul_common::ports::BatchStore::put_mailbox(&batch_store, record).await?;
+            next_pass(svc, job, delay, false).await?;
+            Ok(JobOutcome::Continued)
         }
         Next::RetryAfter(delay) => {
             record.error = error.map(|e| e.to_string());

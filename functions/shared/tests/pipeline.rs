@@ -807,6 +807,52 @@ async fn the_same_job_delivered_twice_at_once_copies_nothing_twice() -> Result<(
     Ok(())
 }
 
+/// A pass whose destination connection drops after it copied messages ends in a new pass
+/// (a new message, its receive count from 1), not a redelivery: SQS would send a mailbox that
+/// keeps getting further to the dead-letter queue after maxReceiveCount drops.
+#[tokio::test]
+async fn a_pass_cut_off_after_copying_continues_in_a_new_pass_not_a_redelivery() -> Result<()> {
+    use mailhaul_tests::proxy::{Direction, FaultPlan, FaultPolicy, FaultProxy};
+    capture_logs();
+    let src = Dovecot::start(DovecotOptions::with_users(&[("gus", "pw-gus-src")]))?;
+    let dst = Dovecot::start(DovecotOptions::with_users(&[("gus", "pw-gus-dst")]))?;
+    seed(&src, "gus", "pw-gus-src", "INBOX", &corpus::mailbox("gus", 60)).await?;
+    // The first connection to the destination drops after about two batches of appends.
+    let cut = FaultPlan::CutAfter { direction: Direction::ClientToServer, bytes: 70_000 };
+    let policy = FaultPolicy::from_fn(move |index| if index == 0 { cut } else { FaultPlan::Pass });
+    let proxy = FaultProxy::start(([127, 0, 0, 1], dst.imap_port).into(), policy)?;
+    let mut stack = Stack::start().await?;
+    let csv = "source_user,source_password,destination_user,destination_password\ngus,pw-gus-src,gus,pw-gus-dst\n";
+    let settings = format!(
+        "[source]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[destination]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n[copy]\nbatch_messages = 5\nconnections_per_mailbox = 1\n",
+        src.imap_port, proxy.port
+    );
+    let batch = submitted(&stack.upload("drop", csv, &settings).await?)?;
+    let jobs_url = stack.svc.config.jobs_queue_url.clone();
+    let first = stack.first_jobs(1).await?.remove("gus").context("gus's job")?;
+
+    let later = SystemTime::now() + Duration::from_secs(60);
+    let out = mailhaul_aws::copy::process_message(&stack.svc, &first, later).await;
+    assert!(matches!(out, Ok(JobOutcome::Continued)), "a new pass, not an error for SQS to redeliver: {out:?}");
+    assert_eq!(proxy.fired().len(), 1, "the one drop happened");
+    stack.delete(&jobs_url, &first).await?;
+    // Queued with the retry delay (1 s here).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let next = stack.first_jobs(1).await?.remove("gus").context("the next pass")?;
+    let job: JobMessage = serde_json::from_str(next.body.as_deref().unwrap_or(""))?;
+    assert_eq!(job.seq, 1, "the next pass's own message");
+    let item = stack.svc.table.mailbox_item(&batch, "gus").await?.context("gus")?;
+    assert!(item.record.error.as_deref().is_some_and(|e| e.contains("connection lost")), "{:?}", item.record);
+    stack.redeliver_soon(&jobs_url, &next).await?;
+    stack.drain(&batch, Duration::from_secs(30), Duration::from_secs(120)).await?;
+
+    let want = contents(&src, "gus", "pw-gus-src").await?;
+    assert_eq!(contents(&dst, "gus", "pw-gus-dst").await?, want, "every message exactly once");
+    let item = stack.svc.table.mailbox_item(&batch, "gus").await?.context("gus")?;
+    assert_eq!((item.record.status, item.record.error), (mailhaul_common::model::MailboxStatus::Done, None));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_throttled_login_goes_back_to_the_queue_with_the_servers_delay() -> Result<()> {
     capture_logs();
