@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +38,33 @@ fn bodies(folders: &BTreeMap<String, Vec<DumpedMessage>>, folder: &str) -> Vec<V
         folders.get(folder).map(|m| m.iter().map(|m| m.body.clone()).collect()).unwrap_or_default();
     all.sort();
     all
+}
+
+/// Writes a batch of one row (alice/pw on both sides of 127.0.0.1, at these ports) and its
+/// settings into `dir`; gives `mailhaul run` of it, a new command each call.
+fn one_row_batch(
+    dir: &Path,
+    security: &str,
+    (source, destination): (u16, u16),
+    settings: &str,
+) -> impl Fn() -> Command {
+    let csv = dir.join("batch.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password\n\
+             127.0.0.1,{source},{security},alice,pw,127.0.0.1,{destination},{security},alice,pw\n"
+        ),
+    )
+    .expect("csv");
+    let config = dir.join("mailhaul.toml");
+    std::fs::write(&config, settings).expect("settings");
+    let report = dir.join("report");
+    move || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mailhaul"));
+        c.arg("run").arg(&csv).arg("--config").arg(&config).arg("--report-dir").arg(&report);
+        c
+    }
 }
 
 /// Which literals the destination announces.
@@ -169,30 +197,11 @@ async fn killed_process_resumes_without_duplicates() {
     let destination = Dovecot::start(DovecotOptions::with_users(&users).layout(Layout::None)).expect("destination");
     seed(&source, "alice", "pw", "INBOX", &corpus::mailbox("bulk", 400)).await.expect("seed");
     let dir = tempfile::tempdir().expect("tempdir");
-    let csv = dir.path().join("batch.csv");
-    std::fs::write(
-        &csv,
-        format!(
-            "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password\n\
-             127.0.0.1,{},tls,alice,pw,127.0.0.1,{},tls,alice,pw\n",
-            source.imaps_port, destination.imaps_port
-        ),
-    )
-    .expect("csv");
-    let config = dir.path().join("mailhaul.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nca_file = {:?}\n[destination]\nca_file = {:?}\n[copy]\nbatch_messages = 2\n",
-            source.cert_path, destination.cert_path
-        ),
-    )
-    .expect("config");
-    let command = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mailhaul"));
-        c.arg("run").arg(&csv).arg("--config").arg(&config).arg("--report-dir").arg(dir.path().join("report"));
-        c
-    };
+    let settings = format!(
+        "[source]\nca_file = {:?}\n[destination]\nca_file = {:?}\n[copy]\nbatch_messages = 2\n",
+        source.cert_path, destination.cert_path
+    );
+    let command = one_row_batch(dir.path(), "tls", (source.imaps_port, destination.imaps_port), &settings);
 
     let mut child = command().stderr(std::process::Stdio::null()).spawn().expect("spawn");
     // Kill it once some, but not all, messages have landed.
@@ -399,27 +408,8 @@ async fn a_connection_that_keeps_dropping_is_resumed_while_each_try_gets_further
     let proxy =
         FaultProxy::start(([127, 0, 0, 1], destination.imap_port).into(), FaultPolicy::always(cut)).expect("proxy");
     let dir = tempfile::tempdir().expect("tempdir");
-    let csv = dir.path().join("batch.csv");
-    std::fs::write(
-        &csv,
-        format!(
-            "source_host,source_port,source_security,source_user,source_password,destination_host,destination_port,destination_security,destination_user,destination_password\n\
-             127.0.0.1,{},plain,alice,pw,127.0.0.1,{},plain,alice,pw\n",
-            source.imap_port, proxy.port
-        ),
-    )
-    .expect("csv");
-    let config = dir.path().join("mailhaul.toml");
-    std::fs::write(&config, "[copy]\nbatch_messages = 5\nconnections_per_mailbox = 1\n").expect("config");
-    let output = Command::new(env!("CARGO_BIN_EXE_mailhaul"))
-        .arg("run")
-        .arg(&csv)
-        .arg("--config")
-        .arg(&config)
-        .arg("--report-dir")
-        .arg(dir.path().join("report"))
-        .output()
-        .expect("run");
+    let settings = "[copy]\nbatch_messages = 5\nconnections_per_mailbox = 1\n";
+    let output = one_row_batch(dir.path(), "plain", (source.imap_port, proxy.port), settings)().output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let drops = proxy.fired().len();
